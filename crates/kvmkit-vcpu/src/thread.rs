@@ -1,0 +1,368 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! One OS thread per vCPU, with kick, pause, resume and stop.
+//!
+//! A vCPU inside `KVM_RUN` is in the kernel (or in the guest) and cannot look at a flag.
+//! To make it come back, the controlling thread sets its request, then sends the vCPU
+//! thread the [kick signal](kick_signal). The signal handler sets `immediate_exit` in
+//! that vCPU's `kvm_run` page: if the vCPU was inside `KVM_RUN`, the signal already made
+//! it return `EINTR`; if it was between two runs, the next `KVM_RUN` returns at once.
+//! Either way the vCPU thread sees [`VcpuExit::Interrupted`] and then the request,
+//! with no polling and no lost wake-up.
+
+use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
+use std::ptr;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
+
+use crate::{Error, ExitCounts, ExitStats, IoHandler, Vcpu, VcpuExit};
+
+thread_local! {
+    /// The `immediate_exit` byte of the vCPU this thread runs, for the kick handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The real-time signal that kicks vCPU threads out of `KVM_RUN`: `SIGRTMIN`.
+///
+/// kvmkit installs a handler for it the first time a vCPU thread starts; a VMM must not
+/// use this signal for anything else.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // `try_with` does not panic during thread teardown; the TLS slot is const-initialised,
+    // so reading it allocates nothing and is async-signal-safe.
+    let _ = IMMEDIATE_EXIT.try_with(|slot| {
+        let byte = slot.get();
+        if !byte.is_null() {
+            // SAFETY: a non-null slot points into the kvm_run page of the vCPU this thread
+            // runs; `ImmediateExitSlot` clears the slot before that vCPU is dropped.
+            unsafe { ptr::write_volatile(byte, 1) };
+        }
+    });
+}
+
+fn install_kick_handler() -> Result<(), String> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            register_signal_handler(kick_signal(), handle_kick)
+                .map_err(|e| format!("cannot install the kick signal handler: {e}"))
+        })
+        .clone()
+}
+
+/// Points this thread's kick slot at a vCPU's `immediate_exit` byte while it lives.
+struct ImmediateExitSlot;
+
+impl ImmediateExitSlot {
+    fn register(vcpu: &mut Vcpu) -> Self {
+        let byte: *mut u8 = &mut vcpu.fd_mut().get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|slot| slot.set(byte));
+        ImmediateExitSlot
+    }
+}
+
+impl Drop for ImmediateExitSlot {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|slot| slot.set(ptr::null_mut()));
+    }
+}
+
+/// How a vCPU thread is started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VcpuThreadConfig {
+    /// Pin the thread to this host CPU.
+    pub pin_to_cpu: Option<usize>,
+}
+
+impl VcpuThreadConfig {
+    /// This configuration, pinned to host CPU `cpu`.
+    pub fn pinned_to(mut self, cpu: usize) -> Self {
+        self.pin_to_cpu = Some(cpu);
+        self
+    }
+}
+
+/// How a vCPU thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuOutcome {
+    /// The guest made an exit the thread does not continue after (`hlt` without an
+    /// in-kernel APIC, shutdown, a power event, an I/O handler's stop, a hypercall...).
+    Exited(VcpuExit),
+    /// [`VcpuHandle::stop`] was called.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug)]
+struct ControlState {
+    request: Request,
+    parked: bool,
+    finished: bool,
+}
+
+/// The request from the controlling thread and the acknowledgement of the vCPU thread.
+#[derive(Debug)]
+struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+impl Control {
+    fn new() -> Self {
+        Control {
+            state: Mutex::new(ControlState {
+                request: Request::Run,
+                parked: false,
+                finished: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the vCPU thread: parks while paused; returns false once a stop is requested.
+    fn may_run(&self) -> bool {
+        let mut state = self.lock();
+        while state.request == Request::Pause {
+            if !state.parked {
+                state.parked = true;
+                self.changed.notify_all();
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if state.parked {
+            state.parked = false;
+            self.changed.notify_all();
+        }
+        state.request == Request::Run
+    }
+
+    fn request(&self, request: Request) {
+        let mut state = self.lock();
+        if state.request != Request::Stop {
+            state.request = request;
+        }
+        self.changed.notify_all();
+    }
+
+    fn wait_parked(&self) {
+        let mut state = self.lock();
+        while state.request == Request::Pause && !state.parked && !state.finished {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn finish(&self) {
+        self.lock().finished = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Starts vCPU threads.
+#[derive(Debug)]
+pub struct VcpuThread;
+
+impl VcpuThread {
+    /// Moves `vcpu` to a new thread named `vcpu<id>` that runs it, handing I/O to
+    /// `handler`, until an exit it does not continue after or a stop request.
+    ///
+    /// Returns once the thread is running and pinned (if asked), or with the reason it
+    /// could not start.
+    pub fn spawn<H>(
+        vcpu: Vcpu,
+        handler: Arc<H>,
+        config: VcpuThreadConfig,
+    ) -> Result<VcpuHandle, Error>
+    where
+        H: IoHandler + Send + Sync + 'static + ?Sized,
+    {
+        let id = vcpu.id();
+        install_kick_handler().map_err(|reason| Error::Thread { vcpu: id, reason })?;
+        let control = Arc::new(Control::new());
+        let stats = Arc::clone(vcpu.stats());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread_control = Arc::clone(&control);
+        let thread = thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu_thread_main(vcpu, &*handler, &thread_control, &config, ready_tx))
+            .map_err(|e| Error::Thread {
+                vcpu: id,
+                reason: format!("cannot spawn: {e}"),
+            })?;
+        let handle = VcpuHandle {
+            id,
+            control,
+            stats,
+            thread: Some(thread),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(reason)) => Err(Error::Thread { vcpu: id, reason }),
+            Err(_) => Err(Error::ThreadPanicked(id)),
+        }
+    }
+}
+
+fn vcpu_thread_main<H: IoHandler + ?Sized>(
+    mut vcpu: Vcpu,
+    handler: &H,
+    control: &Control,
+    config: &VcpuThreadConfig,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> Result<VcpuOutcome, Error> {
+    let setup = prepare_thread(config);
+    let failed = setup.clone().err();
+    // The receiver waits for exactly this message; it cannot have gone away.
+    let _ = ready.send(setup);
+    if let Some(reason) = failed {
+        control.finish();
+        return Err(Error::Thread {
+            vcpu: vcpu.id(),
+            reason,
+        });
+    }
+    let slot = ImmediateExitSlot::register(&mut vcpu);
+    let result = run_until_done(&mut vcpu, handler, control);
+    drop(slot);
+    control.finish();
+    result
+}
+
+fn prepare_thread(config: &VcpuThreadConfig) -> Result<(), String> {
+    unblock_signal(kick_signal()).map_err(|e| format!("cannot unblock the kick signal: {e}"))?;
+    if let Some(cpu) = config.pin_to_cpu {
+        pin_current_thread(cpu)?;
+    }
+    Ok(())
+}
+
+fn run_until_done<H: IoHandler + ?Sized>(
+    vcpu: &mut Vcpu,
+    handler: &H,
+    control: &Control,
+) -> Result<VcpuOutcome, Error> {
+    while control.may_run() {
+        match vcpu.run(handler)? {
+            VcpuExit::Interrupted => continue,
+            exit => return Ok(VcpuOutcome::Exited(exit)),
+        }
+    }
+    Ok(VcpuOutcome::Stopped)
+}
+
+fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    let online = thread::available_parallelism().map_or(1, |n| n.get());
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!(
+            "cannot pin to host cpu {cpu}: this host has {online} CPUs"
+        ));
+    }
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE was checked above, so CPU_SET stays inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if ret != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(format!(
+            "cannot pin to host cpu {cpu} (this host has {online} CPUs): {error}"
+        ));
+    }
+    Ok(())
+}
+
+/// Controls a running vCPU thread. Dropping the handle stops the vCPU and joins it.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    id: u32,
+    control: Arc<Control>,
+    stats: Arc<ExitStats>,
+    thread: Option<JoinHandle<Result<VcpuOutcome, Error>>>,
+}
+
+impl VcpuHandle {
+    /// The vCPU id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Forces the vCPU out of `KVM_RUN` once; it notes the kick and goes on running.
+    pub fn kick(&self) {
+        if let Some(thread) = &self.thread {
+            // SAFETY: the thread has not been joined (its JoinHandle is still here), so
+            // its pthread_t is valid; the kick signal has a handler installed.
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+        }
+    }
+
+    /// Stops the vCPU outside `KVM_RUN` and returns once it is parked (or has ended):
+    /// after this, the guest executes no instruction on this vCPU until
+    /// [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.control.request(Request::Pause);
+        self.kick();
+        self.control.wait_parked();
+    }
+
+    /// Lets a paused vCPU run again.
+    pub fn resume(&self) {
+        self.control.request(Request::Run);
+    }
+
+    /// Asks the vCPU to stop; [`join`](Self::join) then returns
+    /// [`VcpuOutcome::Stopped`] unless the guest had already exited.
+    pub fn stop(&self) {
+        self.control.request(Request::Stop);
+        self.kick();
+    }
+
+    /// Whether the vCPU thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// The vCPU's exit counters now.
+    pub fn exit_counts(&self) -> ExitCounts {
+        self.stats.snapshot()
+    }
+
+    /// Waits for the vCPU thread to end and returns how it ended.
+    pub fn join(mut self) -> Result<VcpuOutcome, Error> {
+        self.join_thread()
+    }
+
+    fn join_thread(&mut self) -> Result<VcpuOutcome, Error> {
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| Error::ThreadPanicked(self.id))?,
+            None => Ok(VcpuOutcome::Stopped),
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+            let _ = self.join_thread();
+        }
+    }
+}

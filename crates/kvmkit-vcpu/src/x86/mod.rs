@@ -1,0 +1,14 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! x86 CPU state: the modes a guest can start in, and the CPUID, MSR, FPU and local
+//! APIC setup every vCPU gets.
+
+pub(crate) mod cpuid;
+pub(crate) mod fpu;
+pub(crate) mod lapic;
+mod mode;
+pub(crate) mod msrs;
+
+pub use mode::{CpuMode, GDT_ADDR, IDT_ADDR, IDENTITY_MAPPED_BYTES, PAGE_TABLES_ADDR, PAGE_TABLES_END};
+pub(crate) use mode::enter;
