@@ -1,0 +1,71 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Opening the KVM device: the errors a user sees when it is not there.
+
+use kvmkit_vcpu::{Error, Hypervisor};
+
+#[test]
+fn missing_device_names_the_path_and_the_fix() {
+    let path = "/nonexistent/kvmkit-test/kvm";
+
+    let error = Hypervisor::open_at(path).unwrap_err();
+
+    assert!(matches!(&error, Error::DeviceMissing { path: p } if p.to_str() == Some(path)));
+    let message = error.to_string();
+    assert!(message.contains(path), "{message}");
+    assert!(message.contains("modprobe kvm_intel"), "{message}");
+}
+
+#[test]
+fn a_device_that_is_not_kvm_is_refused_by_api_version() {
+    let error = Hypervisor::open_at("/dev/null").unwrap_err();
+
+    assert!(matches!(error, Error::ApiVersion { .. }), "{error}");
+}
+
+#[test]
+fn real_device_opens_and_reports_its_limits() {
+    let hypervisor = Hypervisor::open().expect("these tests need /dev/kvm");
+
+    assert_eq!(hypervisor.path().to_str(), Some(Hypervisor::DEFAULT_PATH));
+    assert!(hypervisor.max_vcpus() >= 1);
+    assert!(hypervisor.supported_cpuid().unwrap().as_slice().len() > 1);
+}
+
+#[test]
+fn vcpu_id_beyond_the_kvm_limit_is_refused() {
+    let hypervisor = Hypervisor::open().unwrap();
+    let vm = kvmkit_vcpu::Vm::new(&hypervisor).unwrap();
+    let too_big = u32::try_from(hypervisor.max_vcpus()).unwrap();
+
+    let error = vm.create_vcpu(too_big).unwrap_err();
+
+    assert!(matches!(error, Error::VcpuId { id, .. } if id == too_big), "{error}");
+}
+
+#[test]
+fn pit_without_irqchip_is_refused_with_the_fix() {
+    let hypervisor = Hypervisor::open().unwrap();
+    let vm = kvmkit_vcpu::Vm::new(&hypervisor).unwrap();
+
+    let error = vm.create_pit().unwrap_err();
+
+    assert!(matches!(error, Error::NoIrqchip(_)));
+    assert!(error.to_string().contains("create_irqchip"));
+}
+
+#[test]
+fn irqchip_and_pit_are_created_in_the_kernel() {
+    let hypervisor = Hypervisor::open().unwrap();
+    let vm = kvmkit_vcpu::Vm::new(&hypervisor).unwrap();
+
+    vm.create_irqchip().unwrap();
+    vm.create_pit().unwrap();
+    let event = kvmkit_vcpu::EventFd::new(0).unwrap();
+    vm.register_irqfd(&event, 4).unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+
+    assert!(vm.has_irqchip());
+    assert_eq!(vcpu.id(), 0);
+}
