@@ -1,1 +1,49 @@
-//! x
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+#![deny(missing_docs)]
+//! kvmkit: KVM virtualization as a library of small crates that compose through traits.
+//!
+//! | crate | re-exported as | job |
+//! |---|---|---|
+//! | `kvmkit-memory` | [`memory`] | guest memory layouts and backings, no KVM dependency |
+//! | `kvmkit-vcpu` | [`vcpu`] | VM and vCPU control on KVM: memslots, CPU modes, typed exits, vCPU threads |
+//! | `kvmkit-guest-asm` | [`guest_asm`] | small x86 guest programs from readable assembly |
+//!
+//! This facade adds the composition layer: a [`MachineBuilder`] that puts guest memory,
+//! a VM and its vCPUs together, and the [`exit_latency`] probe that measures what one VM
+//! exit costs on this host.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+//! use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
+//! use kvmkit::MachineBuilder;
+//!
+//! struct Console;
+//! impl IoHandler for Console {
+//!     fn pio_write(&self, _port: u16, data: &[u8]) -> IoAction {
+//!         print!("{}", String::from_utf8_lossy(data));
+//!         IoAction::Continue
+//!     }
+//! }
+//!
+//! let program = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+//!     a.mov(dx, 0x3f8u32)?;
+//!     a.mov(al, b'!' as u32)?;
+//!     a.out(dx, al)?;
+//!     a.hlt()
+//! })?;
+//! let machine = MachineBuilder::new().memory_mib(16).vcpus(1).build()?;
+//! let outcomes = machine.boot(&program)?.start(Arc::new(Console))?.wait()?;
+//! assert_eq!(outcomes, vec![VcpuOutcome::Exited(VcpuExit::Hlt)]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod exit_latency;
+mod machine;
+
+pub use kvmkit_guest_asm as guest_asm;
+pub use kvmkit_memory as memory;
+pub use kvmkit_vcpu as vcpu;
+pub use machine::{BootedMachine, Error, Machine, MachineBuilder, RunningMachine};

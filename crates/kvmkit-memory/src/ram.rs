@@ -87,7 +87,7 @@ fn map_region(spec: &RegionSpec, backing: &Backing) -> Result<GuestRegionMmap, E
         .with_mmap_flags(backing.mmap_flags())
         .build()
         .map_err(|e| map_error(mmap_error_to_io(e)))?;
-    GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or_else(|| Error::AddressOverflow {
+    GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or(Error::AddressOverflow {
         guest_addr: spec.guest_addr,
         size: spec.size,
     })

@@ -113,7 +113,9 @@ pub enum Error {
         source: vmm_sys_util::errno::Error,
     },
     /// KVM could not emulate what the guest did (KVM_EXIT_INTERNAL_ERROR).
-    #[error("vcpu {vcpu}: KVM internal error (suberror {suberror}) at rip {rip:#x}, data {data:x?}")]
+    #[error(
+        "vcpu {vcpu}: KVM internal error (suberror {suberror}) at rip {rip:#x}, data {data:x?}"
+    )]
     InternalError {
         /// The vCPU id.
         vcpu: u32,

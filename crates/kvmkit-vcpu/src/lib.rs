@@ -19,7 +19,7 @@
 //!   resume and stop through `immediate_exit` and a signal, optional pinning, and
 //!   per-vCPU [`ExitCounts`].
 //!
-//! ```no_run
+//! ```
 //! use kvmkit_vcpu::{CpuMode, Hypervisor, IoAction, IoHandler, Vm, VcpuExit};
 //! # use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //!

@@ -345,6 +345,11 @@ impl VcpuHandle {
         self.stats.snapshot()
     }
 
+    /// The vCPU's live exit counters, readable after the thread has ended.
+    pub fn stats(&self) -> Arc<ExitStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Waits for the vCPU thread to end and returns how it ended.
     pub fn join(mut self) -> Result<VcpuOutcome, Error> {
         self.join_thread()

@@ -40,7 +40,10 @@ fn real_mode_guest_sums_one_to_hundred() {
     let exit = vcpu.run(&recorder).unwrap();
 
     assert_eq!(exit, VcpuExit::Hlt);
-    assert_eq!(written_to(&recorder, RESULT_PORT), vec![5050u16.to_le_bytes().to_vec()]);
+    assert_eq!(
+        written_to(&recorder, RESULT_PORT),
+        vec![5050u16.to_le_bytes().to_vec()]
+    );
 }
 
 #[test]

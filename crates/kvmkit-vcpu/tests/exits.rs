@@ -90,7 +90,10 @@ fn port_read_returns_what_the_handler_filled_in() {
             len: 4
         })
     );
-    assert_eq!(recorder.seen()[1], seen(IoKind::PioWrite, 0x80, &0xcafe_babeu32.to_le_bytes()));
+    assert_eq!(
+        recorder.seen()[1],
+        seen(IoKind::PioWrite, 0x80, &0xcafe_babeu32.to_le_bytes())
+    );
 }
 
 #[test]
@@ -132,8 +135,16 @@ fn mmio_write_and_read_arrive_with_address_size_and_data() {
         recorder.seen(),
         vec![
             seen(IoKind::MmioWrite, MMIO_ADDR + 6, &[0xef, 0xbe]),
-            seen(IoKind::MmioRead, MMIO_ADDR + 0x10, &0x0bad_f00du32.to_le_bytes()),
-            seen(IoKind::MmioWrite, MMIO_ADDR + 0x20, &0x0bad_f00du32.to_le_bytes()),
+            seen(
+                IoKind::MmioRead,
+                MMIO_ADDR + 0x10,
+                &0x0bad_f00du32.to_le_bytes()
+            ),
+            seen(
+                IoKind::MmioWrite,
+                MMIO_ADDR + 0x20,
+                &0x0bad_f00du32.to_le_bytes()
+            ),
         ]
     );
 }
@@ -276,7 +287,10 @@ fn ioeventfd_write_is_handled_in_the_kernel_without_an_exit() {
 
     assert_eq!(vcpu.run(&recorder).unwrap(), VcpuExit::Hlt);
 
-    assert!(recorder.seen().is_empty(), "ioeventfd writes reached userspace");
+    assert!(
+        recorder.seen().is_empty(),
+        "ioeventfd writes reached userspace"
+    );
     assert_eq!(event.read().unwrap(), 3);
 }
 

@@ -41,7 +41,10 @@ fn vcpu_id_beyond_the_kvm_limit_is_refused() {
 
     let error = vm.create_vcpu(too_big).unwrap_err();
 
-    assert!(matches!(error, Error::VcpuId { id, .. } if id == too_big), "{error}");
+    assert!(
+        matches!(error, Error::VcpuId { id, .. } if id == too_big),
+        "{error}"
+    );
 }
 
 #[test]

@@ -91,7 +91,10 @@ fn two_vcpus_run_at_the_same_time() {
     let both_done = wait_until(|| handles.iter().all(VcpuHandle::is_finished));
     let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
 
-    assert!(both_done, "the vCPUs did not meet: they did not run concurrently");
+    assert!(
+        both_done,
+        "the vCPUs did not meet: they did not run concurrently"
+    );
     assert_eq!(outcomes, vec![VcpuOutcome::Exited(VcpuExit::Hlt); 2]);
     assert_eq!(recorder.seen().len(), 2);
 }
@@ -162,8 +165,7 @@ fn stop_ends_a_vcpu_halted_inside_the_kernel() {
 
 #[test]
 fn guest_exit_ends_the_thread_with_that_exit() {
-    let program =
-        GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| a.hlt()).unwrap();
+    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| a.hlt()).unwrap();
     let vm = TestVm::new(4);
     vm.load(&program);
 
@@ -193,7 +195,9 @@ fn allowed_cpus() -> Vec<usize> {
     let ret = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
     assert_eq!(ret, 0);
     // SAFETY: `set` was filled by the kernel; CPU_ISSET reads within it.
-    (0..64).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+    (0..64)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
 }
 
 fn port_write_then_halt() -> GuestProgram {

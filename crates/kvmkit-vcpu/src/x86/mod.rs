@@ -10,5 +10,7 @@ pub(crate) mod lapic;
 mod mode;
 pub(crate) mod msrs;
 
-pub use mode::{CpuMode, GDT_ADDR, IDT_ADDR, IDENTITY_MAPPED_BYTES, PAGE_TABLES_ADDR, PAGE_TABLES_END};
 pub(crate) use mode::enter;
+pub use mode::{
+    CpuMode, GDT_ADDR, IDENTITY_MAPPED_BYTES, IDT_ADDR, PAGE_TABLES_ADDR, PAGE_TABLES_END,
+};

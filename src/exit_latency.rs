@@ -1,0 +1,505 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What one VM exit costs on this host, through kvmkit and through a bare
+//! kvm-ioctls loop.
+//!
+//! Each [`ExitClass`] has a tiny long-mode guest that causes that exit over and over.
+//! A [`LatencyVm`] runs it either through [`Vcpu::run_once`] with an [`IoHandler`]
+//! (kvmkit's path: typed exit, handler dispatch, exit counting) or through a minimal
+//! `match` on [`kvm_ioctls::VcpuFd::run`] (the baseline). Both drive the same vCPU of
+//! the same VM, so their ratio is kvmkit's overhead per exit.
+//!
+//! Two classes never reach userspace: a write to a port with an ioeventfd, and
+//! `cpuid`, which KVM answers in the kernel. Their guests run a batch of `n` such
+//! exits between two port reads that fetch the batch size; the cost per exit is the
+//! batch's time over `n`, with the one userspace exit per batch spread across it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VcpuExit as KvmExit;
+use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
+use kvmkit_vcpu::{
+    CpuMode, EventFd, ExitCounts, Hypervisor, IoAccess, IoAction, IoEventAddress, IoHandler,
+    IoKind, NoDatamatch, Vcpu, VcpuExit, Vm,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Where the latency guests are loaded.
+const CODE_ADDR: u64 = 0x10_0000;
+const STACK_TOP: u64 = 0x8_0000;
+/// The port the userspace port classes use (the POST code port: nothing lives there).
+const EXIT_PORT: u16 = 0x80;
+/// The port an ioeventfd is registered on.
+const IOEVENTFD_PORT: u16 = 0x88;
+/// The port the in-kernel classes read their batch size from.
+const BATCH_PORT: u16 = 0x8a;
+/// An address in the 32-bit MMIO hole.
+const MMIO_ADDR: u64 = 0xd000_0000;
+/// Exits run before any measurement, to fault in guest pages and warm caches.
+const WARMUP_EXITS: u64 = 1000;
+
+/// A kind of VM exit whose round trip is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitClass {
+    /// `out` to a port, handled in userspace.
+    PioWrite,
+    /// `in` from a port, handled in userspace.
+    PioRead,
+    /// A store to an MMIO address, handled in userspace.
+    MmioWrite,
+    /// A load from an MMIO address, handled in userspace.
+    MmioRead,
+    /// `hlt` without an in-kernel local APIC, which returns to userspace.
+    Hlt,
+    /// `out` to a port with an ioeventfd: KVM signals the eventfd in the kernel.
+    Ioeventfd,
+    /// `cpuid`: KVM answers in the kernel and re-enters the guest.
+    CpuidInKernel,
+}
+
+impl ExitClass {
+    /// Every class, in the order tables print them.
+    pub const ALL: [ExitClass; 7] = [
+        ExitClass::PioWrite,
+        ExitClass::PioRead,
+        ExitClass::MmioWrite,
+        ExitClass::MmioRead,
+        ExitClass::Hlt,
+        ExitClass::Ioeventfd,
+        ExitClass::CpuidInKernel,
+    ];
+
+    /// The name tables and benchmarks use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitClass::PioWrite => "pio_write",
+            ExitClass::PioRead => "pio_read",
+            ExitClass::MmioWrite => "mmio_write",
+            ExitClass::MmioRead => "mmio_read",
+            ExitClass::Hlt => "hlt",
+            ExitClass::Ioeventfd => "ioeventfd",
+            ExitClass::CpuidInKernel => "cpuid_in_kernel",
+        }
+    }
+
+    /// Whether the exit is handled in the kernel, never reaching userspace.
+    pub fn in_kernel(self) -> bool {
+        matches!(self, ExitClass::Ioeventfd | ExitClass::CpuidInKernel)
+    }
+
+    /// The guest that causes this exit forever.
+    fn program(self) -> GuestProgram {
+        let assembled = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+            let mut top = a.create_label();
+            match self {
+                ExitClass::PioWrite | ExitClass::PioRead => a.mov(dx, u32::from(EXIT_PORT))?,
+                ExitClass::MmioWrite | ExitClass::MmioRead => a.mov(rdi, MMIO_ADDR)?,
+                _ => {}
+            }
+            a.set_label(&mut top)?;
+            match self {
+                ExitClass::PioWrite => a.out(dx, al)?,
+                ExitClass::PioRead => a.in_(al, dx)?,
+                ExitClass::MmioWrite => a.mov(byte_ptr(rdi), al)?,
+                ExitClass::MmioRead => a.mov(al, byte_ptr(rdi))?,
+                ExitClass::Hlt => a.hlt()?,
+                ExitClass::Ioeventfd => in_kernel_batch(a, |a| {
+                    a.mov(dx, u32::from(IOEVENTFD_PORT))?;
+                    a.out(dx, al)
+                })?,
+                ExitClass::CpuidInKernel => in_kernel_batch(a, |a| {
+                    a.xor(eax, eax)?;
+                    a.cpuid()
+                })?,
+            }
+            a.jmp(top)
+        });
+        // The programs are fixed; failing to assemble one is a bug in this file.
+        assembled.expect("exit-latency guest programs assemble")
+    }
+}
+
+impl fmt::Display for ExitClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Emits: read the batch size from `BATCH_PORT` into esi, then run `exit` esi times.
+fn in_kernel_batch(
+    a: &mut CodeAssembler,
+    exit: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let mut inner = a.create_label();
+    a.mov(dx, u32::from(BATCH_PORT))?;
+    a.in_(eax, dx)?;
+    a.mov(esi, eax)?;
+    a.set_label(&mut inner)?;
+    exit(a)?;
+    a.dec(esi)?;
+    a.jnz(inner)
+}
+
+/// What can go wrong while measuring.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Setting up the VM failed.
+    #[error(transparent)]
+    Machine(#[from] crate::Error),
+    /// The guest made an exit its class should not make.
+    #[error("{class}: unexpected exit {exit}")]
+    UnexpectedExit {
+        /// The class being measured.
+        class: ExitClass,
+        /// What happened instead.
+        exit: String,
+    },
+    /// The host does not handle this class the way it is measured (e.g. it sends an
+    /// in-kernel class to userspace).
+    #[error("{class} is not measurable on this host: {reason}")]
+    Unsupported {
+        /// The class.
+        class: ExitClass,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<kvmkit_vcpu::Error> for Error {
+    fn from(error: kvmkit_vcpu::Error) -> Self {
+        Error::Machine(error.into())
+    }
+}
+
+impl From<kvmkit_memory::Error> for Error {
+    fn from(error: kvmkit_memory::Error) -> Self {
+        Error::Machine(error.into())
+    }
+}
+
+/// kvmkit's side: the least work a device could do per access.
+#[derive(Debug)]
+struct LatencyHandler {
+    /// The batch size the next `BATCH_PORT` read returns; reset to 1 once read.
+    next_batch: AtomicU64,
+}
+
+impl IoHandler for LatencyHandler {
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> IoAction {
+        if port == BATCH_PORT {
+            fill_batch(data, self.next_batch.swap(1, Ordering::Relaxed));
+        } else {
+            data.fill(0);
+        }
+        IoAction::Continue
+    }
+
+    fn pio_write(&self, _port: u16, _data: &[u8]) -> IoAction {
+        IoAction::Continue
+    }
+
+    fn mmio_read(&self, _addr: u64, data: &mut [u8]) -> IoAction {
+        data.fill(0);
+        IoAction::Continue
+    }
+
+    fn mmio_write(&self, _addr: u64, _data: &[u8]) -> IoAction {
+        IoAction::Continue
+    }
+}
+
+/// Writes a batch size for the guest's 32-bit `in`: at least 1 (the guest's loop
+/// counts down before testing) and at most `u32::MAX`.
+fn fill_batch(data: &mut [u8], batch: u64) {
+    let batch = u32::try_from(batch.max(1)).unwrap_or(u32::MAX);
+    let bytes = batch.to_le_bytes();
+    let len = data.len().min(4);
+    data[..len].copy_from_slice(&bytes[..len]);
+}
+
+/// A one-vCPU VM running the guest of one [`ExitClass`].
+#[derive(Debug)]
+pub struct LatencyVm {
+    class: ExitClass,
+    handler: LatencyHandler,
+    /// The batch size the baseline's next `BATCH_PORT` read returns.
+    baseline_next_batch: u64,
+    vcpu: Vcpu,
+    ioeventfd: Option<EventFd>,
+    _vm: Vm,
+    _ram: GuestRam,
+}
+
+impl LatencyVm {
+    /// Builds the VM for `class` and checks that the host handles it as the class
+    /// says (in the kernel or in userspace).
+    pub fn new(class: ExitClass) -> Result<Self, Error> {
+        let hypervisor = Hypervisor::open()?;
+        let ram = GuestRam::new(&MemoryLayout::x86_64(16 << 20)?, &MemoryConfig::default())?;
+        let vm = Vm::new(&hypervisor)?;
+        vm.register_memory(ram.memory())?;
+        let program = class.program();
+        ram.memory()
+            .write_slice(program.bytes(), GuestAddress(program.load_addr()))
+            .map_err(|e| crate::Error::Config(format!("cannot load the guest: {e}")))?;
+        let ioeventfd = if class == ExitClass::Ioeventfd {
+            let event = EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| crate::Error::Config(format!("cannot create an eventfd: {e}")))?;
+            vm.register_ioeventfd(
+                &event,
+                IoEventAddress::Pio(u64::from(IOEVENTFD_PORT)),
+                NoDatamatch,
+            )?;
+            Some(event)
+        } else {
+            None
+        };
+        let vcpu = vm.create_vcpu(0)?;
+        vcpu.enter_mode(ram.memory(), CpuMode::Long, CODE_ADDR, STACK_TOP)?;
+        let mut latency_vm = LatencyVm {
+            class,
+            handler: LatencyHandler {
+                next_batch: AtomicU64::new(1),
+            },
+            baseline_next_batch: 1,
+            vcpu,
+            ioeventfd,
+            _vm: vm,
+            _ram: ram,
+        };
+        latency_vm.check_class()?;
+        latency_vm.run_kvmkit(WARMUP_EXITS)?;
+        latency_vm.run_baseline(WARMUP_EXITS)?;
+        Ok(latency_vm)
+    }
+
+    /// The class this VM measures.
+    pub fn class(&self) -> ExitClass {
+        self.class
+    }
+
+    /// The exits kvmkit's path has counted on this VM's vCPU (the baseline's are not
+    /// counted).
+    pub fn exit_counts(&self) -> ExitCounts {
+        self.vcpu.stats().snapshot()
+    }
+
+    /// For an in-kernel class, runs one batch and checks that it took exactly one
+    /// userspace exit and (for the ioeventfd) signalled the eventfd once per write.
+    fn check_class(&mut self) -> Result<(), Error> {
+        if !self.class.in_kernel() {
+            return Ok(());
+        }
+        const PROBE: u64 = 8;
+        // Leaves a batch of 1 fetched and the eventfd drained: the probe below then
+        // runs 1 + PROBE in-kernel exits.
+        self.run_kvmkit(1)?;
+        if let Some(event) = &self.ioeventfd {
+            let _ = event.read();
+        }
+        let before = self.vcpu.stats().snapshot().total();
+        self.handler.next_batch.store(PROBE, Ordering::Relaxed);
+        self.expect_batch_exit()?;
+        self.expect_batch_exit()?;
+        let user_exits = self.vcpu.stats().snapshot().total() - before;
+        if user_exits != 2 {
+            return Err(self.unsupported(format!(
+                "a batch of {PROBE} took {} userspace exits instead of none",
+                user_exits - 2
+            )));
+        }
+        if let Some(event) = &self.ioeventfd {
+            let signalled = event.read().unwrap_or(0);
+            if signalled != PROBE + 1 {
+                return Err(self.unsupported(format!(
+                    "the eventfd was signalled {signalled} times for {} writes",
+                    PROBE + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn unsupported(&self, reason: String) -> Error {
+        Error::Unsupported {
+            class: self.class,
+            reason,
+        }
+    }
+
+    fn expect_batch_exit(&mut self) -> Result<(), Error> {
+        match self.vcpu.run_once(&self.handler)? {
+            VcpuExit::Io(IoAccess {
+                kind: IoKind::PioRead,
+                addr,
+                ..
+            }) if addr == u64::from(BATCH_PORT) => Ok(()),
+            other => Err(self.unsupported(format!("the batch ended in {other:?}"))),
+        }
+    }
+
+    /// Runs `exits` exits through kvmkit's [`Vcpu::run_once`] and returns the time.
+    pub fn run_kvmkit(&mut self, exits: u64) -> Result<Duration, Error> {
+        if self.class.in_kernel() {
+            self.handler
+                .next_batch
+                .store(exits.max(1), Ordering::Relaxed);
+            // This entry runs the batch fetched before; its exit fetches `exits`.
+            self.run_kvmkit_exit()?;
+            let start = Instant::now();
+            self.run_kvmkit_exit()?;
+            return Ok(start.elapsed());
+        }
+        let start = Instant::now();
+        for _ in 0..exits {
+            self.run_kvmkit_exit()?;
+        }
+        Ok(start.elapsed())
+    }
+
+    #[inline]
+    fn run_kvmkit_exit(&mut self) -> Result<(), Error> {
+        match self.vcpu.run_once(&self.handler)? {
+            VcpuExit::Io(_) | VcpuExit::Hlt => Ok(()),
+            other => Err(Error::UnexpectedExit {
+                class: self.class,
+                exit: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Runs `exits` exits through a bare `match` on kvm-ioctls' `VcpuFd::run` and
+    /// returns the time.
+    pub fn run_baseline(&mut self, exits: u64) -> Result<Duration, Error> {
+        if self.class.in_kernel() {
+            self.baseline_next_batch = exits.max(1);
+            self.run_baseline_exit()?;
+            let start = Instant::now();
+            self.run_baseline_exit()?;
+            return Ok(start.elapsed());
+        }
+        let start = Instant::now();
+        for _ in 0..exits {
+            self.run_baseline_exit()?;
+        }
+        Ok(start.elapsed())
+    }
+
+    #[inline]
+    fn run_baseline_exit(&mut self) -> Result<(), Error> {
+        let class = self.class;
+        let next_batch = &mut self.baseline_next_batch;
+        match self.vcpu.fd_mut().run() {
+            Ok(KvmExit::IoOut(..)) | Ok(KvmExit::MmioWrite(..)) | Ok(KvmExit::Hlt) => Ok(()),
+            Ok(KvmExit::IoIn(port, data)) => {
+                if port == BATCH_PORT {
+                    fill_batch(data, std::mem::replace(next_batch, 1));
+                } else {
+                    data.fill(0);
+                }
+                Ok(())
+            }
+            Ok(KvmExit::MmioRead(_, data)) => {
+                data.fill(0);
+                Ok(())
+            }
+            other => Err(Error::UnexpectedExit {
+                class,
+                exit: format!("{other:?}"),
+            }),
+        }
+    }
+}
+
+/// One row of the exit-latency table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyRow {
+    /// The class measured.
+    pub class: ExitClass,
+    /// Median nanoseconds per exit through kvmkit.
+    pub kvmkit_ns: f64,
+    /// Median nanoseconds per exit through the bare kvm-ioctls loop.
+    pub baseline_ns: f64,
+}
+
+impl LatencyRow {
+    /// kvmkit's time over the baseline's: 1.00 means no overhead.
+    pub fn ratio(&self) -> f64 {
+        self.kvmkit_ns / self.baseline_ns
+    }
+}
+
+impl fmt::Display for LatencyRow {
+    /// `class kvmkit_ns baseline_ns ratio`, aligned for a table.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<16} {:>10.0} {:>11.0} {:>6.3}",
+            self.class.name(),
+            self.kvmkit_ns,
+            self.baseline_ns,
+            self.ratio()
+        )
+    }
+}
+
+/// The header line matching [`LatencyRow`]'s display.
+pub const TABLE_HEADER: &str = "class              kvmkit_ns baseline_ns  ratio";
+
+/// Measures `class`: `rounds` rounds of `exits` exits, alternating kvmkit and the
+/// baseline (which goes first alternates too), and returns the median of each.
+pub fn measure(class: ExitClass, exits: u64, rounds: usize) -> Result<LatencyRow, Error> {
+    let mut vm = LatencyVm::new(class)?;
+    let exits = exits.max(1);
+    let mut kvmkit = Vec::with_capacity(rounds);
+    let mut baseline = Vec::with_capacity(rounds);
+    for round in 0..rounds.max(1) {
+        let per_exit = |d: Duration| d.as_nanos() as f64 / exits as f64;
+        if round % 2 == 0 {
+            kvmkit.push(per_exit(vm.run_kvmkit(exits)?));
+            baseline.push(per_exit(vm.run_baseline(exits)?));
+        } else {
+            baseline.push(per_exit(vm.run_baseline(exits)?));
+            kvmkit.push(per_exit(vm.run_kvmkit(exits)?));
+        }
+    }
+    Ok(LatencyRow {
+        class,
+        kvmkit_ns: median(&mut kvmkit),
+        baseline_ns: median(&mut baseline),
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn every_class_guest_assembles_in_long_mode() {
+        for class in ExitClass::ALL {
+            let program = class.program();
+            assert_eq!(program.bitness(), Bitness::Long64, "{class}");
+            assert!(!program.bytes().is_empty(), "{class}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The facade's machine builder on real KVM.
+
+use std::sync::{Arc, Mutex};
+
+use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
+use kvmkit::{Error, MachineBuilder};
+
+/// Records (vCPU index written by the guest) per port write.
+#[derive(Default)]
+struct Indexes(Mutex<Vec<u8>>);
+
+impl IoHandler for Indexes {
+    fn pio_write(&self, _port: u16, data: &[u8]) -> IoAction {
+        self.0.lock().unwrap().push(data[0]);
+        IoAction::Continue
+    }
+}
+
+fn report_rdi_then_halt(bitness: Bitness, load_addr: u64) -> GuestProgram {
+    GuestProgram::assemble(bitness, load_addr, |a| {
+        a.mov(dx, 0x80u32)?;
+        match bitness {
+            Bitness::Real16 => a.mov(ax, di)?,
+            _ => a.mov(eax, edi)?,
+        }
+        a.out(dx, al)?;
+        a.hlt()
+    })
+    .unwrap()
+}
+
+#[test]
+fn every_vcpu_starts_at_the_program_with_its_index_in_rdi() {
+    let program = report_rdi_then_halt(Bitness::Long64, 0x10_0000);
+    let machine = MachineBuilder::new()
+        .memory_mib(8)
+        .vcpus(3)
+        .build()
+        .unwrap();
+    let seen = Arc::new(Indexes::default());
+
+    let outcomes = machine
+        .boot(&program)
+        .unwrap()
+        .start(Arc::clone(&seen))
+        .unwrap()
+        .wait()
+        .unwrap();
+
+    assert_eq!(outcomes, vec![VcpuOutcome::Exited(VcpuExit::Hlt); 3]);
+    let mut indexes = seen.0.lock().unwrap().clone();
+    indexes.sort();
+    assert_eq!(indexes, vec![0, 1, 2]);
+}
+
+#[test]
+fn real_mode_program_boots_through_the_builder() {
+    let program = report_rdi_then_halt(Bitness::Real16, 0x7c00);
+    let machine = MachineBuilder::new().memory_mib(2).build().unwrap();
+    let seen = Arc::new(Indexes::default());
+
+    let outcomes = machine
+        .boot(&program)
+        .unwrap()
+        .start(Arc::clone(&seen))
+        .unwrap()
+        .wait();
+
+    assert_eq!(outcomes.unwrap(), vec![VcpuOutcome::Exited(VcpuExit::Hlt)]);
+    assert_eq!(*seen.0.lock().unwrap(), vec![0]);
+}
+
+#[test]
+fn zero_vcpus_is_a_configuration_error() {
+    let error = MachineBuilder::new().vcpus(0).build().unwrap_err();
+
+    assert!(matches!(error, Error::Config(_)), "{error}");
+}
+
+#[test]
+fn missing_kvm_device_surfaces_the_vcpu_crate_error() {
+    let error = MachineBuilder::new()
+        .kvm_path("/nonexistent/kvm")
+        .build()
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            Error::Vcpu(kvmkit::vcpu::Error::DeviceMissing { .. })
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("/nonexistent/kvm"));
+}
+
+#[test]
+fn long_mode_program_over_the_page_tables_is_refused_before_it_is_written() {
+    let program = report_rdi_then_halt(Bitness::Long64, 0x9000);
+    let machine = MachineBuilder::new().memory_mib(2).build().unwrap();
+
+    let error = machine.boot(&program).unwrap_err();
+
+    assert!(
+        matches!(error, Error::Config(ref m) if m.contains("page tables")),
+        "{error}"
+    );
+}
+
+#[test]
+fn program_beyond_guest_ram_is_a_clear_error() {
+    let program = report_rdi_then_halt(Bitness::Long64, 64 << 20);
+    let machine = MachineBuilder::new().memory_mib(2).build().unwrap();
+
+    let error = machine.boot(&program).unwrap_err();
+
+    assert!(
+        matches!(error, Error::Config(ref m) if m.contains("does not fit")),
+        "{error}"
+    );
+}
+
+#[test]
+fn stop_ends_every_vcpu_of_a_running_machine() {
+    let spin = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.pause()?;
+        a.jmp(top)
+    })
+    .unwrap();
+    let machine = MachineBuilder::new()
+        .memory_mib(4)
+        .vcpus(2)
+        .build()
+        .unwrap();
+    let running = machine
+        .boot(&spin)
+        .unwrap()
+        .start(Arc::new(Indexes::default()))
+        .unwrap();
+
+    running.stop();
+    let outcomes = running.wait().unwrap();
+
+    assert_eq!(outcomes, vec![VcpuOutcome::Stopped; 2]);
+}
+
+#[test]
+fn exit_latency_probe_takes_one_userspace_exit_per_iteration_of_each_class() {
+    use kvmkit::exit_latency::{ExitClass, LatencyVm};
+    use kvmkit::vcpu::ExitReason;
+    let expected = |class| match class {
+        ExitClass::PioWrite => ExitReason::PioWrite,
+        ExitClass::PioRead => ExitReason::PioRead,
+        ExitClass::MmioWrite => ExitReason::MmioWrite,
+        ExitClass::MmioRead => ExitReason::MmioRead,
+        ExitClass::Hlt => ExitReason::Hlt,
+        // In-kernel classes reach userspace only to fetch the next batch size.
+        ExitClass::Ioeventfd | ExitClass::CpuidInKernel => ExitReason::PioRead,
+    };
+    for class in ExitClass::ALL {
+        let mut vm = LatencyVm::new(class).unwrap_or_else(|e| panic!("{class}: {e}"));
+        let before = vm.exit_counts();
+
+        vm.run_kvmkit(100).unwrap();
+        vm.run_baseline(100).unwrap();
+        let after = vm.exit_counts();
+
+        let reason = expected(class);
+        let added = after.get(reason) - before.get(reason);
+        let want = if class.in_kernel() { 2 } else { 100 };
+        assert_eq!(added, want, "{class}");
+        assert_eq!(after.total() - before.total(), want, "{class}");
+    }
+}
