@@ -56,6 +56,117 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A memory option has a value that cannot be used.
+    #[error("memory option {key}={value} is invalid: expected {expected}")]
+    Option {
+        /// The option's key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What the value must look like.
+        expected: String,
+    },
+    /// A memory option that does not exist.
+    #[error(
+        "unknown memory option '{key}': the options are size, shared, hugepages, \
+         hugepage_size, mem_path, thp, mergeable, prefault and reserve"
+    )]
+    UnknownOption {
+        /// The key given.
+        key: String,
+    },
+    /// Two options that cannot go together, or one that needs another.
+    #[error("memory options conflict: {0}")]
+    Conflict(String),
+    /// The hugepage size is not one this host supports.
+    #[error(
+        "hugepage_size={size} is not supported: it must be a power of two that this host \
+         has a hugepage pool for ({supported})"
+    )]
+    HugePageSize {
+        /// The size asked for, as written.
+        size: String,
+        /// The sizes the host supports, as written.
+        supported: String,
+    },
+    /// A region does not fill whole hugepages.
+    #[error(
+        "memory region at {guest_addr:#x} of size {size:#x} is not a whole number of \
+         {page_size_kib} KiB hugepages: make the memory size a multiple of the hugepage size"
+    )]
+    NotHugePageAligned {
+        /// Guest-physical start of the region.
+        guest_addr: u64,
+        /// Size of the region.
+        size: u64,
+        /// The hugepage size in KiB.
+        page_size_kib: u64,
+    },
+    /// `mem_path` is not on hugetlbfs.
+    #[error(
+        "mem_path {path} is not on a hugetlbfs mount (file system type {fs_type:#x}): mount \
+         one with `mount -t hugetlbfs -o pagesize=2M none {path}`"
+    )]
+    NotHugetlbfs {
+        /// The path given.
+        path: String,
+        /// The file system type found.
+        fs_type: i64,
+    },
+    /// `mem_path` cannot be used.
+    #[error("mem_path {path}: {source}")]
+    MemPath {
+        /// The path given.
+        path: String,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The hugepage pool has too few free pages for the guest.
+    #[error(
+        "not enough free {page_size_kib} KiB hugepages: the guest needs {needed}, the pool has \
+         {available} available of {total}. Raise the pool as root with `echo {wanted_total} > \
+         {sysfs}/nr_hugepages`{sysctl_hint}"
+    )]
+    NotEnoughHugePages {
+        /// The hugepage size in KiB.
+        page_size_kib: u64,
+        /// Pages the guest needs.
+        needed: u64,
+        /// Pages the pool can still reserve.
+        available: u64,
+        /// Pages in the pool.
+        total: u64,
+        /// The pool size that would fit the guest.
+        wanted_total: u64,
+        /// The pool's sysfs directory.
+        sysfs: String,
+        /// `" (or sysctl vm.nr_hugepages=N)"` for the default size, else empty.
+        sysctl_hint: String,
+    },
+    /// A memfd could not be created or sized.
+    #[error("cannot create the memfd for guest memory at {guest_addr:#x}: {source}")]
+    Memfd {
+        /// Guest-physical start of the region.
+        guest_addr: u64,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// madvise refused an advice.
+    #[error("madvise({advice}) on guest memory at {guest_addr:#x} failed: {source}")]
+    Advise {
+        /// The advice, e.g. `MADV_MERGEABLE`.
+        advice: &'static str,
+        /// Guest-physical start of the region.
+        guest_addr: u64,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc/self/smaps` could not be read or does not describe a region.
+    #[error("cannot report on guest memory: {0}")]
+    Report(String),
     /// vm-memory refused the set of regions.
     #[error("vm-memory refused the guest memory regions: {0}")]
     Collection(#[from] vm_memory::GuestRegionCollectionError),

@@ -5,8 +5,11 @@
 
 use std::io;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
+use crate::layout::host_page_size;
+use crate::report::MemoryReport;
 use crate::{Backing, Error, MemoryConfig, MemoryLayout, RegionSpec};
 
 /// One mapped region of guest RAM: where it is in the guest and in the VMM.
@@ -18,26 +21,30 @@ pub struct RamRegion {
     pub host_addr: usize,
 }
 
-/// Guest RAM: the regions of a [`MemoryLayout`], each mapped with the [`Backing`] of a
-/// [`MemoryConfig`].
+/// Guest RAM: the regions of a [`MemoryLayout`], each mapped with the backing a
+/// [`MemoryConfig`] asks for, advised (THP, KSM) and prefaulted as it asks.
 ///
 /// The mappings live as long as the `GuestRam` or any clone of
-/// [`memory()`](GuestRam::memory) that shares its regions.
+/// [`memory()`](GuestRam::memory) that shares its regions. With `mergeable=on`,
+/// dropping the `GuestRam` withdraws the memory from KSM (`MADV_UNMERGEABLE`).
 #[derive(Debug)]
 pub struct GuestRam {
     memory: GuestMemoryMmap,
     regions: Vec<RamRegion>,
     backing: Backing,
+    config: MemoryConfig,
 }
 
 impl GuestRam {
-    /// Maps every region of `layout` as `config` asks.
+    /// Checks `config` against `layout` and the host, then maps every region.
+    ///
+    /// Every check happens before the first mapping; a failure maps nothing.
     pub fn new(layout: &MemoryLayout, config: &MemoryConfig) -> Result<Self, Error> {
-        let backing = config.backing().clone();
+        let backing = Backing::resolve(config, layout)?;
         let mut mapped = Vec::with_capacity(layout.regions().len());
         let mut regions = Vec::with_capacity(layout.regions().len());
         for spec in layout.regions() {
-            let region = map_region(spec, &backing)?;
+            let region = map_region(spec, &backing, config)?;
             regions.push(RamRegion {
                 spec: *spec,
                 host_addr: region.as_ptr() as usize,
@@ -45,11 +52,33 @@ impl GuestRam {
             mapped.push(region);
         }
         let memory = GuestMemoryMmap::from_regions(mapped)?;
-        Ok(GuestRam {
+        let ram = GuestRam {
             memory,
             regions,
             backing,
-        })
+            config: config.clone(),
+        };
+        // From here on, dropping `ram` on an error also undoes MADV_MERGEABLE.
+        for region in &ram.regions {
+            ram.prepare(region, config)?;
+        }
+        Ok(ram)
+    }
+
+    fn prepare(&self, region: &RamRegion, config: &MemoryConfig) -> Result<(), Error> {
+        // A forked child (a helper the VMM execs, say) must not share or copy guest RAM.
+        advise(region, libc::MADV_DONTFORK, "MADV_DONTFORK")?;
+        if config.thp {
+            advise(region, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
+        }
+        if config.mergeable {
+            advise(region, libc::MADV_MERGEABLE, "MADV_MERGEABLE")?;
+        }
+        if config.prefault {
+            let page_size = self.backing.hugepage_size().unwrap_or_else(host_page_size);
+            prefault(region, page_size)?;
+        }
+        Ok(())
     }
 
     /// The memory as vm-memory sees it, for device emulation and memslots.
@@ -67,13 +96,39 @@ impl GuestRam {
         &self.backing
     }
 
+    /// The options the memory was built with.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.config
+    }
+
     /// Total bytes of guest RAM.
     pub fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.spec.size).sum()
     }
+
+    /// What the kernel actually did for each region: page size, resident memory,
+    /// hugepages, advice flags, from `/proc/self/smaps`, and the KSM counters.
+    pub fn report(&self) -> Result<MemoryReport, Error> {
+        MemoryReport::read(&self.regions)
+    }
 }
 
-fn map_region(spec: &RegionSpec, backing: &Backing) -> Result<GuestRegionMmap, Error> {
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        if self.config.mergeable {
+            for region in &self.regions {
+                // Nothing useful can be done if the kernel refuses while tearing down.
+                let _ = advise(region, libc::MADV_UNMERGEABLE, "MADV_UNMERGEABLE");
+            }
+        }
+    }
+}
+
+fn map_region(
+    spec: &RegionSpec,
+    backing: &Backing,
+    config: &MemoryConfig,
+) -> Result<GuestRegionMmap, Error> {
     let map_error = |source: io::Error| Error::Map {
         guest_addr: spec.guest_addr,
         size: spec.size,
@@ -82,21 +137,67 @@ fn map_region(spec: &RegionSpec, backing: &Backing) -> Result<GuestRegionMmap, E
     };
     let size = usize::try_from(spec.size)
         .map_err(|_| map_error(io::Error::from_raw_os_error(libc::ENOMEM)))?;
-    let mapping = vm_memory::mmap::MmapRegionBuilder::new(size)
+    let mut builder = MmapRegionBuilder::new(size)
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(backing.mmap_flags())
-        .build()
-        .map_err(|e| map_error(mmap_error_to_io(e)))?;
+        .with_mmap_flags(backing.mmap_flags(config.reserve))
+        .with_hugetlbfs(backing.hugepage_size().is_some());
+    if let Some(file) = backing.create_file(spec)? {
+        builder = builder.with_file_offset(FileOffset::new(file, 0));
+    }
+    let mapping = builder.build().map_err(|e| map_error(mmap_error_to_io(e)))?;
     GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or(Error::AddressOverflow {
         guest_addr: spec.guest_addr,
         size: spec.size,
     })
 }
 
-fn mmap_error_to_io(error: vm_memory::mmap::MmapRegionError) -> io::Error {
+fn mmap_error_to_io(error: MmapRegionError) -> io::Error {
     match error {
-        vm_memory::mmap::MmapRegionError::Mmap(source) => source,
+        MmapRegionError::Mmap(source) => source,
         other => io::Error::other(other.to_string()),
+    }
+}
+
+fn advise(region: &RamRegion, advice: i32, name: &'static str) -> Result<(), Error> {
+    // SAFETY: the range is exactly one live mapping owned by the GuestRam; the advice
+    // values used here change paging policy, never the memory's contents.
+    let ret = unsafe {
+        libc::madvise(
+            region.host_addr as *mut libc::c_void,
+            region.spec.size as usize,
+            advice,
+        )
+    };
+    if ret != 0 {
+        return Err(Error::Advise {
+            advice: name,
+            guest_addr: region.spec.guest_addr,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Faults every page of `region` in: `MADV_POPULATE_WRITE` (Linux 5.14), or on older
+/// kernels a write of each page's first byte back to itself.
+fn prefault(region: &RamRegion, page_size: u64) -> Result<(), Error> {
+    match advise(region, libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE") {
+        Err(Error::Advise { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+            touch_pages(region, page_size);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn touch_pages(region: &RamRegion, page_size: u64) {
+    let mut offset = 0;
+    while offset < region.spec.size {
+        let byte = (region.host_addr as u64 + offset) as *mut u8;
+        // SAFETY: `byte` lies inside the live read-write mapping of `region`; reading
+        // and writing back the same value leaves the guest's memory unchanged.
+        unsafe { std::ptr::write_volatile(byte, std::ptr::read_volatile(byte)) };
+        offset += page_size;
     }
 }
 
@@ -168,5 +269,21 @@ mod tests {
             .read_obj::<u32>(GuestAddress(crate::X86_MMIO_HOLE_START));
 
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn touching_pages_keeps_their_contents() {
+        let layout = MemoryLayout::x86_64(MIB).unwrap();
+        let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
+        ram.memory()
+            .write_obj(0x5au8, GuestAddress(0x3000))
+            .unwrap();
+
+        touch_pages(&ram.regions()[0], 4096);
+
+        assert_eq!(
+            ram.memory().read_obj::<u8>(GuestAddress(0x3000)).unwrap(),
+            0x5a
+        );
     }
 }

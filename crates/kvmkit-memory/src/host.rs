@@ -1,0 +1,177 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What the host offers: hugepage pools, hugetlbfs mounts, THP and KSM settings.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Where the kernel describes its hugepage pools.
+pub const HUGEPAGES_SYSFS: &str = "/sys/kernel/mm/hugepages";
+/// Where the kernel exposes KSM's controls and counters.
+pub const KSM_SYSFS: &str = "/sys/kernel/mm/ksm";
+
+/// One hugetlb page size's pool, from `/sys/kernel/mm/hugepages/hugepages-<N>kB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HugePagePool {
+    /// The page size in bytes.
+    pub page_size: u64,
+    /// Pages in the pool.
+    pub total: u64,
+    /// Pages not yet faulted in (including reserved ones).
+    pub free: u64,
+    /// Pages reserved by mappings but not yet faulted in.
+    pub reserved: u64,
+}
+
+impl HugePagePool {
+    /// Pages a new mapping can still reserve.
+    pub fn available(&self) -> u64 {
+        self.free.saturating_sub(self.reserved)
+    }
+
+    /// The sysfs directory of this pool.
+    pub fn sysfs_dir(&self) -> PathBuf {
+        sysfs_dir(self.page_size)
+    }
+
+    /// Reads the pool for `page_size`, or `None` if the host has no such pool.
+    pub fn read(page_size: u64) -> Option<Self> {
+        let dir = sysfs_dir(page_size);
+        let read = |name: &str| -> Option<u64> {
+            fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+        };
+        Some(HugePagePool {
+            page_size,
+            total: read("nr_hugepages")?,
+            free: read("free_hugepages")?,
+            reserved: read("resv_hugepages")?,
+        })
+    }
+}
+
+fn sysfs_dir(page_size: u64) -> PathBuf {
+    Path::new(HUGEPAGES_SYSFS).join(format!("hugepages-{}kB", page_size >> 10))
+}
+
+/// The hugetlb page sizes this host supports, in bytes, smallest first.
+pub fn hugepage_sizes() -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(HUGEPAGES_SYSFS) else {
+        return Vec::new();
+    };
+    let mut sizes: Vec<u64> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let kib = name.to_str()?.strip_prefix("hugepages-")?.strip_suffix("kB")?;
+            kib.parse::<u64>().ok().map(|kib| kib << 10)
+        })
+        .collect();
+    sizes.sort_unstable();
+    sizes
+}
+
+/// The default hugetlb page size (`Hugepagesize` in `/proc/meminfo`), in bytes.
+pub fn default_hugepage_size() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo.lines().find_map(|line| {
+        let kib = line.strip_prefix("Hugepagesize:")?.trim().strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok().map(|kib| kib << 10)
+    })
+}
+
+/// The file system type and block size of the file system holding `path`.
+pub(crate) fn statfs(path: &Path) -> io::Result<(i64, u64)> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: statfs is plain data; all-zero is a valid value to be overwritten.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string and `stat` a valid out-pointer.
+    let ret = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok((stat.f_type as i64, stat.f_bsize as u64))
+}
+
+/// The hugetlbfs magic number in `statfs.f_type`.
+pub(crate) const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// KSM's global state and counters, from `/sys/kernel/mm/ksm`, and this process's
+/// merged pages from `/proc/self/ksm_stat`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KsmCounters {
+    /// `run`: 0 stopped, 1 running, 2 unmerging.
+    pub run: u64,
+    /// Shared pages in use (each stands for several guest pages).
+    pub pages_shared: u64,
+    /// Guest pages that point at a shared page: the pages saved.
+    pub pages_sharing: u64,
+    /// Pages scanned but not (yet) merged.
+    pub pages_unshared: u64,
+    /// Full scans of all mergeable memory completed.
+    pub full_scans: u64,
+    /// This process's pages merged by KSM (`ksm_merging_pages`), if the kernel says.
+    pub process_merging_pages: Option<u64>,
+}
+
+impl KsmCounters {
+    /// Reads the counters, or `None` when the kernel has no KSM.
+    pub fn read() -> Option<Self> {
+        let dir = Path::new(KSM_SYSFS);
+        let read = |name: &str| -> Option<u64> {
+            fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+        };
+        let process_merging_pages = fs::read_to_string("/proc/self/ksm_stat")
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    line.strip_prefix("ksm_merging_pages")?.trim().parse().ok()
+                })
+            });
+        Some(KsmCounters {
+            run: read("run")?,
+            pages_shared: read("pages_shared")?,
+            pages_sharing: read("pages_sharing")?,
+            pages_unshared: read("pages_unshared").unwrap_or(0),
+            full_scans: read("full_scans").unwrap_or(0),
+            process_merging_pages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_directory_names_the_size_in_kib() {
+        assert_eq!(
+            sysfs_dir(2 << 20),
+            PathBuf::from("/sys/kernel/mm/hugepages/hugepages-2048kB")
+        );
+    }
+
+    #[test]
+    fn available_pages_exclude_reserved_ones() {
+        let pool = HugePagePool {
+            page_size: 2 << 20,
+            total: 10,
+            free: 8,
+            reserved: 3,
+        };
+
+        assert_eq!(pool.available(), 5);
+    }
+
+    #[test]
+    fn proc_root_is_not_hugetlbfs() {
+        let (fs_type, _) = statfs(Path::new("/proc")).unwrap();
+
+        assert_ne!(fs_type, HUGETLBFS_MAGIC);
+    }
+}
