@@ -61,7 +61,7 @@ pub use hypervisor::Hypervisor;
 pub use stats::{ExitCounts, ExitReason, ExitStats};
 pub use thread::{kick_signal, VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig};
 pub use vcpu::Vcpu;
-pub use vm::{IoEventAddress, Memslot, NoDatamatch, Vm};
+pub use vm::{DirtyBitmap, IoEventAddress, Memslot, MemslotOptions, NoDatamatch, Vm};
 pub use x86::CpuMode;
 
 /// Re-exported so callers can name event fds without depending on vmm-sys-util.

@@ -7,7 +7,10 @@ use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -22,6 +25,54 @@ const TSS_ADDRESS: usize = 0xfffb_d000;
 /// Guest-physical address of the identity-map page table Intel VMX needs for real mode.
 const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
+/// How guest memory is registered as memslots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemslotOptions {
+    /// Track the pages the guest writes (`KVM_MEM_LOG_DIRTY_PAGES`), for
+    /// [`Vm::dirty_pages`]: what live migration and snapshots need.
+    pub log_dirty: bool,
+}
+
+impl MemslotOptions {
+    /// These options with dirty-page logging on.
+    pub fn logging_dirty_pages(mut self) -> Self {
+        self.log_dirty = true;
+        self
+    }
+}
+
+/// The pages of one memslot the guest wrote since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    guest_addr: u64,
+    bits: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// The page size the bitmap counts in.
+    pub const PAGE_SIZE: u64 = 4096;
+
+    /// The guest-physical addresses of the dirty pages, in order.
+    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(move |(word, &bits)| {
+            (0..64)
+                .filter(move |bit| bits & (1 << bit) != 0)
+                .map(move |bit| self.guest_addr + (word as u64 * 64 + bit) * Self::PAGE_SIZE)
+        })
+    }
+
+    /// How many pages are dirty.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The raw bitmap: bit `i` of word `w` is page `64 * w + i` of the slot.
+    pub fn words(&self) -> &[u64] {
+        &self.bits
+    }
+}
+
 /// One guest-memory region registered with KVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memslot {
@@ -33,6 +84,8 @@ pub struct Memslot {
     pub size: u64,
     /// Start of the mapping in this process.
     pub host_addr: u64,
+    /// Whether KVM logs the pages the guest writes in this slot.
+    pub log_dirty: bool,
 }
 
 /// A KVM virtual machine.
@@ -94,6 +147,19 @@ impl Vm {
     where
         M: GuestMemoryBackend + Clone + Send + Sync + 'static,
     {
+        self.register_memory_with(memory, MemslotOptions::default())
+    }
+
+    /// Registers every region of `memory` as a memslot with `options`, in address
+    /// order; otherwise as [`register_memory`](Self::register_memory).
+    pub fn register_memory_with<M>(
+        &self,
+        memory: &M,
+        options: MemslotOptions,
+    ) -> Result<Vec<Memslot>, Error>
+    where
+        M: GuestMemoryBackend + Clone + Send + Sync + 'static,
+    {
         let mut memslots = self.memslots.lock().unwrap_or_else(|e| e.into_inner());
         let mut added = Vec::new();
         for region in memory.iter() {
@@ -118,7 +184,11 @@ impl Vm {
                 as u64;
             let kvm_region = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags: if options.log_dirty {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: guest_addr,
                 memory_size: size,
                 userspace_addr: host_addr,
@@ -133,6 +203,7 @@ impl Vm {
                 guest_addr,
                 size,
                 host_addr,
+                log_dirty: options.log_dirty,
             };
             memslots.push(memslot);
             added.push(memslot);
@@ -150,6 +221,27 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The pages the guest wrote in `memslot` since it was registered or since the last
+    /// call for it: KVM returns the log and clears it in one step.
+    pub fn dirty_pages(&self, memslot: &Memslot) -> Result<DirtyBitmap, Error> {
+        if !memslot.log_dirty {
+            return Err(Error::Memslot {
+                slot: memslot.slot,
+                guest_addr: memslot.guest_addr,
+                size: memslot.size,
+                reason: "it was registered without dirty-page logging".into(),
+            });
+        }
+        let bits = self
+            .fd
+            .get_dirty_log(memslot.slot, memslot.size as usize)
+            .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+        Ok(DirtyBitmap {
+            guest_addr: memslot.guest_addr,
+            bits,
+        })
     }
 
     /// Creates the in-kernel PIC, IOAPIC and per-vCPU local APICs. Call it before
