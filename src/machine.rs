@@ -67,8 +67,11 @@ impl MachineBuilder {
         self
     }
 
-    /// How guest RAM is backed.
+    /// How guest RAM is backed; a `size` in it sets the memory size too.
     pub fn memory_config(mut self, config: MemoryConfig) -> Self {
+        if let Some(size) = config.size {
+            self.memory_size = size;
+        }
         self.memory_config = config;
         self
     }

@@ -121,7 +121,9 @@ impl Backing {
         let anonymous = match self {
             Backing::Anonymous => libc::MAP_ANONYMOUS,
             Backing::AnonymousHugetlb { page_size } => {
-                libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | huge_size_bits(*page_size, libc::MAP_HUGE_SHIFT)
+                libc::MAP_ANONYMOUS
+                    | libc::MAP_HUGETLB
+                    | huge_size_bits(*page_size, libc::MAP_HUGE_SHIFT)
             }
             _ => 0,
         };
@@ -379,7 +381,10 @@ mod tests {
 
         let error = Backing::resolve(&config, &layout(8)).unwrap_err();
 
-        assert!(error.to_string().contains("KSM merges only private"), "{error}");
+        assert!(
+            error.to_string().contains("KSM merges only private"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -388,7 +393,10 @@ mod tests {
 
         let error = Backing::resolve(&config, &layout(8)).unwrap_err();
 
-        assert!(matches!(error, Error::Conflict(ref m) if m.contains("hugetlb")), "{error}");
+        assert!(
+            matches!(error, Error::Conflict(ref m) if m.contains("hugetlb")),
+            "{error}"
+        );
     }
 
     #[test]
@@ -437,7 +445,13 @@ mod tests {
         let error = Backing::resolve(&config, &odd).unwrap_err();
 
         assert!(
-            matches!(error, Error::NotHugePageAligned { page_size_kib: 2048, .. }),
+            matches!(
+                error,
+                Error::NotHugePageAligned {
+                    page_size_kib: 2048,
+                    ..
+                }
+            ),
             "{error}"
         );
     }
@@ -470,10 +484,19 @@ mod tests {
         let error = Backing::resolve(&config, &huge).unwrap_err();
 
         assert!(
-            matches!(error, Error::NotEnoughHugePages { needed: 524_288, .. }),
+            matches!(
+                error,
+                Error::NotEnoughHugePages {
+                    needed: 524_288,
+                    ..
+                }
+            ),
             "{error}"
         );
         let message = error.to_string();
-        assert!(message.contains("hugepages-2048kB/nr_hugepages"), "{message}");
+        assert!(
+            message.contains("hugepages-2048kB/nr_hugepages"),
+            "{message}"
+        );
     }
 }

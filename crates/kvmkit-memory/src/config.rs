@@ -227,7 +227,13 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        for text in ["size=", "size=0", "size=12X", "size=-1G", "size=99999999999T"] {
+        for text in [
+            "size=",
+            "size=0",
+            "size=12X",
+            "size=-1G",
+            "size=99999999999T",
+        ] {
             assert!(
                 matches!(text.parse::<MemoryConfig>(), Err(Error::Option { .. })),
                 "{text}"

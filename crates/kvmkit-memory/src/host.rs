@@ -66,7 +66,10 @@ pub fn hugepage_sizes() -> Vec<u64> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name();
-            let kib = name.to_str()?.strip_prefix("hugepages-")?.strip_suffix("kB")?;
+            let kib = name
+                .to_str()?
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?;
             kib.parse::<u64>().ok().map(|kib| kib << 10)
         })
         .collect();
@@ -78,7 +81,10 @@ pub fn hugepage_sizes() -> Vec<u64> {
 pub fn default_hugepage_size() -> Option<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
     meminfo.lines().find_map(|line| {
-        let kib = line.strip_prefix("Hugepagesize:")?.trim().strip_suffix("kB")?;
+        let kib = line
+            .strip_prefix("Hugepagesize:")?
+            .trim()
+            .strip_suffix("kB")?;
         kib.trim().parse::<u64>().ok().map(|kib| kib << 10)
     })
 }
@@ -126,13 +132,14 @@ impl KsmCounters {
         let read = |name: &str| -> Option<u64> {
             fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
         };
-        let process_merging_pages = fs::read_to_string("/proc/self/ksm_stat")
-            .ok()
-            .and_then(|text| {
-                text.lines().find_map(|line| {
-                    line.strip_prefix("ksm_merging_pages")?.trim().parse().ok()
-                })
-            });
+        let process_merging_pages =
+            fs::read_to_string("/proc/self/ksm_stat")
+                .ok()
+                .and_then(|text| {
+                    text.lines().find_map(|line| {
+                        line.strip_prefix("ksm_merging_pages")?.trim().parse().ok()
+                    })
+                });
         Some(KsmCounters {
             run: read("run")?,
             pages_shared: read("pages_shared")?,

@@ -144,7 +144,9 @@ fn map_region(
     if let Some(file) = backing.create_file(spec)? {
         builder = builder.with_file_offset(FileOffset::new(file, 0));
     }
-    let mapping = builder.build().map_err(|e| map_error(mmap_error_to_io(e)))?;
+    let mapping = builder
+        .build()
+        .map_err(|e| map_error(mmap_error_to_io(e)))?;
     GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or(Error::AddressOverflow {
         guest_addr: spec.guest_addr,
         size: spec.size,

@@ -88,7 +88,10 @@ fn anonymous_2m_hugetlb_memory_has_2m_kernel_pages() {
 
     let report = only_region(&huge);
 
-    assert_eq!(huge.backing(), &Backing::AnonymousHugetlb { page_size: 2 * MIB });
+    assert_eq!(
+        huge.backing(),
+        &Backing::AnonymousHugetlb { page_size: 2 * MIB }
+    );
     assert_eq!(report.kernel_page_size, 2 * MIB, "{report}");
     assert!(report.flags.hugetlb && !report.flags.shared, "{report}");
     assert_eq!(report.hugetlb, 16 * MIB, "{report}");
@@ -101,7 +104,10 @@ fn shared_2m_hugetlb_memory_is_a_shared_hugetlb_memfd() {
 
     let report = only_region(&huge);
 
-    assert_eq!(huge.backing(), &Backing::SharedHugetlbMemfd { page_size: 2 * MIB });
+    assert_eq!(
+        huge.backing(),
+        &Backing::SharedHugetlbMemfd { page_size: 2 * MIB }
+    );
     assert_eq!(report.kernel_page_size, 2 * MIB, "{report}");
     assert!(report.flags.hugetlb && report.flags.shared, "{report}");
     assert_eq!(report.hugetlb, 16 * MIB, "{report}");
@@ -117,10 +123,16 @@ fn hugetlbfs_file_backing_has_the_mounts_page_size_and_leaves_no_file() {
     let report = only_region(&huge);
     let after: Vec<_> = std::fs::read_dir(&mount).unwrap().flatten().collect();
 
-    assert!(matches!(huge.backing(), Backing::HugetlbfsFile { page_size, .. } if *page_size == 2 * MIB));
+    assert!(
+        matches!(huge.backing(), Backing::HugetlbfsFile { page_size, .. } if *page_size == 2 * MIB)
+    );
     assert_eq!(report.kernel_page_size, 2 * MIB, "{report}");
     assert_eq!(report.hugetlb, 16 * MIB, "{report}");
-    assert_eq!(before.len(), after.len(), "the backing file was left in {mount}");
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "the backing file was left in {mount}"
+    );
 }
 
 #[test]
@@ -133,7 +145,9 @@ fn hugetlb_memory_is_usable_guest_memory() {
         .unwrap();
 
     assert_eq!(
-        huge.memory().read_obj::<u32>(GuestAddress(15 * MIB)).unwrap(),
+        huge.memory()
+            .read_obj::<u32>(GuestAddress(15 * MIB))
+            .unwrap(),
         0x1234_5678
     );
     assert_eq!(only_region(&huge).hugetlb, 2 * MIB);
@@ -205,11 +219,12 @@ fn pool_shortage_is_refused_before_anything_is_mapped() {
     let error = GuestRam::new(&layout, &config).unwrap_err();
 
     match error {
+        // Tests running alongside may hold pool pages too: the pool can only have shrunk.
         Error::NotEnoughHugePages {
             needed, available, ..
         } => {
             assert_eq!(needed, pool.available() + 1);
-            assert_eq!(available, pool.available());
+            assert!(available <= pool.available());
         }
         other => panic!("expected a pool shortage, got {other}"),
     }

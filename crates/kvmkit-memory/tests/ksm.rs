@@ -26,7 +26,11 @@ impl FastKsm {
             .iter()
             .map(|key| (*key, fs::read_to_string(format!("{KSM}/{key}")).unwrap()))
             .collect();
-        for (key, value) in [("pages_to_scan", "5000"), ("sleep_millisecs", "10"), ("run", "1")] {
+        for (key, value) in [
+            ("pages_to_scan", "5000"),
+            ("sleep_millisecs", "10"),
+            ("run", "1"),
+        ] {
             fs::write(format!("{KSM}/{key}"), value).unwrap_or_else(|e| {
                 panic!(
                     "cannot set {KSM}/{key} ({e}): this test needs KSM scanning; run it as \
@@ -57,7 +61,10 @@ fn identical_pages_of_two_mergeable_guests_are_merged_by_ksm() {
     let page: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
     for guest in &guests {
         for offset in (0..16u64 << 20).step_by(4096) {
-            guest.memory().write_slice(&page, GuestAddress(offset)).unwrap();
+            guest
+                .memory()
+                .write_slice(&page, GuestAddress(offset))
+                .unwrap();
         }
     }
     let total_pages = 2 * (16 << 20) / 4096;
@@ -73,14 +80,19 @@ fn identical_pages_of_two_mergeable_guests_are_merged_by_ksm() {
     }
     drop(ksm);
 
-    let merged = counters.process_merging_pages.expect("no /proc/self/ksm_stat");
+    let merged = counters
+        .process_merging_pages
+        .expect("no /proc/self/ksm_stat");
     assert!(
         merged >= total_pages * 9 / 10,
         "KSM merged {merged} of {total_pages} identical pages: {counters:?}"
     );
     // Each KSM page stands for up to max_page_sharing guest pages: the merged pages
     // are the KSM pages plus the pages pointing at them.
-    assert!(counters.pages_shared + counters.pages_sharing >= merged, "{counters:?}");
+    assert!(
+        counters.pages_shared + counters.pages_sharing >= merged,
+        "{counters:?}"
+    );
     assert!(counters.pages_sharing >= merged / 2, "{counters:?}");
     let report = guests[0].report().unwrap();
     assert!(report.regions[0].flags.mergeable, "{report}");

@@ -44,7 +44,10 @@ fn exactly_the_pages_the_guest_writes_are_dirty_and_reading_clears_the_log() {
     let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
     let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
     let slots = vm
-        .register_memory_with(ram.memory(), MemslotOptions::default().logging_dirty_pages())
+        .register_memory_with(
+            ram.memory(),
+            MemslotOptions::default().logging_dirty_pages(),
+        )
         .unwrap();
     ram.memory()
         .write_slice(program.bytes(), GuestAddress(CODE_ADDR))
