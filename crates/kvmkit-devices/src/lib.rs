@@ -1,0 +1,51 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+#![deny(missing_docs)]
+//! The emulated platform of a minimal PC-like VM, and the thread that runs it.
+//!
+//! - [`Bus`]: a port or MMIO address space routing each access to the [`BusDevice`]
+//!   registered for its range (logarithmic lookup, overlaps refused, unmapped
+//!   accesses counted and read as all-ones, no global lock on the access path).
+//! - Devices: [`SerialPort`] (16550A on vm-superio), [`I8042`] (reset),
+//!   [`CmosRtc`] (host wall clock, BCD or binary), [`DebugExit`] (exit codes for
+//!   test guests).
+//! - [`Interrupt`]: how a device raises its line; [`EventFdInterrupt`] is an event
+//!   fd a VMM registers with its hypervisor (as a KVM irqfd, say).
+//! - [`VmExit`]: the one-shot "end the VM" request devices and signals raise.
+//! - [`EventLoop`]: the I/O thread's epoll loop (console input, SIGINT/SIGTERM,
+//!   device event fds), with [`RawTerminal`] for a console on a tty.
+//!
+//! Nothing here depends on KVM: a VMM connects the buses to its vCPUs' I/O exits.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kvmkit_devices::{AddressSpace, Bus, CmosRtc, CMOS_PORT, CMOS_PORT_LEN};
+//!
+//! let ports = Bus::new(AddressSpace::Pio);
+//! ports.insert(CMOS_PORT, CMOS_PORT_LEN, "rtc", Arc::new(CmosRtc::new())).unwrap();
+//! ports.write(0x70, &[0x0d]); // select status register D
+//! let mut data = [0u8];
+//! ports.read(0x71, &mut data);
+//! assert_eq!(data[0], 0x80); // "CMOS valid"
+//! ```
+
+mod bus;
+mod debug_exit;
+mod event_loop;
+mod exit;
+mod i8042;
+mod interrupt;
+mod rtc;
+mod serial;
+mod terminal;
+
+pub use bus::{AddressSpace, Bus, BusDevice, BusError};
+pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
+pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals};
+pub use exit::{ExitRequest, VmExit};
+pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+pub use interrupt::{EventFdInterrupt, Interrupt};
+pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
+pub use serial::{SerialOutput, SerialPort, SharedBuffer, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+pub use terminal::RawTerminal;
