@@ -8,11 +8,13 @@
 //! |---|---|---|
 //! | `kvmkit-memory` | [`memory`] | guest memory layouts and backings, no KVM dependency |
 //! | `kvmkit-vcpu` | [`vcpu`] | VM and vCPU control on KVM: memslots, CPU modes, typed exits, vCPU threads |
+//! | `kvmkit-devices` | [`devices`] | PIO/MMIO bus, legacy devices, the I/O event loop, no KVM dependency |
 //! | `kvmkit-guest-asm` | [`guest_asm`] | small x86 guest programs from readable assembly |
 //!
 //! This facade adds the composition layer: a [`MachineBuilder`] that puts guest memory,
-//! a VM and its vCPUs together, and the [`exit_latency`] probe that measures what one VM
-//! exit costs on this host.
+//! a VM and its vCPUs together, the [`platform`] that connects the devices to the
+//! vCPUs and runs the I/O thread, and the [`exit_latency`] probe that measures what one
+//! VM exit costs on this host.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -42,8 +44,11 @@
 
 pub mod exit_latency;
 mod machine;
+pub mod platform;
 
+pub use kvmkit_devices as devices;
 pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
 pub use machine::{BootedMachine, Error, Machine, MachineBuilder, RunningMachine};
+pub use platform::{Platform, PlatformConfig, PlatformIo, VmOutcome};

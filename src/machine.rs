@@ -10,7 +10,8 @@ use kvmkit_guest_asm::{Bitness, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::x86::PAGE_TABLES_END;
 use kvmkit_vcpu::{
-    CpuMode, Hypervisor, IoHandler, Vcpu, VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm,
+    CpuMode, EventFd, Hypervisor, IoHandler, Vcpu, VcpuHandle, VcpuOutcome, VcpuThread,
+    VcpuThreadConfig, Vm,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -233,6 +234,19 @@ impl BootedMachine {
     where
         H: IoHandler + Send + Sync + 'static + ?Sized,
     {
+        self.start_notifying(handler, None)
+    }
+
+    /// As [`start`](Self::start), and each vCPU thread writes `exit_event` when it
+    /// ends, so an event loop learns of it without polling.
+    pub fn start_notifying<H>(
+        self,
+        handler: Arc<H>,
+        exit_event: Option<Arc<EventFd>>,
+    ) -> Result<RunningMachine, Error>
+    where
+        H: IoHandler + Send + Sync + 'static + ?Sized,
+    {
         let Machine {
             hypervisor,
             vm,
@@ -244,6 +258,9 @@ impl BootedMachine {
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let mut config = VcpuThreadConfig::default();
+            if let Some(event) = &exit_event {
+                config = config.notifying(Arc::clone(event));
+            }
             if pin_vcpus {
                 config = config.pinned_to(vcpu.id() as usize % host_cpus);
             }

@@ -27,6 +27,8 @@
 //! assert_eq!(program.bytes().last(), Some(&0xf4)); // hlt
 //! ```
 
+pub mod programs;
+
 use iced_x86::code_asm::CodeAssembler;
 use iced_x86::IcedError;
 

@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
 
 use crate::{Error, ExitCounts, ExitStats, IoHandler, Vcpu, VcpuExit};
@@ -76,17 +77,26 @@ impl Drop for ImmediateExitSlot {
 }
 
 /// How a vCPU thread is started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct VcpuThreadConfig {
     /// Pin the thread to this host CPU.
     pub pin_to_cpu: Option<usize>,
+    /// Written (1) when the thread ends, so an event loop learns of it without
+    /// polling.
+    pub exit_event: Option<Arc<EventFd>>,
 }
 
 impl VcpuThreadConfig {
     /// This configuration, pinned to host CPU `cpu`.
     pub fn pinned_to(mut self, cpu: usize) -> Self {
         self.pin_to_cpu = Some(cpu);
+        self
+    }
+
+    /// This configuration, signalling `event` when the thread ends.
+    pub fn notifying(mut self, event: Arc<EventFd>) -> Self {
+        self.exit_event = Some(event);
         self
     }
 }
@@ -170,9 +180,13 @@ impl Control {
         }
     }
 
-    fn finish(&self) {
+    fn finish(&self, exit_event: Option<&EventFd>) {
         self.lock().finished = true;
         self.changed.notify_all();
+        if let Some(event) = exit_event {
+            // Only a counter overflow can fail, and the reader wakes up anyway.
+            let _ = event.write(1);
+        }
     }
 }
 
@@ -233,7 +247,7 @@ fn vcpu_thread_main<H: IoHandler + ?Sized>(
     // The receiver waits for exactly this message; it cannot have gone away.
     let _ = ready.send(setup);
     if let Some(reason) = failed {
-        control.finish();
+        control.finish(config.exit_event.as_deref());
         return Err(Error::Thread {
             vcpu: vcpu.id(),
             reason,
@@ -242,7 +256,7 @@ fn vcpu_thread_main<H: IoHandler + ?Sized>(
     let slot = ImmediateExitSlot::register(&mut vcpu);
     let result = run_until_done(&mut vcpu, handler, control);
     drop(slot);
-    control.finish();
+    control.finish(config.exit_event.as_deref());
     result
 }
 

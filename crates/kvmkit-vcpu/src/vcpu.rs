@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_regs, KVM_EXIT_INTERNAL_ERROR};
+use kvm_bindings::{kvm_mp_state, kvm_regs, KVM_EXIT_INTERNAL_ERROR, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vm_memory::GuestMemory;
 
@@ -21,14 +21,16 @@ pub struct Vcpu {
     fd: VcpuFd,
     id: u32,
     stats: Arc<ExitStats>,
+    in_kernel_apic: bool,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u32) -> Self {
+    pub(crate) fn new(fd: VcpuFd, id: u32, in_kernel_apic: bool) -> Self {
         Vcpu {
             fd,
             id,
             stats: Arc::new(ExitStats::default()),
+            in_kernel_apic,
         }
     }
 
@@ -40,6 +42,9 @@ impl Vcpu {
     /// Puts the vCPU into `mode` with execution starting at guest-physical `entry` and
     /// the stack pointer at `stack_top`, writing the GDT and page tables the mode needs
     /// into `memory` (see the addresses in [`x86`](crate::x86)).
+    ///
+    /// With the in-kernel irqchip, a vCPU other than 0 starts as an application
+    /// processor waiting for a startup IPI; this makes it runnable at `entry` instead.
     pub fn enter_mode<M: GuestMemory + ?Sized>(
         &self,
         memory: &M,
@@ -47,7 +52,16 @@ impl Vcpu {
         entry: u64,
         stack_top: u64,
     ) -> Result<(), Error> {
-        x86::enter(&self.fd, memory, mode, entry, stack_top)
+        x86::enter(&self.fd, memory, mode, entry, stack_top)?;
+        if self.in_kernel_apic {
+            let runnable = kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            };
+            self.fd
+                .set_mp_state(runnable)
+                .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
+        }
+        Ok(())
     }
 
     /// The general-purpose registers.

@@ -329,7 +329,7 @@ impl Vm {
         if self.has_irqchip() {
             x86::lapic::configure(&fd)?;
         }
-        Ok(Vcpu::new(fd, id))
+        Ok(Vcpu::new(fd, id, self.has_irqchip()))
     }
 
     /// The kvm-ioctls handle, for what this crate does not wrap.

@@ -1,0 +1,76 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! An interactive VM on the legacy platform: the guest echoes what you type through
+//! COM1, driven by the UART's receive interrupt (IRQ 4 through an irqfd).
+//!
+//! ```text
+//! cargo run --release --example serial_echo -- [--vcpus N]
+//! ```
+//!
+//! Type to see the guest echo; `q` makes the guest end the VM through the debug exit
+//! port, Ctrl-C or SIGTERM end it from the host. Either way every vCPU thread is
+//! stopped, the terminal is restored, and the process exits with the VM's status
+//! (the guest's code, or 128 + the signal). While it runs, the process has N + 1
+//! threads of its own: this one (the I/O thread) and `vcpu0`..`vcpuN-1`.
+
+use std::process::ExitCode;
+
+use kvmkit::guest_asm::programs;
+use kvmkit::{MachineBuilder, Platform, PlatformConfig};
+
+fn parse_vcpus() -> Result<u32, String> {
+    let mut vcpus = 1;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--vcpus" => {
+                let value = args.next().ok_or("--vcpus needs a number")?;
+                vcpus = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or(format!(
+                        "--vcpus takes a number from 1 to 64, not '{value}'"
+                    ))?;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown argument '{arg}'\nusage: serial_echo [--vcpus N]"
+                ))
+            }
+        }
+    }
+    Ok(vcpus)
+}
+
+fn run(vcpus: u32) -> Result<i32, Box<dyn std::error::Error>> {
+    let program = programs::serial_echo(0x10_0000)?;
+    let machine = MachineBuilder::new()
+        .memory_mib(16)
+        .vcpus(vcpus)
+        .irqchip(true)
+        .build()?;
+    let platform = Platform::new(machine.vm(), PlatformConfig::default())?;
+    let outcome = machine.boot(&program)?.run_on(platform)?;
+    let threads_left = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    eprintln!("\nserial_echo: the VM ended: {outcome:?}; threads left: {threads_left}");
+    Ok(outcome.exit_status())
+}
+
+fn main() -> ExitCode {
+    let vcpus = match parse_vcpus() {
+        Ok(vcpus) => vcpus,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(vcpus) {
+        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        Err(error) => {
+            eprintln!("serial_echo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

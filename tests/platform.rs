@@ -1,0 +1,297 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The legacy platform on real KVM: serial with interrupts, i8042 reset, RTC, debug
+//! exit, concurrent devices, unmapped accesses, and the VM's lifecycle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kvmkit::devices::{BusDevice, DateTime, SerialOutput, SharedBuffer};
+use kvmkit::guest_asm::{asm::*, programs, Bitness, GuestProgram};
+use kvmkit::{MachineBuilder, Platform, PlatformConfig, VmOutcome};
+
+const LOAD_ADDR: u64 = 0x10_0000;
+const PROBE_PORT: u64 = 0x500;
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn program(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestProgram {
+    GuestProgram::assemble(Bitness::Long64, LOAD_ADDR, write).unwrap()
+}
+
+fn test_config(output: &SharedBuffer) -> PlatformConfig {
+    PlatformConfig {
+        serial_output: SerialOutput::Writer(Box::new(output.clone())),
+        stdin_to_serial: false,
+        handle_signals: false,
+        debug_exit_port: Some(0xf4),
+    }
+}
+
+/// Builds a machine with the in-kernel irqchip and its platform.
+fn machine_and_platform(vcpus: u32, output: &SharedBuffer) -> (kvmkit::Machine, Platform) {
+    let machine = MachineBuilder::new()
+        .memory_mib(16)
+        .vcpus(vcpus)
+        .irqchip(true)
+        .build()
+        .unwrap();
+    let platform = Platform::new(machine.vm(), test_config(output)).unwrap();
+    (machine, platform)
+}
+
+fn run(vcpus: u32, program: &GuestProgram) -> (VmOutcome, SharedBuffer) {
+    let output = SharedBuffer::default();
+    let (machine, platform) = machine_and_platform(vcpus, &output);
+    let outcome = machine.boot(program).unwrap().run_on(platform).unwrap();
+    (outcome, output)
+}
+
+/// Writes each byte written to it, in order.
+#[derive(Default)]
+struct Probe(Mutex<Vec<u64>>);
+
+impl BusDevice for Probe {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&self, _offset: u64, data: &[u8]) {
+        let mut bytes = [0u8; 8];
+        bytes[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+        self.0.lock().unwrap().push(u64::from_le_bytes(bytes));
+    }
+}
+
+#[test]
+fn debug_exit_returns_the_code_the_guest_wrote() {
+    let guest = program(|a| {
+        a.mov(dx, 0xf4u32)?;
+        a.mov(eax, 42u32)?;
+        a.out(dx, eax)?;
+        a.hlt()
+    });
+
+    let (outcome, _) = run(1, &guest);
+
+    assert_eq!(outcome, VmOutcome::DebugExit(42));
+    assert_eq!(outcome.exit_status(), 42);
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_as_a_reboot_before_the_next_instruction() {
+    let guest = program(|a| {
+        a.mov(al, 0xfeu32)?;
+        a.out(0x64u32, al)?;
+        // Never reached: the vCPU stops at the reset.
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    });
+
+    let (outcome, _) = run(1, &guest);
+
+    assert_eq!(outcome, VmOutcome::Reboot);
+}
+
+#[test]
+fn triple_fault_ends_the_vm_with_the_vcpu_and_rip() {
+    let guest = program(|a| a.ud2());
+
+    let (outcome, _) = run(2, &guest);
+
+    assert!(
+        matches!(outcome, VmOutcome::TripleFault { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn guest_reads_the_rtc_within_a_minute_of_the_host() {
+    // Select binary mode in status B, then read century, year, month, day, hours,
+    // minutes, seconds and report them through the probe port.
+    let registers: [u8; 7] = [0x32, 0x09, 0x08, 0x07, 0x04, 0x02, 0x00];
+    let guest = program(|a| {
+        a.mov(al, 0x0bu32)?;
+        a.out(0x70u32, al)?;
+        a.mov(al, 0x06u32)?; // binary, 24-hour
+        a.out(0x71u32, al)?;
+        a.mov(dx, PROBE_PORT as u32)?;
+        for register in registers {
+            a.mov(al, u32::from(register))?;
+            a.out(0x70u32, al)?;
+            a.in_(al, 0x71u32)?;
+            a.out(dx, al)?;
+        }
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    });
+    let output = SharedBuffer::default();
+    let (machine, platform) = machine_and_platform(1, &output);
+    let probe = Arc::new(Probe::default());
+    platform
+        .pio()
+        .insert(PROBE_PORT, 1, "probe", probe.clone())
+        .unwrap();
+
+    let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
+    let host = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    assert!(matches!(outcome, VmOutcome::DebugExit(_)), "{outcome:?}");
+    let v = probe.0.lock().unwrap().clone();
+    assert_eq!(v.len(), 7, "{v:?}");
+    let guest_secs = unix_seconds(v[0] * 100 + v[1], v[2], v[3], v[4], v[5], v[6]);
+    assert!(
+        host.abs_diff(guest_secs) <= 60,
+        "guest read {v:?} = {:?}, host is {:?}",
+        DateTime::from_unix(guest_secs),
+        DateTime::from_unix(host)
+    );
+}
+
+/// Seconds since the epoch of a UTC date (days_from_civil).
+fn unix_seconds(year: u64, month: u64, day: u64, hour: u64, minute: u64, second: u64) -> u64 {
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + hour * 3600 + minute * 60 + second
+}
+
+#[test]
+fn unmapped_port_reads_all_ones_and_is_counted_not_fatal() {
+    let guest = program(|a| {
+        a.mov(dx, 0x1234u32)?;
+        a.in_(eax, dx)?;
+        a.out(dx, eax)?;
+        a.mov(dx, PROBE_PORT as u32)?;
+        a.out(dx, eax)?;
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    });
+    let output = SharedBuffer::default();
+    let (machine, platform) = machine_and_platform(1, &output);
+    let probe = Arc::new(Probe::default());
+    platform
+        .pio()
+        .insert(PROBE_PORT, 4, "probe", probe.clone())
+        .unwrap();
+    let ports = platform.pio().clone();
+
+    let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
+
+    assert_eq!(outcome, VmOutcome::DebugExit(0xff));
+    assert_eq!(*probe.0.lock().unwrap(), vec![0xffff_ffff]);
+    assert_eq!(ports.unmapped_accesses(), (1, 1));
+}
+
+/// Counts writes; the `done` write of each vCPU counts separately.
+#[derive(Default)]
+struct Counter {
+    writes: AtomicU64,
+}
+
+impl BusDevice for Counter {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn two_vcpus_hammering_two_devices_deliver_every_access_exactly_once() {
+    const WRITES: u32 = 3000;
+    // vCPU n writes WRITES times to port 0x510 + 0x10 * n, then bumps a shared
+    // counter; vCPU 0 waits for both and then exits through the debug port.
+    let guest = program(|a| {
+        let mut again = a.create_label();
+        let mut wait = a.create_label();
+        let mut done = a.create_label();
+        a.mov(rdx, rdi)?;
+        a.shl(rdx, 4)?;
+        a.add(rdx, 0x510i32)?;
+        a.mov(ecx, WRITES)?;
+        a.set_label(&mut again)?;
+        a.out(dx, al)?;
+        a.dec(ecx)?;
+        a.jnz(again)?;
+        a.lock().inc(qword_ptr(done))?;
+        a.test(rdi, rdi)?;
+        a.jnz(wait)?; // vCPU 1 parks below.
+        a.set_label(&mut wait)?;
+        a.cmp(qword_ptr(done), 2i32)?;
+        a.jne(wait)?;
+        a.test(rdi, rdi)?;
+        a.jnz(wait)?;
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, al)?;
+        a.hlt()?;
+        a.set_label(&mut done)?;
+        a.dq(&[0])
+    });
+    let output = SharedBuffer::default();
+    let (machine, platform) = machine_and_platform(2, &output);
+    let counters = [Arc::new(Counter::default()), Arc::new(Counter::default())];
+    for (n, counter) in counters.iter().enumerate() {
+        let port = 0x510 + 0x10 * n as u64;
+        platform
+            .pio()
+            .insert(port, 1, &format!("counter{n}"), counter.clone())
+            .unwrap();
+    }
+
+    let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
+
+    assert!(matches!(outcome, VmOutcome::DebugExit(_)), "{outcome:?}");
+    for counter in &counters {
+        assert_eq!(counter.writes.load(Ordering::Relaxed), u64::from(WRITES));
+    }
+}
+
+#[test]
+fn guest_echoes_serial_input_using_receive_interrupts() {
+    let guest = programs::serial_echo(LOAD_ADDR).unwrap();
+    let output = SharedBuffer::default();
+    let (machine, platform) = machine_and_platform(1, &output);
+    let serial = platform.serial().clone();
+    let vm = thread::spawn(move || machine.boot(&guest).unwrap().run_on(platform).unwrap());
+    assert!(wait_for(&output, b"ready\n"), "the guest never got ready");
+
+    serial.enqueue_input(b"ping").unwrap();
+    let echoed = wait_for(&output, b"ready\nping");
+    serial.enqueue_input(b"q").unwrap();
+    let outcome = vm.join().unwrap();
+
+    assert!(
+        echoed,
+        "no echo: {:?}",
+        String::from_utf8_lossy(&output.contents())
+    );
+    assert_eq!(outcome, VmOutcome::DebugExit(0x71));
+    assert_eq!(output.contents(), b"ready\npingq");
+}
+
+fn wait_for(output: &SharedBuffer, expected: &[u8]) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if output.contents().starts_with(expected) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
