@@ -11,9 +11,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use kvmkit_devices::{
-    AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, ExitRequest, Flow,
-    SerialOutput, SerialPort, TerminationSignals, VmExit, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ,
-    COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
+    AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop,
+    ExitRequest, Flow, SerialOutput, SerialPort, TerminationSignals, VmExit,
+    ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT,
+    DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
 };
 use kvmkit_devices::{LoopEnd, RawTerminal};
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
@@ -88,7 +89,8 @@ impl Default for PlatformConfig {
 }
 
 /// The legacy devices of a minimal PC: COM1 (IRQ 4 through an irqfd), the i8042 reset
-/// line, the CMOS RTC and, optionally, a debug exit port; on a port bus and an (empty)
+/// line, the CMOS RTC, the ACPI sleep control register (power-off) and, optionally, a
+/// debug exit port; on a port bus and an (empty)
 /// MMIO bus that the VMM can add devices to.
 pub struct Platform {
     pio: Arc<Bus>,
@@ -129,6 +131,14 @@ impl Platform {
             CMOS_PORT_LEN,
             "cmos-rtc",
             Arc::new(CmosRtc::new()),
+        )
+        .map_err(bus_error)?;
+        let sleep_control = Arc::new(AcpiSleepControl::new(exit.clone()));
+        pio.insert(
+            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_SLEEP_CONTROL_LEN,
+            "acpi-sleep-control",
+            sleep_control,
         )
         .map_err(bus_error)?;
         if let Some(port) = config.debug_exit_port {
@@ -179,7 +189,7 @@ impl Platform {
 /// How a VM run on a [`Platform`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmOutcome {
-    /// The guest powered off (a KVM shutdown system event).
+    /// The guest powered off (ACPI S5, or a KVM shutdown system event).
     PowerOff,
     /// The guest asked for a reset (i8042 or a KVM reset system event).
     Reboot,

@@ -5,11 +5,12 @@
 //! exit, concurrent devices, unmapped accesses, and the VM's lifecycle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kvmkit::devices::{BusDevice, DateTime, SerialOutput, SharedBuffer};
+use kvmkit::devices::{BusDevice, DateTime, ExitRequest, SerialOutput, SharedBuffer};
 use kvmkit::guest_asm::{asm::*, programs, Bitness, GuestProgram};
 use kvmkit::{MachineBuilder, Platform, PlatformConfig, VmOutcome};
 
@@ -45,8 +46,37 @@ fn machine_and_platform(vcpus: u32, output: &SharedBuffer) -> (kvmkit::Machine, 
 fn run(vcpus: u32, program: &GuestProgram) -> (VmOutcome, SharedBuffer) {
     let output = SharedBuffer::default();
     let (machine, platform) = machine_and_platform(vcpus, &output);
-    let outcome = machine.boot(program).unwrap().run_on(platform).unwrap();
+    let outcome = run_watched(machine, platform, program);
     (outcome, output)
+}
+
+/// Runs the VM; a guest that never ends is stopped after PATIENCE and shows up as
+/// `VmOutcome::Signal(SIGALRM)` in the test's failure.
+fn run_watched(machine: kvmkit::Machine, platform: Platform, program: &GuestProgram) -> VmOutcome {
+    start_watched(machine, platform, program.clone())
+        .join()
+        .unwrap()
+}
+
+/// Starts the VM on its own thread (as its I/O thread), with the same watchdog.
+fn start_watched(
+    machine: kvmkit::Machine,
+    platform: Platform,
+    program: GuestProgram,
+) -> thread::JoinHandle<VmOutcome> {
+    let exit = platform.exit().clone();
+    let (finished, vm_ended) = std::sync::mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if vm_ended.recv_timeout(PATIENCE) == Err(RecvTimeoutError::Timeout) {
+            exit.request(ExitRequest::Signal(libc::SIGALRM));
+        }
+    });
+    thread::spawn(move || {
+        let outcome = machine.boot(&program).unwrap().run_on(platform).unwrap();
+        drop(finished);
+        watchdog.join().unwrap();
+        outcome
+    })
 }
 
 /// Writes each byte written to it, in order.
@@ -96,6 +126,21 @@ fn i8042_reset_ends_the_vm_as_a_reboot_before_the_next_instruction() {
 }
 
 #[test]
+fn acpi_s5_sleep_powers_the_vm_off() {
+    let guest = program(|a| {
+        a.mov(dx, 0x600u32)?;
+        a.mov(al, 0x34u32)?; // SLP_TYP = 5 (S5), SLP_EN
+        a.out(dx, al)?;
+        a.hlt()
+    });
+
+    let (outcome, _) = run(2, &guest);
+
+    assert_eq!(outcome, VmOutcome::PowerOff);
+    assert_eq!(outcome.exit_status(), 0);
+}
+
+#[test]
 fn triple_fault_ends_the_vm_with_the_vcpu_and_rip() {
     let guest = program(|a| a.ud2());
 
@@ -136,7 +181,7 @@ fn guest_reads_the_rtc_within_a_minute_of_the_host() {
         .insert(PROBE_PORT, 1, "probe", probe.clone())
         .unwrap();
 
-    let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
+    let outcome = run_watched(machine, platform, &guest);
     let host = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -190,7 +235,7 @@ fn unmapped_port_reads_all_ones_and_is_counted_not_fatal() {
         .unwrap();
     let ports = platform.pio().clone();
 
-    let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
+    let outcome = run_watched(machine, platform, &guest);
 
     assert_eq!(outcome, VmOutcome::DebugExit(0xff));
     assert_eq!(*probe.0.lock().unwrap(), vec![0xffff_ffff]);
@@ -254,7 +299,7 @@ fn two_vcpus_hammering_two_devices_deliver_every_access_exactly_once() {
             .unwrap();
     }
 
-    let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
+    let outcome = run_watched(machine, platform, &guest);
 
     assert!(matches!(outcome, VmOutcome::DebugExit(_)), "{outcome:?}");
     for counter in &counters {
@@ -268,7 +313,7 @@ fn guest_echoes_serial_input_using_receive_interrupts() {
     let output = SharedBuffer::default();
     let (machine, platform) = machine_and_platform(1, &output);
     let serial = platform.serial().clone();
-    let vm = thread::spawn(move || machine.boot(&guest).unwrap().run_on(platform).unwrap());
+    let vm = start_watched(machine, platform, guest);
     assert!(wait_for(&output, b"ready\n"), "the guest never got ready");
 
     serial.enqueue_input(b"ping").unwrap();

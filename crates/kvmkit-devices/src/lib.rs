@@ -8,8 +8,8 @@
 //!   registered for its range (logarithmic lookup, overlaps refused, unmapped
 //!   accesses counted and read as all-ones, no global lock on the access path).
 //! - Devices: [`SerialPort`] (16550A on vm-superio), [`I8042`] (reset),
-//!   [`CmosRtc`] (host wall clock, BCD or binary), [`DebugExit`] (exit codes for
-//!   test guests).
+//!   [`CmosRtc`] (host wall clock, BCD or binary), [`AcpiSleepControl`] (power-off),
+//!   [`DebugExit`] (exit codes for test guests).
 //! - [`Interrupt`]: how a device raises its line; [`EventFdInterrupt`] is an event
 //!   fd a VMM registers with its hypervisor (as a KVM irqfd, say).
 //! - [`VmExit`]: the one-shot "end the VM" request devices and signals raise.
@@ -30,6 +30,7 @@
 //! assert_eq!(data[0], 0x80); // "CMOS valid"
 //! ```
 
+mod acpi;
 mod bus;
 mod debug_exit;
 mod event_loop;
@@ -40,6 +41,7 @@ mod rtc;
 mod serial;
 mod terminal;
 
+pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
 pub use bus::{AddressSpace, Bus, BusDevice, BusError};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals};

@@ -89,6 +89,9 @@ fn two_vcpus_run_at_the_same_time() {
         .collect();
 
     let both_done = wait_until(|| handles.iter().all(VcpuHandle::is_finished));
+    if !both_done {
+        handles.iter().for_each(VcpuHandle::stop);
+    }
     let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
 
     assert!(

@@ -1,0 +1,76 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Guest power-off: the ACPI hardware-reduced sleep control register.
+
+use std::sync::Arc;
+
+use crate::{BusDevice, ExitRequest, VmExit};
+
+/// The port of the sleep control register (an ACPI FADT points the guest here).
+pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
+/// The register is one byte.
+pub const ACPI_SLEEP_CONTROL_LEN: u64 = 1;
+/// The sleep type the platform's `\_S5` object names for soft-off.
+pub const S5_SLEEP_TYPE: u8 = 5;
+
+/// SLP_EN: bit 5 of the sleep control register.
+const SLEEP_ENABLE: u8 = 1 << 5;
+/// SLP_TYP: bits 2..=4.
+const SLEEP_TYPE_SHIFT: u8 = 2;
+const SLEEP_TYPE_MASK: u8 = 0x7;
+
+/// The ACPI hardware-reduced sleep control register: writing SLP_EN with the S5
+/// sleep type (`0x34`) powers the VM off ([`ExitRequest::PowerOff`]); other sleep
+/// states are not supported and ignored.
+#[derive(Debug)]
+pub struct AcpiSleepControl {
+    exit: Arc<VmExit>,
+}
+
+impl AcpiSleepControl {
+    /// A sleep control register reporting power-off to `exit`.
+    pub fn new(exit: Arc<VmExit>) -> Self {
+        AcpiSleepControl { exit }
+    }
+}
+
+impl BusDevice for AcpiSleepControl {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&self, _offset: u64, data: &[u8]) {
+        let Some(&value) = data.first() else { return };
+        let sleep_type = (value >> SLEEP_TYPE_SHIFT) & SLEEP_TYPE_MASK;
+        if value & SLEEP_ENABLE != 0 && sleep_type == S5_SLEEP_TYPE {
+            self.exit.request(ExitRequest::PowerOff);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s5_with_sleep_enable_powers_off() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let register = AcpiSleepControl::new(exit.clone());
+
+        register.write(0, &[(S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE]);
+
+        assert_eq!(exit.get(), Some(ExitRequest::PowerOff));
+    }
+
+    #[test]
+    fn other_sleep_states_or_no_enable_bit_are_ignored() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let register = AcpiSleepControl::new(exit.clone());
+
+        register.write(0, &[S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT]);
+        register.write(0, &[(3 << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE]);
+
+        assert_eq!(exit.get(), None);
+    }
+}
