@@ -79,7 +79,18 @@ fn start_watched(
     })
 }
 
-/// Writes each byte written to it, in order.
+/// A one-vCPU machine and its platform with a [`Probe`] at `PROBE_PORT`.
+fn machine_with_probe() -> (kvmkit::Machine, Platform, Arc<Probe>) {
+    let (machine, platform) = machine_and_platform(1, &SharedBuffer::default());
+    let probe = Arc::new(Probe::default());
+    platform
+        .pio()
+        .insert(PROBE_PORT, 4, "probe", probe.clone())
+        .unwrap();
+    (machine, platform, probe)
+}
+
+/// Records each value written to it, in order.
 #[derive(Default)]
 struct Probe(Mutex<Vec<u64>>);
 
@@ -173,13 +184,7 @@ fn guest_reads_the_rtc_within_a_minute_of_the_host() {
         a.out(dx, al)?;
         a.hlt()
     });
-    let output = SharedBuffer::default();
-    let (machine, platform) = machine_and_platform(1, &output);
-    let probe = Arc::new(Probe::default());
-    platform
-        .pio()
-        .insert(PROBE_PORT, 1, "probe", probe.clone())
-        .unwrap();
+    let (machine, platform, probe) = machine_with_probe();
 
     let outcome = run_watched(machine, platform, &guest);
     let host = SystemTime::now()
@@ -226,13 +231,7 @@ fn unmapped_port_reads_all_ones_and_is_counted_not_fatal() {
         a.out(dx, al)?;
         a.hlt()
     });
-    let output = SharedBuffer::default();
-    let (machine, platform) = machine_and_platform(1, &output);
-    let probe = Arc::new(Probe::default());
-    platform
-        .pio()
-        .insert(PROBE_PORT, 4, "probe", probe.clone())
-        .unwrap();
+    let (machine, platform, probe) = machine_with_probe();
     let ports = platform.pio().clone();
 
     let outcome = run_watched(machine, platform, &guest);

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::{BusDevice, ExitRequest, VmExit};
+use crate::{reply_byte, BusDevice, ExitRequest, VmExit};
 
 /// The data port.
 pub const I8042_DATA_PORT: u64 = 0x60;
@@ -65,10 +65,7 @@ impl BusDevice for I8042 {
             }
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        reply_byte(data, value);
     }
 
     fn write(&self, offset: u64, data: &[u8]) {

@@ -42,7 +42,7 @@ mod serial;
 mod terminal;
 
 pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
-pub use bus::{AddressSpace, Bus, BusDevice, BusError};
+pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals};
 pub use exit::{ExitRequest, VmExit};

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::BusDevice;
+use crate::{reply_byte, BusDevice};
 
 /// The index port; the data port follows it.
 pub const CMOS_PORT: u64 = 0x70;
@@ -191,10 +191,7 @@ impl BusDevice for CmosRtc {
             1 => self.register(&state, state.index),
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        reply_byte(data, value);
     }
 
     fn write(&self, offset: u64, data: &[u8]) {

@@ -10,7 +10,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
 use crate::interrupt::SuperioTrigger;
-use crate::{BusDevice, Interrupt};
+use crate::{reply_byte, BusDevice, Interrupt};
 
 /// COM1's base port.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -101,10 +101,7 @@ impl SerialPort {
 impl BusDevice for SerialPort {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let value = self.uart().read(offset as u8);
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        reply_byte(data, value);
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
