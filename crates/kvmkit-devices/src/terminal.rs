@@ -53,6 +53,73 @@ impl Drop for RawTerminal {
 mod tests {
     use super::*;
 
+    /// A pseudo-terminal pair: (controller, terminal).
+    fn pty() -> (RawFd, RawFd) {
+        let (mut controller, mut terminal) = (0, 0);
+        // SAFETY: openpty writes two descriptors to the out-pointers; the name,
+        // termios and window-size arguments may be null.
+        let ret = unsafe {
+            libc::openpty(
+                &mut controller,
+                &mut terminal,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(ret, 0, "openpty: {}", io::Error::last_os_error());
+        (controller, terminal)
+    }
+
+    fn settings(fd: RawFd) -> libc::termios {
+        // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::tcgetattr(fd, &mut termios) }, 0);
+        termios
+    }
+
+    #[test]
+    fn raw_mode_turns_off_line_editing_and_echo_keeps_signals_and_is_undone_on_drop() {
+        let (controller, terminal) = pty();
+        let before = settings(terminal);
+
+        let raw = RawTerminal::enable(terminal).unwrap().expect("a pty is a terminal");
+        let during = settings(terminal);
+        drop(raw);
+        let after = settings(terminal);
+
+        assert_ne!(before.c_lflag & libc::ICANON, 0);
+        assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO), 0);
+        assert_ne!(during.c_lflag & libc::ISIG, 0, "Ctrl-C must still raise SIGINT");
+        assert_eq!(after.c_lflag, before.c_lflag);
+        assert_eq!(after.c_iflag, before.c_iflag);
+        // SAFETY: both descriptors were opened by openpty and are closed once.
+        unsafe {
+            libc::close(controller);
+            libc::close(terminal);
+        }
+    }
+
+    #[test]
+    fn terminal_is_restored_when_a_panic_unwinds_past_the_guard() {
+        let (controller, terminal) = pty();
+        let before = settings(terminal);
+
+        let result = std::panic::catch_unwind(|| {
+            let _raw = RawTerminal::enable(terminal).unwrap();
+            panic!("a device model bug");
+        });
+
+        assert!(result.is_err());
+        assert_eq!(settings(terminal).c_lflag, before.c_lflag);
+        // SAFETY: as above.
+        unsafe {
+            libc::close(controller);
+            libc::close(terminal);
+        }
+    }
+
     #[test]
     fn a_pipe_is_not_a_terminal() {
         let mut fds = [0; 2];
