@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         match measure(class, options.exits, options.rounds) {
             Ok(row) => println!("{row}"),
             Err(error) => {
-                println!("{:<16} unavailable: {error}", class.name());
+                println!("{:<18} unavailable: {error}", class.name());
                 failed = true;
             }
         }

@@ -10,6 +10,10 @@
 //! `match` on [`kvm_ioctls::VcpuFd::run`] (the baseline). Both drive the same vCPU of
 //! the same VM, so their ratio is kvmkit's overhead per exit.
 //!
+//! Two more classes take the full device path on kvmkit's side: [`PlatformIo`], a
+//! [`Bus`] lookup and a device that ignores the access, against the same bare loop;
+//! their ratio is what the device stack adds to an exit.
+//!
 //! Two classes never reach userspace: a write to a port with an ioeventfd, and
 //! `cpuid`, which KVM answers in the kernel. Their guests run a batch of `n` such
 //! exits between two port reads that fetch the batch size; the cost per exit is the
@@ -17,9 +21,11 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit as KvmExit;
+use kvmkit_devices::{AddressSpace, Bus, BusDevice, VmExit};
 use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{
@@ -27,6 +33,8 @@ use kvmkit_vcpu::{
     IoKind, NoDatamatch, Vcpu, VcpuExit, Vm,
 };
 use vm_memory::{Bytes, GuestAddress};
+
+use crate::PlatformIo;
 
 /// Where the latency guests are loaded.
 const CODE_ADDR: u64 = 0x10_0000;
@@ -59,11 +67,16 @@ pub enum ExitClass {
     Ioeventfd,
     /// `cpuid`: KVM answers in the kernel and re-enters the guest.
     CpuidInKernel,
+    /// `out` to a port, through the device stack: [`PlatformIo`] and a port [`Bus`]
+    /// to a device that ignores the write.
+    PioWriteDevice,
+    /// A store to an MMIO address, through [`PlatformIo`] and an MMIO [`Bus`].
+    MmioWriteDevice,
 }
 
 impl ExitClass {
     /// Every class, in the order tables print them.
-    pub const ALL: [ExitClass; 7] = [
+    pub const ALL: [ExitClass; 9] = [
         ExitClass::PioWrite,
         ExitClass::PioRead,
         ExitClass::MmioWrite,
@@ -71,6 +84,8 @@ impl ExitClass {
         ExitClass::Hlt,
         ExitClass::Ioeventfd,
         ExitClass::CpuidInKernel,
+        ExitClass::PioWriteDevice,
+        ExitClass::MmioWriteDevice,
     ];
 
     /// The name tables and benchmarks use.
@@ -83,6 +98,8 @@ impl ExitClass {
             ExitClass::Hlt => "hlt",
             ExitClass::Ioeventfd => "ioeventfd",
             ExitClass::CpuidInKernel => "cpuid_in_kernel",
+            ExitClass::PioWriteDevice => "pio_write_device",
+            ExitClass::MmioWriteDevice => "mmio_write_device",
         }
     }
 
@@ -91,20 +108,29 @@ impl ExitClass {
         matches!(self, ExitClass::Ioeventfd | ExitClass::CpuidInKernel)
     }
 
+    /// Whether kvmkit's side goes through the device buses.
+    pub fn through_devices(self) -> bool {
+        matches!(self, ExitClass::PioWriteDevice | ExitClass::MmioWriteDevice)
+    }
+
     /// The guest that causes this exit forever.
     fn program(self) -> GuestProgram {
         let assembled = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
             let mut top = a.create_label();
             match self {
-                ExitClass::PioWrite | ExitClass::PioRead => a.mov(dx, u32::from(EXIT_PORT))?,
-                ExitClass::MmioWrite | ExitClass::MmioRead => a.mov(rdi, MMIO_ADDR)?,
+                ExitClass::PioWrite | ExitClass::PioRead | ExitClass::PioWriteDevice => {
+                    a.mov(dx, u32::from(EXIT_PORT))?
+                }
+                ExitClass::MmioWrite | ExitClass::MmioRead | ExitClass::MmioWriteDevice => {
+                    a.mov(rdi, MMIO_ADDR)?
+                }
                 _ => {}
             }
             a.set_label(&mut top)?;
             match self {
-                ExitClass::PioWrite => a.out(dx, al)?,
+                ExitClass::PioWrite | ExitClass::PioWriteDevice => a.out(dx, al)?,
                 ExitClass::PioRead => a.in_(al, dx)?,
-                ExitClass::MmioWrite => a.mov(byte_ptr(rdi), al)?,
+                ExitClass::MmioWrite | ExitClass::MmioWriteDevice => a.mov(byte_ptr(rdi), al)?,
                 ExitClass::MmioRead => a.mov(al, byte_ptr(rdi))?,
                 ExitClass::Hlt => a.hlt()?,
                 ExitClass::Ioeventfd => in_kernel_batch(a, |a| {
@@ -221,11 +247,37 @@ fn fill_batch(data: &mut [u8], batch: u64) {
     data[..len].copy_from_slice(&bytes[..len]);
 }
 
+/// A device that ignores what it is given: the cheapest device behind a bus.
+struct NullDevice;
+
+impl BusDevice for NullDevice {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&self, _offset: u64, _data: &[u8]) {}
+}
+
+/// The device stack of a platform with a [`NullDevice`] where the guests exit.
+fn null_device_platform() -> Result<PlatformIo, Error> {
+    let pio = Arc::new(Bus::new(AddressSpace::Pio));
+    let mmio = Arc::new(Bus::new(AddressSpace::Mmio));
+    let setup = |e: String| Error::Machine(crate::Error::Config(e));
+    pio.insert(u64::from(EXIT_PORT), 1, "null", Arc::new(NullDevice))
+        .map_err(|e| setup(e.to_string()))?;
+    mmio.insert(MMIO_ADDR, 0x1000, "null", Arc::new(NullDevice))
+        .map_err(|e| setup(e.to_string()))?;
+    let exit = VmExit::new().map_err(|e| setup(format!("cannot create an eventfd: {e}")))?;
+    Ok(PlatformIo::new(pio, mmio, Arc::new(exit)))
+}
+
 /// A one-vCPU VM running the guest of one [`ExitClass`].
 #[derive(Debug)]
 pub struct LatencyVm {
     class: ExitClass,
     handler: LatencyHandler,
+    /// For the classes that go through the device stack.
+    platform: Option<PlatformIo>,
     /// The batch size the baseline's next `BATCH_PORT` read returns.
     baseline_next_batch: u64,
     vcpu: Vcpu,
@@ -266,6 +318,11 @@ impl LatencyVm {
                 next_batch: AtomicU64::new(1),
             },
             baseline_next_batch: 1,
+            platform: if class.through_devices() {
+                Some(null_device_platform()?)
+            } else {
+                None
+            },
             vcpu,
             ioeventfd,
             _vm: vm,
@@ -363,7 +420,11 @@ impl LatencyVm {
 
     #[inline]
     fn run_kvmkit_exit(&mut self) -> Result<(), Error> {
-        match self.vcpu.run_once(&self.handler)? {
+        let exit = match &self.platform {
+            Some(platform) => self.vcpu.run_once(platform)?,
+            None => self.vcpu.run_once(&self.handler)?,
+        };
+        match exit {
             VcpuExit::Io(_) | VcpuExit::Hlt => Ok(()),
             other => Err(Error::UnexpectedExit {
                 class: self.class,
@@ -438,7 +499,7 @@ impl fmt::Display for LatencyRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<16} {:>10.0} {:>11.0} {:>6.3}",
+            "{:<18} {:>10.0} {:>11.0} {:>6.3}",
             self.class.name(),
             self.kvmkit_ns,
             self.baseline_ns,
@@ -448,7 +509,7 @@ impl fmt::Display for LatencyRow {
 }
 
 /// The header line matching [`LatencyRow`]'s display.
-pub const TABLE_HEADER: &str = "class              kvmkit_ns baseline_ns  ratio";
+pub const TABLE_HEADER: &str = "class                kvmkit_ns baseline_ns  ratio";
 
 /// Measures `class`: `rounds` rounds of `exits` exits, alternating kvmkit and the
 /// baseline (which goes first alternates too), and returns the median of each.
@@ -492,6 +553,17 @@ mod tests {
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn device_classes_reach_a_mapped_device_on_both_buses() {
+        let platform = null_device_platform().unwrap();
+
+        platform.pio_write(EXIT_PORT, &[1]);
+        platform.mmio_write(MMIO_ADDR, &[1]);
+
+        assert_eq!(platform.pio_bus().unmapped_accesses(), (0, 0));
+        assert_eq!(platform.mmio_bus().unmapped_accesses(), (0, 0));
     }
 
     #[test]

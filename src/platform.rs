@@ -31,6 +31,23 @@ pub struct PlatformIo {
 }
 
 impl PlatformIo {
+    /// A handler on these buses that stops a vCPU once `exit` is requested. A
+    /// [`Platform`] makes one with [`Platform::io_handler`]; this is for buses
+    /// assembled by hand.
+    pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<VmExit>) -> Self {
+        PlatformIo { pio, mmio, exit }
+    }
+
+    /// The port bus.
+    pub fn pio_bus(&self) -> &Arc<Bus> {
+        &self.pio
+    }
+
+    /// The MMIO bus.
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
+        &self.mmio
+    }
+
     #[inline]
     fn after_write(&self) -> IoAction {
         if self.exit.is_requested() {
@@ -178,11 +195,7 @@ impl Platform {
 
     /// The vCPUs' I/O handler on this platform's buses.
     pub fn io_handler(&self) -> PlatformIo {
-        PlatformIo {
-            pio: self.pio.clone(),
-            mmio: self.mmio.clone(),
-            exit: self.exit.clone(),
-        }
+        PlatformIo::new(self.pio.clone(), self.mmio.clone(), self.exit.clone())
     }
 }
 

@@ -155,9 +155,9 @@ fn exit_latency_probe_takes_one_userspace_exit_per_iteration_of_each_class() {
     use kvmkit::exit_latency::{ExitClass, LatencyVm};
     use kvmkit::vcpu::ExitReason;
     let expected = |class| match class {
-        ExitClass::PioWrite => ExitReason::PioWrite,
+        ExitClass::PioWrite | ExitClass::PioWriteDevice => ExitReason::PioWrite,
         ExitClass::PioRead => ExitReason::PioRead,
-        ExitClass::MmioWrite => ExitReason::MmioWrite,
+        ExitClass::MmioWrite | ExitClass::MmioWriteDevice => ExitReason::MmioWrite,
         ExitClass::MmioRead => ExitReason::MmioRead,
         ExitClass::Hlt => ExitReason::Hlt,
         // In-kernel classes reach userspace only to fetch the next batch size.

@@ -84,14 +84,20 @@ mod tests {
         let (controller, terminal) = pty();
         let before = settings(terminal);
 
-        let raw = RawTerminal::enable(terminal).unwrap().expect("a pty is a terminal");
+        let raw = RawTerminal::enable(terminal)
+            .unwrap()
+            .expect("a pty is a terminal");
         let during = settings(terminal);
         drop(raw);
         let after = settings(terminal);
 
         assert_ne!(before.c_lflag & libc::ICANON, 0);
         assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO), 0);
-        assert_ne!(during.c_lflag & libc::ISIG, 0, "Ctrl-C must still raise SIGINT");
+        assert_ne!(
+            during.c_lflag & libc::ISIG,
+            0,
+            "Ctrl-C must still raise SIGINT"
+        );
         assert_eq!(after.c_lflag, before.c_lflag);
         assert_eq!(after.c_iflag, before.c_iflag);
         // SAFETY: both descriptors were opened by openpty and are closed once.
