@@ -22,14 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
-use kvmkit::memory::{KsmCounters, MemoryConfig};
+use kvmkit::memory::{KsmCounters, KsmScanning, MemoryConfig};
 use kvmkit::vcpu::{IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::{MachineBuilder, RunningMachine};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 /// Guests fill RAM from here up, past their code, stacks and page tables.
 const FILL_START: u64 = 0x20_0000;
-const KSM: &str = "/sys/kernel/mm/ksm";
 const PAGE: u64 = 4096;
 
 /// Writes the same qword at the start of every page from FILL_START to `size`.
@@ -50,42 +49,6 @@ fn filler(size: u64) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
 
 struct NoDevices;
 impl IoHandler for NoDevices {}
-
-/// Turns KSM scanning on, fast, and restores the previous settings when dropped.
-struct KsmScan {
-    saved: Vec<(&'static str, String)>,
-}
-
-impl KsmScan {
-    fn start() -> Result<Self, String> {
-        let keys = ["run", "pages_to_scan", "sleep_millisecs"];
-        let mut saved = Vec::new();
-        for key in keys {
-            let value = fs::read_to_string(format!("{KSM}/{key}"))
-                .map_err(|e| format!("this kernel has no KSM ({KSM}/{key}: {e})"))?;
-            saved.push((key, value.trim().to_string()));
-        }
-        let scan = KsmScan { saved };
-        for (key, value) in [
-            ("pages_to_scan", "5000"),
-            ("sleep_millisecs", "10"),
-            ("run", "1"),
-        ] {
-            fs::write(format!("{KSM}/{key}"), value).map_err(|e| {
-                format!("cannot turn KSM scanning on ({KSM}/{key}: {e}); run as root")
-            })?;
-        }
-        Ok(scan)
-    }
-}
-
-impl Drop for KsmScan {
-    fn drop(&mut self) {
-        for (key, value) in &self.saved {
-            let _ = fs::write(format!("{KSM}/{key}"), value);
-        }
-    }
-}
 
 struct Options {
     vms: u32,
@@ -168,7 +131,7 @@ fn run(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
 
     let frames_before = distinct_frames(&vms)?;
     let start = KsmCounters::read().ok_or("this kernel has no KSM")?;
-    let scan = KsmScan::start()?;
+    let scan = KsmScanning::start()?;
     let counters = wait_for_merging(before / PAGE);
     drop(scan);
     let merged_pages = counters.process_merging_pages.unwrap_or(0);

@@ -6,49 +6,10 @@
 //! Needs KSM scanning (`/sys/kernel/mm/ksm/run` = 1), which the test turns on itself
 //! when it runs as root and restores afterwards; `.ci/run` runs it as root.
 
-use std::fs;
 use std::time::{Duration, Instant};
 
-use kvmkit_memory::{GuestRam, KsmCounters, MemoryConfig, MemoryLayout};
+use kvmkit_memory::{GuestRam, KsmCounters, KsmScanning, MemoryConfig, MemoryLayout};
 use vm_memory::{Bytes, GuestAddress};
-
-const KSM: &str = "/sys/kernel/mm/ksm";
-
-/// Turns KSM scanning on, fast, and puts the old settings back when dropped.
-struct FastKsm {
-    saved: Vec<(&'static str, String)>,
-}
-
-impl FastKsm {
-    fn start() -> Self {
-        let keys = ["run", "pages_to_scan", "sleep_millisecs"];
-        let saved = keys
-            .iter()
-            .map(|key| (*key, fs::read_to_string(format!("{KSM}/{key}")).unwrap()))
-            .collect();
-        for (key, value) in [
-            ("pages_to_scan", "5000"),
-            ("sleep_millisecs", "10"),
-            ("run", "1"),
-        ] {
-            fs::write(format!("{KSM}/{key}"), value).unwrap_or_else(|e| {
-                panic!(
-                    "cannot set {KSM}/{key} ({e}): this test needs KSM scanning; run it as \
-                     root or `echo 1 > {KSM}/run` first"
-                )
-            });
-        }
-        FastKsm { saved }
-    }
-}
-
-impl Drop for FastKsm {
-    fn drop(&mut self) {
-        for (key, value) in &self.saved {
-            let _ = fs::write(format!("{KSM}/{key}"), value.trim());
-        }
-    }
-}
 
 #[test]
 fn identical_pages_of_two_mergeable_guests_are_merged_by_ksm() {
@@ -68,7 +29,7 @@ fn identical_pages_of_two_mergeable_guests_are_merged_by_ksm() {
         }
     }
     let total_pages = 2 * (16 << 20) / 4096;
-    let ksm = FastKsm::start();
+    let ksm = KsmScanning::start().unwrap_or_else(|e| panic!("this test needs KSM scanning: {e}"));
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut counters = KsmCounters::read().unwrap();
