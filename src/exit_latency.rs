@@ -401,21 +401,10 @@ impl LatencyVm {
 
     /// Runs `exits` exits through kvmkit's [`Vcpu::run_once`] and returns the time.
     pub fn run_kvmkit(&mut self, exits: u64) -> Result<Duration, Error> {
-        if self.class.in_kernel() {
-            self.handler
-                .next_batch
-                .store(exits.max(1), Ordering::Relaxed);
-            // This entry runs the batch fetched before; its exit fetches `exits`.
-            self.run_kvmkit_exit()?;
-            let start = Instant::now();
-            self.run_kvmkit_exit()?;
-            return Ok(start.elapsed());
-        }
-        let start = Instant::now();
-        for _ in 0..exits {
-            self.run_kvmkit_exit()?;
-        }
-        Ok(start.elapsed())
+        self.handler
+            .next_batch
+            .store(exits.max(1), Ordering::Relaxed);
+        self.time_exits(exits, Self::run_kvmkit_exit)
     }
 
     #[inline]
@@ -436,16 +425,29 @@ impl LatencyVm {
     /// Runs `exits` exits through a bare `match` on kvm-ioctls' `VcpuFd::run` and
     /// returns the time.
     pub fn run_baseline(&mut self, exits: u64) -> Result<Duration, Error> {
+        self.baseline_next_batch = exits.max(1);
+        self.time_exits(exits, Self::run_baseline_exit)
+    }
+
+    /// Times `exits` exits taken one `run_exit` each; for an in-kernel class, the one
+    /// `run_exit` that runs a batch of `exits` (whose size the caller has set for the
+    /// next batch-size read).
+    #[inline]
+    fn time_exits(
+        &mut self,
+        exits: u64,
+        run_exit: impl Fn(&mut Self) -> Result<(), Error>,
+    ) -> Result<Duration, Error> {
         if self.class.in_kernel() {
-            self.baseline_next_batch = exits.max(1);
-            self.run_baseline_exit()?;
+            // This entry runs the batch fetched before; its exit fetches `exits`.
+            run_exit(self)?;
             let start = Instant::now();
-            self.run_baseline_exit()?;
+            run_exit(self)?;
             return Ok(start.elapsed());
         }
         let start = Instant::now();
         for _ in 0..exits {
-            self.run_baseline_exit()?;
+            run_exit(self)?;
         }
         Ok(start.elapsed())
     }
