@@ -18,7 +18,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit::guest_asm::{asm::*, programs, Bitness, GuestProgram};
 use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::MachineBuilder;
 
@@ -63,18 +63,7 @@ fn guest(vcpus: u32) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
         a.hlt()?;
 
         // print: writes the NUL-terminated string at rsi to the console.
-        let mut next = a.create_label();
-        let mut done = a.create_label();
-        a.set_label(&mut print)?;
-        a.mov(dx, u32::from(CONSOLE_PORT))?;
-        a.set_label(&mut next)?;
-        a.lodsb()?;
-        a.test(al, al)?;
-        a.jz(done)?;
-        a.out(dx, al)?;
-        a.jmp(next)?;
-        a.set_label(&mut done)?;
-        a.ret()?;
+        programs::emit_print_routine(a, &mut print, u32::from(CONSOLE_PORT))?;
 
         // print_decimal: writes rax in decimal to the console.
         let mut divide = a.create_label();

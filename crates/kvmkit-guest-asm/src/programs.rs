@@ -11,6 +11,28 @@ pub const COM1: u32 = 0x3f8;
 /// The debug exit port the guests below report through.
 pub const DEBUG_EXIT: u32 = 0xf4;
 
+/// Emits a subroutine at `routine` that writes the NUL-terminated string at RSI to
+/// `port`, one `out` per byte, and returns. It clobbers RAX, RDX and RSI. Works in
+/// 64-bit code; `call` it once the stack pointer is valid.
+pub fn emit_print_routine(
+    a: &mut CodeAssembler,
+    routine: &mut CodeLabel,
+    port: u32,
+) -> Result<(), IcedError> {
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.set_label(routine)?;
+    a.mov(dx, port)?;
+    a.set_label(&mut next)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(done)?;
+    a.out(dx, al)?;
+    a.jmp(next)?;
+    a.set_label(&mut done)?;
+    a.ret()
+}
+
 /// A long-mode serial echo driven by the receive interrupt, for vCPU 0 of a VM with
 /// the in-kernel irqchip and COM1 on IRQ 4: installs an IDT entry for IRQ 4 (vector
 /// 0x24), programs the 8259 PICs, enables the UART's receive interrupt, prints
@@ -27,7 +49,6 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
         let mut ready = a.create_label();
         let mut idle = a.create_label();
         let mut print = a.create_label();
-        let mut printed = a.create_label();
 
         let mut vcpu0 = a.create_label();
         a.test(rdi, rdi)?;
@@ -80,14 +101,7 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
         a.out(dx, al)?;
 
         a.lea(rsi, ptr(ready))?;
-        a.mov(dx, COM1)?;
-        a.set_label(&mut print)?;
-        a.lodsb()?;
-        a.test(al, al)?;
-        a.jz(printed)?;
-        a.out(dx, al)?;
-        a.jmp(print)?;
-        a.set_label(&mut printed)?;
+        a.call(print)?;
         a.sti()?;
         a.set_label(&mut idle)?;
         a.hlt()?;
@@ -120,6 +134,8 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
         a.pop(rdx)?;
         a.pop(rax)?;
         a.iretq()?;
+
+        emit_print_routine(a, &mut print, COM1)?;
 
         a.set_label(&mut ready)?;
         a.db(b"ready\n\0")?;
