@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kvmkit::exit_latency::{ExitClass, LatencyVm};
+use kvmkit_exit_latency::{ExitClass, LatencyVm};
 
 fn exit_latency(c: &mut Criterion) {
     for class in ExitClass::ALL {

@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use kvmkit::exit_latency::{measure, ExitClass, TABLE_HEADER};
+use kvmkit_exit_latency::{measure, ExitClass, TABLE_HEADER};
 
 struct Options {
     exits: u64,

@@ -51,7 +51,7 @@ fn run(vcpus: u32) -> Result<i32, Box<dyn std::error::Error>> {
         .vcpus(vcpus)
         .irqchip(true)
         .build()?;
-    let platform = Platform::new(machine.vm(), PlatformConfig::default())?;
+    let platform = Platform::new(machine.vm(), PlatformConfig::interactive())?;
     let outcome = machine.boot(&program)?.run_on(platform)?;
     let threads_left = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
     eprintln!("\nserial_echo: the VM ended: {outcome:?}; threads left: {threads_left}");

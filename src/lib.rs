@@ -9,18 +9,17 @@
 //! | `kvmkit-memory` | [`memory`] | guest memory layouts and backings, no KVM dependency |
 //! | `kvmkit-vcpu` | [`vcpu`] | VM and vCPU control on KVM: memslots, CPU modes, typed exits, vCPU threads |
 //! | `kvmkit-devices` | [`devices`] | PIO/MMIO bus, legacy devices, the I/O event loop, no KVM dependency |
-//! | `kvmkit-guest-asm` | [`guest_asm`] | small x86 guest programs from readable assembly |
+//! | `kvmkit-guest-asm` | `guest_asm` (feature `guest-asm`) | small x86 guest programs from readable assembly |
 //!
 //! This facade adds the composition layer: a [`MachineBuilder`] that puts guest memory,
-//! a VM and its vCPUs together, the [`platform`] that connects the devices to the
-//! vCPUs and runs the I/O thread, and the [`exit_latency`] probe that measures what one
-//! VM exit costs on this host.
+//! a VM and its vCPUs together and boots [`GuestCode`] on them, and the [`platform`]
+//! that connects the devices to the vCPUs and runs the I/O thread.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+//! use kvmkit::vcpu::CpuMode;
 //! use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
-//! use kvmkit::MachineBuilder;
+//! use kvmkit::{MachineBuilder, RawProgram};
 //!
 //! struct Console;
 //! impl IoHandler for Console {
@@ -30,25 +29,23 @@
 //!     }
 //! }
 //!
-//! let program = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
-//!     a.mov(dx, 0x3f8u32)?;
-//!     a.mov(al, b'!' as u32)?;
-//!     a.out(dx, al)?;
-//!     a.hlt()
-//! })?;
+//! // mov dx, 0x3f8; mov al, '!'; out dx, al; hlt
+//! let program = RawProgram::new(CpuMode::Long, 0x10_0000, [0x66, 0xba, 0xf8, 0x03, 0xb0, b'!', 0xee, 0xf4]);
 //! let machine = MachineBuilder::new().memory_mib(16).vcpus(1).build()?;
 //! let outcomes = machine.boot(&program)?.start(Arc::new(Console))?.wait()?;
 //! assert_eq!(outcomes, vec![VcpuOutcome::Exited(VcpuExit::Hlt)]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod exit_latency;
 mod machine;
 pub mod platform;
 
 pub use kvmkit_devices as devices;
+#[cfg(feature = "guest-asm")]
 pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
-pub use machine::{BootedMachine, Error, Machine, MachineBuilder, RunningMachine};
+pub use machine::{
+    BootedMachine, Error, GuestCode, Machine, MachineBuilder, RawProgram, RunningMachine,
+};
 pub use platform::{Platform, PlatformConfig, PlatformIo, VmOutcome};

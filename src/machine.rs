@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kvmkit_guest_asm::{Bitness, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::x86::PAGE_TABLES_END;
 use kvmkit_vcpu::{
@@ -20,6 +19,7 @@ const STACK_PER_VCPU: u64 = 0x1000;
 
 /// What can go wrong while building or running a [`Machine`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Guest memory could not be laid out or mapped.
     #[error(transparent)]
@@ -27,15 +27,107 @@ pub enum Error {
     /// KVM refused an operation, or a vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] kvmkit_vcpu::Error),
+    /// A device could not be placed on its bus.
+    #[error(transparent)]
+    Bus(#[from] kvmkit_devices::BusError),
     /// The machine's configuration cannot work.
     #[error("invalid machine configuration: {0}")]
     Config(String),
+    /// The guest code does not fit in guest RAM where it loads.
+    #[error("the guest code ({len} bytes at {load_addr:#x}) does not fit in guest RAM")]
+    Load {
+        /// Its length.
+        len: usize,
+        /// Where it loads.
+        load_addr: u64,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A host resource (an event fd, epoll, the terminal, signals) failed.
+    #[error("{what}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Host { what, source }
+    }
+}
+
+/// Code a [`Machine`] can boot: bytes to copy to a guest-physical address, which is
+/// also the entry point, and the CPU mode they run in.
+///
+/// With the `guest-asm` feature, `kvmkit_guest_asm::GuestProgram` implements it; a
+/// [`RawProgram`] carries bytes from anywhere else.
+pub trait GuestCode {
+    /// The CPU mode the code expects.
+    fn cpu_mode(&self) -> CpuMode;
+    /// The guest-physical address to copy the code to; execution starts there.
+    fn load_addr(&self) -> u64;
+    /// The machine code.
+    fn bytes(&self) -> &[u8];
+}
+
+/// Machine code and where it runs, for [`Machine::boot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawProgram {
+    mode: CpuMode,
+    load_addr: u64,
+    bytes: Vec<u8>,
+}
+
+impl RawProgram {
+    /// `bytes` to run in `mode` from guest-physical `load_addr`.
+    pub fn new(mode: CpuMode, load_addr: u64, bytes: impl Into<Vec<u8>>) -> Self {
+        RawProgram {
+            mode,
+            load_addr,
+            bytes: bytes.into(),
+        }
+    }
+}
+
+impl GuestCode for RawProgram {
+    fn cpu_mode(&self) -> CpuMode {
+        self.mode
+    }
+    fn load_addr(&self) -> u64 {
+        self.load_addr
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(feature = "guest-asm")]
+impl GuestCode for kvmkit_guest_asm::GuestProgram {
+    fn cpu_mode(&self) -> CpuMode {
+        match self.bitness() {
+            kvmkit_guest_asm::Bitness::Real16 => CpuMode::Real,
+            kvmkit_guest_asm::Bitness::Protected32 => CpuMode::Protected,
+            kvmkit_guest_asm::Bitness::Long64 => CpuMode::Long,
+        }
+    }
+    fn load_addr(&self) -> u64 {
+        self.load_addr()
+    }
+    fn bytes(&self) -> &[u8] {
+        self.bytes()
+    }
 }
 
 /// Builds a [`Machine`].
 #[derive(Debug, Clone)]
 pub struct MachineBuilder {
-    memory_size: u64,
+    /// `None` once a size overflowed: `build` reports it.
+    memory_size: Option<u64>,
     vcpus: u32,
     memory_config: MemoryConfig,
     irqchip: bool,
@@ -46,7 +138,7 @@ pub struct MachineBuilder {
 impl Default for MachineBuilder {
     fn default() -> Self {
         MachineBuilder {
-            memory_size: 64 << 20,
+            memory_size: Some(64 << 20),
             vcpus: 1,
             memory_config: MemoryConfig::default(),
             irqchip: false,
@@ -62,16 +154,16 @@ impl MachineBuilder {
         Self::default()
     }
 
-    /// Guest RAM in MiB.
+    /// Guest RAM in MiB. A size past 2^64 bytes makes [`build`](Self::build) fail.
     pub fn memory_mib(mut self, mib: u64) -> Self {
-        self.memory_size = mib << 20;
+        self.memory_size = mib.checked_mul(1 << 20);
         self
     }
 
     /// How guest RAM is backed; a `size` in it sets the memory size too.
     pub fn memory_config(mut self, config: MemoryConfig) -> Self {
         if let Some(size) = config.size {
-            self.memory_size = size;
+            self.memory_size = Some(size);
         }
         self.memory_config = config;
         self
@@ -106,6 +198,9 @@ impl MachineBuilder {
         if self.vcpus == 0 {
             return Err(Error::Config("a machine needs at least one vCPU".into()));
         }
+        let memory_size = self.memory_size.ok_or_else(|| {
+            Error::Config("the memory size does not fit in 64 bits of bytes".into())
+        })?;
         let hypervisor = Hypervisor::open_at(&self.kvm_path)?;
         let max = hypervisor.max_vcpus();
         if self.vcpus as usize > max {
@@ -114,10 +209,10 @@ impl MachineBuilder {
                 self.vcpus
             )));
         }
-        let layout = MemoryLayout::x86_64(self.memory_size)?;
+        let layout = MemoryLayout::x86_64(memory_size)?;
         let ram = GuestRam::new(&layout, &self.memory_config)?;
         let vm = Vm::new(&hypervisor)?;
-        vm.register_memory(ram.memory())?;
+        vm.register_memory(ram.shared_memory())?;
         if self.irqchip {
             vm.create_irqchip()?;
             vm.create_pit()?;
@@ -167,10 +262,9 @@ impl Machine {
     }
 
     /// Copies `program` into guest RAM and points every vCPU at it, in the CPU mode it
-    /// was assembled for. Each vCPU starts with its index in RDI and its own stack of
-    /// 4 KiB below the program (or below the long-mode page tables' end, whichever is
-    /// higher, so they never overlap).
-    pub fn boot(self, program: &GuestProgram) -> Result<BootedMachine, Error> {
+    /// expects. Each vCPU starts with its index in RDI and its own stack of 4 KiB below
+    /// the program (which must leave the long-mode page tables room below the stacks).
+    pub fn boot(self, program: &impl GuestCode) -> Result<BootedMachine, Error> {
         let stacks = self.vcpus.len() as u64 * STACK_PER_VCPU;
         let stack_base = program.load_addr().checked_sub(stacks).ok_or_else(|| {
             Error::Config(format!(
@@ -178,7 +272,8 @@ impl Machine {
                 program.load_addr()
             ))
         })?;
-        if program.bitness() == Bitness::Long64 && stack_base < PAGE_TABLES_END {
+        let mode = program.cpu_mode();
+        if mode == CpuMode::Long && stack_base < PAGE_TABLES_END {
             return Err(Error::Config(format!(
                 "a long-mode program must load at or above {:#x} to leave room for the page \
                  tables and {} vCPU stacks; it loads at {:#x}",
@@ -190,14 +285,11 @@ impl Machine {
         self.ram
             .memory()
             .write_slice(program.bytes(), GuestAddress(program.load_addr()))
-            .map_err(|e| {
-                Error::Config(format!(
-                    "the program ({} bytes at {:#x}) does not fit in guest RAM: {e}",
-                    program.bytes().len(),
-                    program.load_addr()
-                ))
+            .map_err(|source| Error::Load {
+                len: program.bytes().len(),
+                load_addr: program.load_addr(),
+                source,
             })?;
-        let mode = cpu_mode(program.bitness());
         for (index, vcpu) in self.vcpus.iter().enumerate() {
             let stack_top = program.load_addr() - index as u64 * STACK_PER_VCPU;
             vcpu.enter_mode(self.ram.memory(), mode, program.load_addr(), stack_top)?;
@@ -206,14 +298,6 @@ impl Machine {
             vcpu.set_regs(&regs)?;
         }
         Ok(BootedMachine { machine: self })
-    }
-}
-
-fn cpu_mode(bitness: Bitness) -> CpuMode {
-    match bitness {
-        Bitness::Real16 => CpuMode::Real,
-        Bitness::Protected32 => CpuMode::Protected,
-        Bitness::Long64 => CpuMode::Long,
     }
 }
 
@@ -268,23 +352,33 @@ impl BootedMachine {
             handles.push(VcpuThread::spawn(vcpu, Arc::clone(&handler), config)?);
         }
         Ok(RunningMachine {
-            _hypervisor: hypervisor,
+            handles,
             vm,
             ram,
-            handles,
+            _hypervisor: hypervisor,
         })
     }
 }
 
 /// A machine whose vCPU threads are running.
 ///
-/// Dropping it stops and joins every vCPU thread.
+/// Dropping it first stops and joins every vCPU thread, then closes the VM, then
+/// unmaps guest RAM: never the other way round.
 #[derive(Debug)]
 pub struct RunningMachine {
-    _hypervisor: Hypervisor,
+    // Fields drop in this order, after `Drop::drop` has joined the vCPU threads.
+    handles: Vec<VcpuHandle>,
     vm: Vm,
     ram: GuestRam,
-    handles: Vec<VcpuHandle>,
+    _hypervisor: Hypervisor,
+}
+
+impl Drop for RunningMachine {
+    fn drop(&mut self) {
+        self.stop();
+        // Dropping a handle joins its thread; the outcomes are not wanted here.
+        self.handles.clear();
+    }
 }
 
 impl RunningMachine {
@@ -314,13 +408,28 @@ impl RunningMachine {
     /// If one failed, the others are stopped and its error is returned.
     pub fn wait(self) -> Result<Vec<VcpuOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(self.handles.len());
-        for handle in self.handles {
-            match handle.join() {
-                Ok(outcome) => outcomes.push(outcome),
-                // Dropping the remaining handles stops and joins them.
-                Err(error) => return Err(error.into()),
-            }
+        for result in self.join_all() {
+            // Every thread has ended by now; the first failure is the answer.
+            outcomes.push(result?);
         }
         Ok(outcomes)
+    }
+
+    /// Waits for every vCPU thread to end and returns how each ended or failed, in
+    /// vCPU order. A failure stops the vCPUs not yet joined, so a vCPU that failed
+    /// (or whose device panicked) never leaves the others running.
+    pub fn join_all(mut self) -> Vec<Result<VcpuOutcome, kvmkit_vcpu::Error>> {
+        let mut handles = std::mem::take(&mut self.handles).into_iter();
+        let mut results = Vec::with_capacity(handles.len());
+        while let Some(handle) = handles.next() {
+            let result = handle.join();
+            if result.is_err() {
+                for waiting in handles.as_slice() {
+                    waiting.stop();
+                }
+            }
+            results.push(result);
+        }
+        results
     }
 }

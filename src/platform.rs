@@ -7,17 +7,18 @@
 //! knows no devices): [`PlatformIo`] implements the vCPU's [`IoHandler`] on the
 //! device buses, and the serial interrupt's event fd becomes a KVM irqfd.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop,
-    ExitRequest, Flow, SerialOutput, SerialPort, TerminationSignals, VmExit,
+    ShutdownReason, Flow, SerialOutput, SerialPort, TerminationSignals, VmShutdown,
     ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT,
     DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
 };
 use kvmkit_devices::{LoopEnd, RawTerminal};
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
+
 
 use crate::{BootedMachine, Error};
 
@@ -27,14 +28,14 @@ use crate::{BootedMachine, Error};
 pub struct PlatformIo {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
-    exit: Arc<VmExit>,
+    exit: Arc<VmShutdown>,
 }
 
 impl PlatformIo {
     /// A handler on these buses that stops a vCPU once `exit` is requested. A
     /// [`Platform`] makes one with [`Platform::io_handler`]; this is for buses
     /// assembled by hand.
-    pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<VmExit>) -> Self {
+    pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<VmShutdown>) -> Self {
         PlatformIo { pio, mmio, exit }
     }
 
@@ -81,27 +82,59 @@ impl IoHandler for PlatformIo {
 }
 
 /// Where the platform's console is connected, and which extras it has.
+///
+/// The default suits a library: COM1's output on stdout (written without blocking),
+/// nothing read from stdin, no signal handling, no raw terminal and no debug exit port
+/// the guest could end the VMM with. [`interactive`](Self::interactive) is what a
+/// VMM's command line wants.
+#[non_exhaustive]
 pub struct PlatformConfig {
     /// Where COM1's output goes.
     pub serial_output: SerialOutput,
     /// Feed the VMM's stdin to COM1 (in raw mode when it is a terminal).
     pub stdin_to_serial: bool,
-    /// Turn SIGINT and SIGTERM into an orderly stop ([`VmOutcome::Signal`]). Only
-    /// for the VMM's main thread: it blocks them there and in the vCPU threads.
+    /// Turn SIGINT, SIGTERM, SIGHUP and SIGQUIT into an orderly stop
+    /// ([`VmOutcome::Signal`]) and SIGTSTP into a suspend with the terminal restored.
+    /// Only for the VMM's main thread: it blocks them there and in the vCPU threads.
     pub handle_signals: bool,
     /// Put the debug exit device at this port.
     pub debug_exit_port: Option<u16>,
 }
 
 impl Default for PlatformConfig {
-    /// Console on stdout and stdin, signals handled, debug exit at 0xf4.
+    /// Console output on stdout; no input, signals or debug exit.
     fn default() -> Self {
+        PlatformConfig {
+            serial_output: SerialOutput::Stdout,
+            stdin_to_serial: false,
+            handle_signals: false,
+            debug_exit_port: None,
+        }
+    }
+}
+
+impl PlatformConfig {
+    /// A console on the VMM's terminal: stdin to COM1 in raw mode, COM1 to stdout,
+    /// signals handled, and the debug exit port at 0xf4.
+    pub fn interactive() -> Self {
         PlatformConfig {
             serial_output: SerialOutput::Stdout,
             stdin_to_serial: true,
             handle_signals: true,
             debug_exit_port: Some(DEBUG_EXIT_PORT as u16),
         }
+    }
+
+    /// This configuration with COM1's output going to `output`.
+    pub fn with_serial_output(mut self, output: SerialOutput) -> Self {
+        self.serial_output = output;
+        self
+    }
+
+    /// This configuration with the debug exit device at `port`, or without it.
+    pub fn with_debug_exit_port(mut self, port: Option<u16>) -> Self {
+        self.debug_exit_port = port;
+        self
     }
 }
 
@@ -112,56 +145,41 @@ impl Default for PlatformConfig {
 pub struct Platform {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
-    exit: Arc<VmExit>,
+    exit: Arc<VmShutdown>,
     serial: Arc<SerialPort>,
     config: PlatformConfig,
     // Registered with KVM as the irqfd of COM1_IRQ; kept alive with the platform.
     _serial_interrupt: Arc<EventFdInterrupt>,
 }
 
-fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Config(format!("{what}: {e}"))
-}
-
 impl Platform {
     /// Creates the devices and connects COM1's interrupt to `vm`'s in-kernel irqchip.
     pub fn new(vm: &Vm, mut config: PlatformConfig) -> Result<Self, Error> {
-        let exit = Arc::new(VmExit::new().map_err(io_error("cannot create the exit event"))?);
+        let exit = Arc::new(VmShutdown::new().map_err(Error::host("cannot create an eventfd"))?);
         let interrupt =
-            Arc::new(EventFdInterrupt::new().map_err(io_error("cannot create an eventfd"))?);
+            Arc::new(EventFdInterrupt::new().map_err(Error::host("cannot create an eventfd"))?);
         vm.register_irqfd(interrupt.event(), COM1_IRQ)?;
         let output = std::mem::replace(&mut config.serial_output, SerialOutput::Sink);
-        let serial = Arc::new(SerialPort::new(interrupt.clone(), output));
+        let serial = Arc::new(
+            SerialPort::new(interrupt.clone(), output)
+                .map_err(Error::host("cannot open the serial output"))?,
+        );
         let pio = Arc::new(Bus::new(AddressSpace::Pio));
-        let bus_error = |e: kvmkit_devices::BusError| Error::Config(e.to_string());
-        pio.insert(COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())
-            .map_err(bus_error)?;
-        pio.insert(
-            I8042_DATA_PORT,
-            5,
-            "i8042",
-            Arc::new(I8042::new(exit.clone())),
-        )
-        .map_err(bus_error)?;
-        pio.insert(
-            CMOS_PORT,
-            CMOS_PORT_LEN,
-            "cmos-rtc",
-            Arc::new(CmosRtc::new()),
-        )
-        .map_err(bus_error)?;
+        pio.insert(COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
+        let i8042 = Arc::new(I8042::new(exit.clone()));
+        pio.insert(I8042_DATA_PORT, 5, "i8042", i8042)?;
+        let rtc = Arc::new(CmosRtc::new());
+        pio.insert(CMOS_PORT, CMOS_PORT_LEN, "cmos-rtc", rtc)?;
         let sleep_control = Arc::new(AcpiSleepControl::new(exit.clone()));
         pio.insert(
             ACPI_SLEEP_CONTROL_PORT,
             ACPI_SLEEP_CONTROL_LEN,
             "acpi-sleep-control",
             sleep_control,
-        )
-        .map_err(bus_error)?;
+        )?;
         if let Some(port) = config.debug_exit_port {
             let device = Arc::new(DebugExit::new(exit.clone()));
-            pio.insert(u64::from(port), DEBUG_EXIT_PORT_LEN, "debug-exit", device)
-                .map_err(bus_error)?;
+            pio.insert(u64::from(port), DEBUG_EXIT_PORT_LEN, "debug-exit", device)?;
         }
         Ok(Platform {
             pio,
@@ -189,7 +207,7 @@ impl Platform {
     }
 
     /// The VM's exit request, shared with the devices.
-    pub fn exit(&self) -> &Arc<VmExit> {
+    pub fn exit(&self) -> &Arc<VmShutdown> {
         &self.exit
     }
 
@@ -201,6 +219,7 @@ impl Platform {
 
 /// How a VM run on a [`Platform`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VmOutcome {
     /// The guest powered off (ACPI S5, or a KVM shutdown system event).
     PowerOff,
@@ -210,6 +229,19 @@ pub enum VmOutcome {
     DebugExit(u32),
     /// The VMM got this signal (SIGINT, SIGTERM).
     Signal(i32),
+    /// The guest reported a crash (a KVM crash system event, e.g. from pvpanic).
+    GuestCrash {
+        /// The vCPU that reported it.
+        vcpu: u32,
+    },
+    /// A vCPU thread panicked: a bug in an I/O handler, a device or kvmkit. The other
+    /// vCPUs were stopped.
+    VcpuPanicked {
+        /// The vCPU.
+        vcpu: u32,
+        /// The panic's message.
+        message: String,
+    },
     /// A vCPU triple-faulted.
     TripleFault {
         /// The vCPU.
@@ -227,14 +259,35 @@ pub enum VmOutcome {
 }
 
 impl VmOutcome {
-    /// A process exit status for this outcome: 0 for a power-off, the code for a
-    /// debug exit, 128 + the signal for a signal, 1 otherwise.
+    /// The status a debug exit code outside 1..=255 gives (0 included): a code the
+    /// process status cannot carry must not read as success or as another code's
+    /// truncation.
+    pub const DEBUG_EXIT_OUT_OF_RANGE: i32 = 255;
+    /// The status of a guest crash report.
+    pub const GUEST_CRASH: i32 = 2;
+    /// The status of a vCPU thread's panic (Rust's own panic status).
+    pub const VCPU_PANICKED: i32 = 101;
+
+    /// A process exit status for this outcome:
+    ///
+    /// | outcome | status |
+    /// |---|---|
+    /// | power-off, reboot | 0 |
+    /// | debug exit with code 1..=255 | the code |
+    /// | debug exit with any other code | [`DEBUG_EXIT_OUT_OF_RANGE`](Self::DEBUG_EXIT_OUT_OF_RANGE) (255) |
+    /// | signal | 128 + the signal number |
+    /// | triple fault, another vCPU exit | 1 |
+    /// | guest crash | [`GUEST_CRASH`](Self::GUEST_CRASH) (2) |
+    /// | vCPU panic | [`VCPU_PANICKED`](Self::VCPU_PANICKED) (101) |
     pub fn exit_status(&self) -> i32 {
         match self {
             VmOutcome::PowerOff | VmOutcome::Reboot => 0,
-            VmOutcome::DebugExit(code) => *code as i32,
+            VmOutcome::DebugExit(code @ 1..=255) => *code as i32,
+            VmOutcome::DebugExit(_) => Self::DEBUG_EXIT_OUT_OF_RANGE,
             VmOutcome::Signal(signo) => 128 + signo,
             VmOutcome::TripleFault { .. } | VmOutcome::VcpuExit { .. } => 1,
+            VmOutcome::GuestCrash { .. } => Self::GUEST_CRASH,
+            VmOutcome::VcpuPanicked { .. } => Self::VCPU_PANICKED,
         }
     }
 }
@@ -245,78 +298,112 @@ impl BootedMachine {
     /// is stopped and joined and the terminal restored, and one outcome returned.
     pub fn run_on(self, platform: Platform) -> Result<VmOutcome, Error> {
         let signals = if platform.config.handle_signals {
-            Some(Arc::new(
-                TerminationSignals::block().map_err(io_error("cannot block SIGINT/SIGTERM"))?,
-            ))
+            let blocked =
+                TerminationSignals::block().map_err(Error::host("cannot block signals"))?;
+            Some(Arc::new(blocked))
         } else {
             None
         };
         let vcpu_ended = Arc::new(
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(io_error("cannot create an eventfd"))?,
+                .map_err(Error::host("cannot create an eventfd"))?,
         );
         let mut event_loop = EventLoop::new(platform.exit.clone())
-            .map_err(io_error("cannot create the event loop"))?;
-        if let Some(signals) = &signals {
+            .map_err(Error::host("cannot create the event loop"))?;
+        let terminal = if platform.config.stdin_to_serial {
             event_loop
-                .add_termination_signals(signals.clone())
-                .map_err(io_error("cannot watch for signals"))?;
-        }
-        let _terminal = if platform.config.stdin_to_serial {
-            let stdin = std::io::stdin().as_raw_fd();
-            event_loop
-                .add_serial_input(stdin, platform.serial.clone())
-                .map_err(io_error("cannot watch stdin"))?;
-            RawTerminal::enable(stdin).map_err(io_error("cannot put the terminal in raw mode"))?
+                .add_serial_input(std::io::stdin(), platform.serial.clone())
+                .map_err(Error::host("cannot watch stdin"))?;
+            // SAFETY: standard input is never closed by this process.
+            let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
+            RawTerminal::enable(stdin)
+                .map_err(Error::host("cannot put the terminal in raw mode"))?
+                .map(Arc::new)
         } else {
             None
         };
-        let ended = vcpu_ended.clone();
+        if let Some(signals) = &signals {
+            event_loop
+                .add_termination_signals(signals.clone(), terminal.clone())
+                .map_err(Error::host("cannot watch for signals"))?;
+        }
         event_loop
-            .add(vcpu_ended.as_raw_fd(), move || {
+            .add_serial_output(platform.serial.clone())
+            .map_err(Error::host("cannot watch the serial output"))?;
+        let ended = vcpu_ended.clone();
+        // SAFETY: `vcpu_ended` outlives the loop, which is dropped at the end of this
+        // function; the handler holds a clone of it too.
+        let ended_fd = unsafe { BorrowedFd::borrow_raw(vcpu_ended.as_raw_fd()) };
+        event_loop
+            .add(ended_fd, move || {
                 let _ = ended.read();
                 Flow::Stop
             })
-            .map_err(io_error("cannot watch the vCPU threads"))?;
+            .map_err(Error::host("cannot watch the vCPU threads"))?;
 
         let running = self.start_notifying(Arc::new(platform.io_handler()), Some(vcpu_ended))?;
         let end = event_loop.run();
         running.stop();
-        let outcomes = running.wait();
-        let end = end.map_err(io_error("the event loop failed"))?;
-        let outcomes = outcomes?;
-        Ok(outcome(end, &outcomes))
+        let vcpus = running.join_all();
+        platform.serial.finish_output();
+        let end = end.map_err(Error::host("the event loop failed"))?;
+        outcome(end, vcpus)
     }
 }
 
 /// One outcome from the loop's end and the vCPUs' ends: a device's or signal's
-/// request wins; then the first vCPU that ended by itself, in vCPU order.
-fn outcome(end: LoopEnd, vcpus: &[VcpuOutcome]) -> VmOutcome {
+/// request wins; then a vCPU thread's panic; then a vCPU's error; then the first vCPU
+/// that ended by itself, in vCPU order.
+fn outcome(
+    end: LoopEnd,
+    vcpus: Vec<Result<VcpuOutcome, kvmkit_vcpu::Error>>,
+) -> Result<VmOutcome, Error> {
     if let LoopEnd::Requested(request) = end {
-        return match request {
-            ExitRequest::Reboot => VmOutcome::Reboot,
-            ExitRequest::PowerOff => VmOutcome::PowerOff,
-            ExitRequest::DebugExit(code) => VmOutcome::DebugExit(code),
-            ExitRequest::Signal(signo) => VmOutcome::Signal(signo),
-        };
+        return Ok(match request {
+            ShutdownReason::Reboot => VmOutcome::Reboot,
+            ShutdownReason::DebugExit(code) => VmOutcome::DebugExit(code),
+            ShutdownReason::Signal(signo) => VmOutcome::Signal(signo),
+            _ => VmOutcome::PowerOff,
+        });
     }
+    let mut ended = Vec::with_capacity(vcpus.len());
+    let mut failure = None;
+    for result in vcpus {
+        match result {
+            Ok(outcome) => ended.push(outcome),
+            Err(kvmkit_vcpu::Error::ThreadPanicked { vcpu, message }) => {
+                return Ok(VmOutcome::VcpuPanicked { vcpu, message });
+            }
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    Ok(vcpu_outcome(&ended))
+}
+
+fn vcpu_outcome(vcpus: &[VcpuOutcome]) -> VmOutcome {
     let ended = vcpus
         .iter()
         .enumerate()
         .find_map(|(id, outcome)| match outcome {
             VcpuOutcome::Exited(exit) => Some((id as u32, exit.clone())),
-            VcpuOutcome::Stopped => None,
+            _ => None,
         });
     match ended {
         Some((vcpu, VcpuExit::Shutdown { rip })) => VmOutcome::TripleFault { vcpu, rip },
-        Some((
-            _,
-            VcpuExit::SystemEvent {
-                kind: SystemEventKind::Reset,
-                ..
+        Some((vcpu, VcpuExit::SystemEvent { kind, data })) => match kind {
+            SystemEventKind::Reset => VmOutcome::Reboot,
+            SystemEventKind::Shutdown => VmOutcome::PowerOff,
+            SystemEventKind::Crash => VmOutcome::GuestCrash { vcpu },
+            _ => VmOutcome::VcpuExit {
+                vcpu,
+                exit: VcpuExit::SystemEvent { kind, data },
             },
-        )) => VmOutcome::Reboot,
-        Some((_, VcpuExit::SystemEvent { .. })) => VmOutcome::PowerOff,
+        },
         Some((vcpu, exit)) => VmOutcome::VcpuExit { vcpu, exit },
         // Every vCPU was stopped although nothing asked for it: report vCPU 0's state.
         None => VmOutcome::VcpuExit {
@@ -330,23 +417,27 @@ fn outcome(end: LoopEnd, vcpus: &[VcpuOutcome]) -> VmOutcome {
 mod tests {
     use super::*;
 
+    fn exited(exit: VcpuExit) -> Result<VcpuOutcome, kvmkit_vcpu::Error> {
+        Ok(VcpuOutcome::Exited(exit))
+    }
+
     #[test]
     fn a_device_request_wins_over_vcpu_ends() {
-        let vcpus = [VcpuOutcome::Exited(VcpuExit::Shutdown { rip: 1 })];
+        let vcpus = vec![exited(VcpuExit::Shutdown { rip: 1 })];
 
-        let result = outcome(LoopEnd::Requested(ExitRequest::DebugExit(7)), &vcpus);
+        let result = outcome(LoopEnd::Requested(ShutdownReason::DebugExit(7)), vcpus);
 
-        assert_eq!(result, VmOutcome::DebugExit(7));
+        assert_eq!(result.unwrap(), VmOutcome::DebugExit(7));
     }
 
     #[test]
     fn a_triple_fault_names_the_vcpu_and_rip() {
-        let vcpus = [
-            VcpuOutcome::Stopped,
-            VcpuOutcome::Exited(VcpuExit::Shutdown { rip: 0x1234 }),
+        let vcpus = vec![
+            Ok(VcpuOutcome::Stopped),
+            exited(VcpuExit::Shutdown { rip: 0x1234 }),
         ];
 
-        let result = outcome(LoopEnd::Stopped, &vcpus);
+        let result = outcome(LoopEnd::Stopped, vcpus).unwrap();
 
         assert_eq!(
             result,
@@ -359,8 +450,56 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_crash_report_is_its_own_outcome_with_a_failing_status() {
+        let crash = VcpuExit::SystemEvent {
+            kind: SystemEventKind::Crash,
+            data: vec![],
+        };
+
+        let result = outcome(LoopEnd::Stopped, vec![exited(crash)]).unwrap();
+
+        assert_eq!(result, VmOutcome::GuestCrash { vcpu: 0 });
+        assert_ne!(result.exit_status(), 0);
+    }
+
+    #[test]
+    fn a_vcpu_panic_is_an_outcome_not_an_error() {
+        let vcpus = vec![
+            Ok(VcpuOutcome::Stopped),
+            Err(kvmkit_vcpu::Error::ThreadPanicked {
+                vcpu: 1,
+                message: "device bug".into(),
+            }),
+        ];
+
+        let result = outcome(LoopEnd::Stopped, vcpus).unwrap();
+
+        assert_eq!(
+            result,
+            VmOutcome::VcpuPanicked {
+                vcpu: 1,
+                message: "device bug".into()
+            }
+        );
+        assert_eq!(result.exit_status(), VmOutcome::VCPU_PANICKED);
+    }
+
+    #[test]
     fn exit_status_of_a_signal_follows_the_shell_convention() {
         assert_eq!(VmOutcome::Signal(libc::SIGTERM).exit_status(), 143);
         assert_eq!(VmOutcome::DebugExit(3).exit_status(), 3);
+    }
+
+    #[test]
+    fn debug_exit_codes_outside_1_to_255_never_read_as_success_or_wrap() {
+        for code in [0, 256, 512, 0x8000_0000, u32::MAX] {
+            assert_eq!(
+                VmOutcome::DebugExit(code).exit_status(),
+                VmOutcome::DEBUG_EXIT_OUT_OF_RANGE,
+                "{code:#x}"
+            );
+        }
+        assert_eq!(VmOutcome::DebugExit(255).exit_status(), 255);
+        assert_eq!(VmOutcome::DebugExit(1).exit_status(), 1);
     }
 }

@@ -119,7 +119,7 @@ fn program_beyond_guest_ram_is_a_clear_error() {
     let error = machine.boot(&program).unwrap_err();
 
     assert!(
-        matches!(error, Error::Config(ref m) if m.contains("does not fit")),
+        matches!(error, Error::Load { .. }) && error.to_string().contains("does not fit"),
         "{error}"
     );
 }
@@ -152,7 +152,7 @@ fn stop_ends_every_vcpu_of_a_running_machine() {
 
 #[test]
 fn exit_latency_probe_takes_one_userspace_exit_per_iteration_of_each_class() {
-    use kvmkit::exit_latency::{ExitClass, LatencyVm};
+    use kvmkit_exit_latency::{ExitClass, LatencyVm};
     use kvmkit::vcpu::ExitReason;
     let expected = |class| match class {
         ExitClass::PioWrite | ExitClass::PioWriteDevice => ExitReason::PioWrite,
@@ -176,5 +176,88 @@ fn exit_latency_probe_takes_one_userspace_exit_per_iteration_of_each_class() {
         let want = if class.in_kernel() { 2 } else { 100 };
         assert_eq!(added, want, "{class}");
         assert_eq!(after.total() - before.total(), want, "{class}");
+    }
+}
+
+#[test]
+fn memory_size_overflow_is_an_error_not_a_smaller_vm() {
+    let error = MachineBuilder::new()
+        .memory_mib((1 << 44) + 16)
+        .build()
+        .unwrap_err();
+
+    assert!(matches!(error, Error::Config(ref m) if m.contains("64 bits")), "{error}");
+}
+
+#[test]
+fn raw_machine_code_boots_without_the_assembler() {
+    use kvmkit::vcpu::CpuMode;
+    use kvmkit::RawProgram;
+    // mov dx, 0x80; mov al, 7; out dx, al; hlt
+    let code = RawProgram::new(
+        CpuMode::Long,
+        0x10_0000,
+        [0x66, 0xba, 0x80, 0x00, 0xb0, 0x07, 0xee, 0xf4],
+    );
+    let machine = MachineBuilder::new().memory_mib(4).build().unwrap();
+    let indexes = Arc::new(Indexes::default());
+
+    let outcomes = machine
+        .boot(&code)
+        .unwrap()
+        .start(indexes.clone())
+        .unwrap()
+        .wait()
+        .unwrap();
+
+    assert_eq!(outcomes, vec![VcpuOutcome::Exited(VcpuExit::Hlt)]);
+    assert_eq!(*indexes.0.lock().unwrap(), vec![7]);
+}
+
+#[test]
+fn dropping_a_running_machine_stops_its_vcpus_before_guest_ram_goes() {
+    use kvmkit::vcpu::ExitReason;
+    // Each vCPU writes and checks its own words of RAM forever; any I/O exit, MMIO
+    // exit, triple fault or KVM_RUN error would show in its exit counters.
+    let guest = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+        let mut top = a.create_label();
+        let mut bad = a.create_label();
+        a.mov(rsi, 0x20_0000u64)?;
+        a.shl(rdi, 12)?;
+        a.add(rsi, rdi)?;
+        a.xor(ecx, ecx)?;
+        a.set_label(&mut top)?;
+        a.inc(rcx)?;
+        a.mov(qword_ptr(rsi), rcx)?;
+        a.cmp(qword_ptr(rsi), rcx)?;
+        a.jne(bad)?;
+        a.jmp(top)?;
+        a.set_label(&mut bad)?;
+        a.mov(dx, 0x80u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    })
+    .unwrap();
+    for attempt in 0..20 {
+        let machine = MachineBuilder::new()
+            .memory_mib(8)
+            .vcpus(2)
+            .build()
+            .unwrap();
+        let running = machine
+            .boot(&guest)
+            .unwrap()
+            .start(Arc::new(Indexes::default()))
+            .unwrap();
+        let stats: Vec<_> = running.vcpus().iter().map(|v| v.stats()).collect();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+
+        drop(running);
+
+        for (vcpu, stats) in stats.iter().enumerate() {
+            let counts = stats.snapshot();
+            let unexpected = counts.total() - counts.get(ExitReason::Interrupted);
+            assert_eq!(unexpected, 0, "attempt {attempt}, vcpu {vcpu}: {counts}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kvmkit::devices::{BusDevice, DateTime, ExitRequest, SerialOutput, SharedBuffer};
+use kvmkit::devices::{BusDevice, DateTime, SerialOutput, SharedBuffer, ShutdownReason, COM1_PORT};
 use kvmkit::guest_asm::{asm::*, programs, Bitness, GuestProgram};
 use kvmkit::{MachineBuilder, Platform, PlatformConfig, VmOutcome};
 
@@ -23,12 +23,9 @@ fn program(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> G
 }
 
 fn test_config(output: &SharedBuffer) -> PlatformConfig {
-    PlatformConfig {
-        serial_output: SerialOutput::Writer(Box::new(output.clone())),
-        stdin_to_serial: false,
-        handle_signals: false,
-        debug_exit_port: Some(0xf4),
-    }
+    PlatformConfig::default()
+        .with_serial_output(SerialOutput::Writer(Box::new(output.clone())))
+        .with_debug_exit_port(Some(0xf4))
 }
 
 /// Builds a machine with the in-kernel irqchip and its platform.
@@ -68,7 +65,7 @@ fn start_watched(
     let (finished, vm_ended) = std::sync::mpsc::channel::<()>();
     let watchdog = thread::spawn(move || {
         if vm_ended.recv_timeout(PATIENCE) == Err(RecvTimeoutError::Timeout) {
-            exit.request(ExitRequest::Signal(libc::SIGALRM));
+            exit.request(ShutdownReason::Signal(libc::SIGALRM));
         }
     });
     thread::spawn(move || {
@@ -338,4 +335,198 @@ fn wait_for(output: &SharedBuffer, expected: &[u8]) -> bool {
         thread::sleep(Duration::from_millis(5));
     }
     false
+}
+
+/// Panics on any write, as a buggy device model would.
+struct PanickingDevice;
+
+impl BusDevice for PanickingDevice {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) {
+        panic!("device model bug");
+    }
+}
+
+#[test]
+fn a_panicking_device_ends_the_vm_with_its_own_outcome_and_the_other_vcpus_stop() {
+    // vCPU 0 writes the panicking device; vCPU 1 spins forever.
+    let guest = program(|a| {
+        let mut spin = a.create_label();
+        a.test(rdi, rdi)?;
+        a.jnz(spin)?;
+        a.mov(dx, PROBE_PORT as u32)?;
+        a.out(dx, al)?;
+        a.hlt()?;
+        a.set_label(&mut spin)?;
+        a.pause()?;
+        a.jmp(spin)
+    });
+    let (machine, platform) = machine_and_platform(2, &SharedBuffer::default());
+    platform
+        .pio()
+        .insert(PROBE_PORT, 1, "panicker", Arc::new(PanickingDevice))
+        .unwrap();
+
+    let outcome = run_watched(machine, platform, &guest);
+
+    assert_eq!(
+        outcome,
+        VmOutcome::VcpuPanicked {
+            vcpu: 0,
+            message: "device model bug".into()
+        }
+    );
+    assert_eq!(outcome.exit_status(), VmOutcome::VCPU_PANICKED);
+}
+
+#[test]
+fn a_wide_read_of_a_byte_wide_device_takes_one_byte_and_reads_zeros_above() {
+    // The guest reads COM1's receive register with `in eax, dx`, then with `in al,
+    // dx`, and reports both: a 4-byte read of a byte-wide register must pop one byte.
+    let guest = program(|a| {
+        let mut wait = a.create_label();
+        a.mov(dx, (COM1_PORT + 5) as u32)?;
+        a.set_label(&mut wait)?;
+        a.in_(al, dx)?;
+        a.test(al, 1)?;
+        a.jz(wait)?;
+        a.mov(dx, COM1_PORT as u32)?;
+        a.in_(eax, dx)?;
+        a.mov(ebx, eax)?;
+        a.in_(al, dx)?;
+        a.movzx(ecx, al)?;
+        a.mov(dx, PROBE_PORT as u32)?;
+        a.mov(eax, ebx)?;
+        a.out(dx, eax)?;
+        a.mov(eax, ecx)?;
+        a.out(dx, eax)?;
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    });
+    let (machine, platform, probe) = machine_with_probe();
+    platform.serial().enqueue_input(b"AB").unwrap();
+
+    let outcome = run_watched(machine, platform, &guest);
+
+    assert!(matches!(outcome, VmOutcome::DebugExit(_)), "{outcome:?}");
+    assert_eq!(*probe.0.lock().unwrap(), vec![u64::from(b'A'), u64::from(b'B')]);
+}
+
+#[test]
+fn mmio_devices_on_the_platform_bus_serve_guest_loads_and_stores() {
+    const MMIO_BASE: u64 = 0xd000_0000;
+    let guest = program(|a| {
+        a.mov(rdi, MMIO_BASE)?;
+        a.mov(dword_ptr(rdi + 8), 0x1234_5678u32)?;
+        a.mov(eax, dword_ptr(rdi + 8))?;
+        a.mov(dx, PROBE_PORT as u32)?;
+        a.out(dx, eax)?;
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    });
+    let (machine, platform, probe) = machine_with_probe();
+    let register = Arc::new(Register::default());
+    platform
+        .mmio()
+        .insert(MMIO_BASE, 0x1000, "register", register.clone())
+        .unwrap();
+
+    let outcome = run_watched(machine, platform, &guest);
+
+    assert!(matches!(outcome, VmOutcome::DebugExit(_)), "{outcome:?}");
+    assert_eq!(*register.accesses.lock().unwrap(), vec![(8, 4), (8, 4)]);
+    assert_eq!(*probe.0.lock().unwrap(), vec![0x1234_5678]);
+}
+
+/// A 4-byte register at offset 8 that records (offset, size) of each access.
+#[derive(Default)]
+struct Register {
+    value: Mutex<[u8; 4]>,
+    accesses: Mutex<Vec<(u64, usize)>>,
+}
+
+impl BusDevice for Register {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        self.accesses.lock().unwrap().push((offset, data.len()));
+        let value = *self.value.lock().unwrap();
+        let len = data.len().min(4);
+        data.fill(0);
+        data[..len].copy_from_slice(&value[..len]);
+    }
+    fn write(&self, offset: u64, data: &[u8]) {
+        self.accesses.lock().unwrap().push((offset, data.len()));
+        let len = data.len().min(4);
+        self.value.lock().unwrap()[..len].copy_from_slice(&data[..len]);
+    }
+}
+
+#[test]
+fn pausing_every_vcpu_at_once_stops_the_guest_and_a_device_added_meanwhile_serves_it() {
+    // Each vCPU counts in its own word of RAM and writes port 0x520 every 2^16 steps.
+    let guest = program(|a| {
+        let mut top = a.create_label();
+        a.mov(rsi, 0x30_0000u64)?;
+        a.shl(rdi, 6)?;
+        a.add(rsi, rdi)?;
+        a.set_label(&mut top)?;
+        a.inc(qword_ptr(rsi))?;
+        a.test(word_ptr(rsi), 0xffffu32)?;
+        a.jnz(top)?;
+        a.mov(dx, 0x520u32)?;
+        a.out(dx, al)?;
+        a.jmp(top)
+    });
+    let (machine, platform) = machine_and_platform(2, &SharedBuffer::default());
+    let pio = platform.pio().clone();
+    let running = machine
+        .boot(&guest)
+        .unwrap()
+        .start(Arc::new(platform.io_handler()))
+        .unwrap();
+    let counters = |running: &kvmkit::RunningMachine| -> Vec<u64> {
+        use vm_memory::Bytes;
+        (0..2)
+            .map(|n| {
+                running
+                    .ram()
+                    .memory()
+                    .read_obj(vm_memory::GuestAddress(0x30_0000 + 64 * n))
+                    .unwrap()
+            })
+            .collect()
+    };
+
+    thread::sleep(Duration::from_millis(20));
+    let pausers: Vec<_> = running
+        .vcpus()
+        .iter()
+        .map(|vcpu| {
+            let start = Instant::now();
+            vcpu.pause();
+            start.elapsed()
+        })
+        .collect();
+    let paused = counters(&running);
+    thread::sleep(Duration::from_millis(20));
+    let still = counters(&running);
+    let counter = Arc::new(Counter::default());
+    pio.insert(0x520, 1, "late-counter", counter.clone()).unwrap();
+    for vcpu in running.vcpus() {
+        vcpu.resume();
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while counter.writes.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    running.stop();
+    let outcomes = running.wait().unwrap();
+
+    assert_eq!(pausers.len(), 2);
+    assert_eq!(paused, still, "a paused vCPU kept running the guest");
+    assert!(counter.writes.load(Ordering::Relaxed) >= 2);
+    assert_eq!(outcomes.len(), 2);
 }

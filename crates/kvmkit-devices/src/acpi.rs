@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::{BusDevice, ExitRequest, VmExit};
+use crate::{BusDevice, ShutdownReason, VmShutdown};
 
 /// The port of the sleep control register (an ACPI FADT points the guest here).
 pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
@@ -21,16 +21,16 @@ const SLEEP_TYPE_SHIFT: u8 = 2;
 const SLEEP_TYPE_MASK: u8 = 0x7;
 
 /// The ACPI hardware-reduced sleep control register: writing SLP_EN with the S5
-/// sleep type (`0x34`) powers the VM off ([`ExitRequest::PowerOff`]); other sleep
+/// sleep type (`0x34`) powers the VM off ([`ShutdownReason::PowerOff`]); other sleep
 /// states are not supported and ignored.
 #[derive(Debug)]
 pub struct AcpiSleepControl {
-    exit: Arc<VmExit>,
+    exit: Arc<VmShutdown>,
 }
 
 impl AcpiSleepControl {
     /// A sleep control register reporting power-off to `exit`.
-    pub fn new(exit: Arc<VmExit>) -> Self {
+    pub fn new(exit: Arc<VmShutdown>) -> Self {
         AcpiSleepControl { exit }
     }
 }
@@ -44,7 +44,7 @@ impl BusDevice for AcpiSleepControl {
         let Some(&value) = data.first() else { return };
         let sleep_type = (value >> SLEEP_TYPE_SHIFT) & SLEEP_TYPE_MASK;
         if value & SLEEP_ENABLE != 0 && sleep_type == S5_SLEEP_TYPE {
-            self.exit.request(ExitRequest::PowerOff);
+            self.exit.request(ShutdownReason::PowerOff);
         }
     }
 }
@@ -55,17 +55,17 @@ mod tests {
 
     #[test]
     fn s5_with_sleep_enable_powers_off() {
-        let exit = Arc::new(VmExit::new().unwrap());
+        let exit = Arc::new(VmShutdown::new().unwrap());
         let register = AcpiSleepControl::new(exit.clone());
 
         register.write(0, &[(S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE]);
 
-        assert_eq!(exit.get(), Some(ExitRequest::PowerOff));
+        assert_eq!(exit.get(), Some(ShutdownReason::PowerOff));
     }
 
     #[test]
     fn other_sleep_states_or_no_enable_bit_are_ignored() {
-        let exit = Arc::new(VmExit::new().unwrap());
+        let exit = Arc::new(VmShutdown::new().unwrap());
         let register = AcpiSleepControl::new(exit.clone());
 
         register.write(0, &[S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT]);

@@ -29,11 +29,22 @@ pub fn reply_byte(data: &mut [u8], value: u8) {
 
 /// Which address space a bus is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AddressSpace {
     /// x86 I/O ports.
     Pio,
     /// Guest-physical MMIO.
     Mmio,
+}
+
+impl AddressSpace {
+    /// The last address of the space: 0xffff for ports, `u64::MAX` for MMIO.
+    pub fn last_addr(self) -> u64 {
+        match self {
+            AddressSpace::Pio => 0xffff,
+            AddressSpace::Mmio => u64::MAX,
+        }
+    }
 }
 
 impl fmt::Display for AddressSpace {
@@ -47,11 +58,12 @@ impl fmt::Display for AddressSpace {
 
 /// What can go wrong when registering a device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BusError {
     /// The new range overlaps a registered one.
     #[error(
-        "cannot register {new} at {space} {new_base:#x}..{new_end:#x}: it overlaps {existing} at \
-         {existing_base:#x}..{existing_end:#x}"
+        "cannot register {new} at {space} {new_base:#x}..={new_last:#x}: it overlaps {existing} \
+         at {existing_base:#x}..={existing_last:#x}"
     )]
     Overlap {
         /// The address space.
@@ -60,17 +72,17 @@ pub enum BusError {
         new: String,
         /// Its first address.
         new_base: u64,
-        /// One past its last address.
-        new_end: u64,
+        /// Its last address.
+        new_last: u64,
         /// The device already there.
         existing: String,
         /// Its first address.
         existing_base: u64,
-        /// One past its last address.
-        existing_end: u64,
+        /// Its last address.
+        existing_last: u64,
     },
-    /// A range with no addresses, or one past the end of the address space.
-    #[error("cannot register {name} at {space} {base:#x} with length {len:#x}")]
+    /// A range the address space cannot hold.
+    #[error("cannot register {name} at {space} {base:#x} with length {len:#x}: {reason}")]
     BadRange {
         /// The address space.
         space: AddressSpace,
@@ -80,11 +92,14 @@ pub enum BusError {
         base: u64,
         /// Its length.
         len: u64,
+        /// Why the range is refused.
+        reason: &'static str,
     },
 }
 
 struct Entry {
-    end: u64,
+    /// The last address of the range (inclusive, so a range may end at 2^64).
+    last: u64,
     name: String,
     device: Arc<dyn BusDevice>,
 }
@@ -106,7 +121,7 @@ impl fmt::Debug for Bus {
         let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
         let mut map = f.debug_map();
         for (base, entry) in devices.iter() {
-            map.entry(&format_args!("{base:#x}..{:#x}", entry.end), &entry.name);
+            map.entry(&format_args!("{base:#x}..={:#x}", entry.last), &entry.name);
         }
         map.finish()
     }
@@ -123,7 +138,9 @@ impl Bus {
         }
     }
 
-    /// Registers `device` for `base..base + len`, named `name` in errors and listings.
+    /// Registers `device` for the `len` addresses from `base`, named `name` in errors
+    /// and listings. The range must be non-empty and lie inside the address space: at
+    /// most up to port 0xffff, or up to the last 64-bit address.
     pub fn insert(
         &self,
         base: u64,
@@ -131,32 +148,30 @@ impl Bus {
         name: &str,
         device: Arc<dyn BusDevice>,
     ) -> Result<(), BusError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or_else(|| BusError::BadRange {
-                space: self.space,
-                name: name.to_string(),
-                base,
-                len,
-            })?;
+        let last = self.last_addr(base, len).map_err(|reason| BusError::BadRange {
+            space: self.space,
+            name: name.to_string(),
+            base,
+            len,
+            reason,
+        })?;
         let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        let before = devices.range(..end).next_back();
-        if let Some((&existing_base, existing)) = before.filter(|(_, e)| e.end > base) {
+        let before = devices.range(..=last).next_back();
+        if let Some((&existing_base, existing)) = before.filter(|(_, e)| e.last >= base) {
             return Err(BusError::Overlap {
                 space: self.space,
                 new: name.to_string(),
                 new_base: base,
-                new_end: end,
+                new_last: last,
                 existing: existing.name.clone(),
                 existing_base,
-                existing_end: existing.end,
+                existing_last: existing.last,
             });
         }
         devices.insert(
             base,
             Entry {
-                end,
+                last,
                 name: name.to_string(),
                 device,
             },
@@ -164,11 +179,25 @@ impl Bus {
         Ok(())
     }
 
+    /// The last address of `len` addresses from `base`, or why they do not fit.
+    fn last_addr(&self, base: u64, len: u64) -> Result<u64, &'static str> {
+        if len == 0 {
+            return Err("the range is empty");
+        }
+        let last = base
+            .checked_add(len - 1)
+            .ok_or("the range runs past the end of the 64-bit address space")?;
+        if last > self.space.last_addr() {
+            return Err("the range runs past the 64 KiB port space, whose last port is 0xffff");
+        }
+        Ok(last)
+    }
+
     /// The device covering `addr` and the offset of `addr` into its range.
     fn find(&self, addr: u64) -> Option<(Arc<dyn BusDevice>, u64)> {
         let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
         let (base, entry) = devices.range(..=addr).next_back()?;
-        (addr < entry.end).then(|| (Arc::clone(&entry.device), addr - base))
+        (addr <= entry.last).then(|| (Arc::clone(&entry.device), addr - base))
     }
 
     /// Routes a read; an address no device claims reads as all-ones and is counted.
@@ -283,16 +312,50 @@ mod tests {
             .is_ok());
     }
 
+    fn refusal_reason(result: Result<(), BusError>) -> &'static str {
+        match result {
+            Err(BusError::BadRange { reason, .. }) => reason,
+            other => panic!("expected a bad range, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn empty_and_wrapping_ranges_are_refused() {
+    fn empty_and_wrapping_ranges_are_refused_with_the_reason() {
         let bus = Bus::new(AddressSpace::Mmio);
 
-        assert!(bus
-            .insert(0x10, 0, "empty", Arc::new(Recorder::default()))
-            .is_err());
-        assert!(bus
-            .insert(u64::MAX, 2, "wrap", Arc::new(Recorder::default()))
-            .is_err());
+        let empty = bus.insert(0x10, 0, "empty", Arc::new(Recorder::default()));
+        let wrap = bus.insert(u64::MAX, 2, "wrap", Arc::new(Recorder::default()));
+
+        assert!(refusal_reason(empty).contains("empty"));
+        assert!(refusal_reason(wrap).contains("past the end of the 64-bit"));
+    }
+
+    #[test]
+    fn a_range_ending_exactly_at_the_top_of_the_address_space_is_accepted() {
+        let bus = Bus::new(AddressSpace::Mmio);
+        let top = Arc::new(Recorder::default());
+
+        bus.insert(u64::MAX - 0xfff, 0x1000, "top", top.clone())
+            .unwrap();
+        bus.write(u64::MAX, &[7]);
+
+        assert_eq!(*top.seen.lock().unwrap(), vec![(0xfff, vec![7])]);
+        let overlap = bus.insert(u64::MAX, 1, "last", Arc::new(Recorder::default()));
+        assert!(matches!(overlap, Err(BusError::Overlap { .. })));
+    }
+
+    #[test]
+    fn port_ranges_stay_inside_the_64k_port_space() {
+        let bus = Bus::new(AddressSpace::Pio);
+
+        let past = bus.insert(0xffff, 4, "debug-exit", Arc::new(Recorder::default()));
+        let beyond = bus.insert(0x1_0000, 1, "nowhere", Arc::new(Recorder::default()));
+        let last = bus.insert(0xfffc, 4, "last", Arc::new(Recorder::default()));
+
+        let reason = refusal_reason(past);
+        assert!(reason.contains("0xffff"), "{reason}");
+        assert!(refusal_reason(beyond).contains("port space"));
+        assert!(last.is_ok());
     }
 
     #[test]

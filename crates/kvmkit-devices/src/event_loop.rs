@@ -5,101 +5,227 @@
 //! event fds and the VM's exit request.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::{ExitRequest, SerialPort, VmExit};
+use crate::{FlushState, RawTerminal, SerialPort, ShutdownReason, VmShutdown};
 
 /// What a handler tells the loop after it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Flow {
     /// Keep the source.
     Continue,
     /// Stop watching this source (e.g. end of input).
     Remove,
+    /// Stop watching this source until its wake event (given to
+    /// [`EventLoop::add_pausable`]) is signalled: what a source whose consumer is full
+    /// returns, instead of leaving a level-triggered descriptor unread.
+    Pause,
     /// End the loop.
     Stop,
 }
 
 /// How the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LoopEnd {
     /// A device, a signal or a vCPU handler requested the VM's end.
-    Requested(ExitRequest),
+    Requested(ShutdownReason),
     /// A handler returned [`Flow::Stop`] (e.g. every vCPU ended).
     Stopped,
 }
 
 type Handler = Box<dyn FnMut() -> Flow + Send>;
 
-/// An epoll loop over event sources, ending when the VM's exit is requested.
-pub struct EventLoop {
-    epoll: Epoll,
-    handlers: Vec<Option<(RawFd, Handler)>>,
-    exit: Arc<VmExit>,
+struct Source {
+    fd: RawFd,
+    events: EventSet,
+    handler: Handler,
+    /// Signalled when a paused source may run again.
+    wake: Option<EventFd>,
+    paused: bool,
 }
 
-/// The token of the VM exit event.
-const EXIT_TOKEN: u64 = u64::MAX;
+/// An epoll loop over event sources, ending when the VM's shutdown is requested.
+pub struct EventLoop {
+    epoll: Epoll,
+    sources: Vec<Option<Source>>,
+    shutdown: Arc<VmShutdown>,
+    dispatches: u64,
+}
+
+/// The token of the VM shutdown event.
+const SHUTDOWN_TOKEN: u64 = u64::MAX;
+/// Bit 0 of a source's token tells its wake event from its descriptor.
+const WAKE_BIT: u64 = 1;
 
 impl EventLoop {
-    /// A loop that ends when `exit` is requested.
-    pub fn new(exit: Arc<VmExit>) -> io::Result<Self> {
+    /// A loop that ends when `shutdown` is requested.
+    pub fn new(shutdown: Arc<VmShutdown>) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
-            exit.event().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, EXIT_TOKEN),
+            shutdown.event().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, SHUTDOWN_TOKEN),
         )?;
         Ok(EventLoop {
             epoll,
-            handlers: Vec::new(),
-            exit,
+            sources: Vec::new(),
+            shutdown,
+            dispatches: 0,
         })
     }
 
-    /// Runs `handler` whenever `fd` is readable (or hangs up).
+    /// Runs `handler` whenever `fd` is readable (or hangs up). The caller keeps `fd`
+    /// open while the loop runs.
     pub fn add(
         &mut self,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         handler: impl FnMut() -> Flow + Send + 'static,
     ) -> io::Result<()> {
-        let token = self.handlers.len() as u64;
+        self.add_source(fd, READABLE, None, Box::new(handler))
+    }
+
+    /// As [`add`](Self::add), for a source whose handler may return [`Flow::Pause`]:
+    /// the loop then stops watching `fd` until `wake` is signalled (the loop reads
+    /// `wake` itself).
+    pub fn add_pausable(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        wake: &EventFd,
+        handler: impl FnMut() -> Flow + Send + 'static,
+    ) -> io::Result<()> {
+        self.add_source(fd, READABLE, Some(wake.try_clone()?), Box::new(handler))
+    }
+
+    fn add_source(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        events: EventSet,
+        wake: Option<EventFd>,
+        handler: Handler,
+    ) -> io::Result<()> {
+        let token = (self.sources.len() as u64) << 1;
         self.epoll.ctl(
             ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR, token),
+            fd.as_raw_fd(),
+            EpollEvent::new(events, token),
         )?;
-        self.handlers.push(Some((fd, Box::new(handler))));
+        if let Some(wake) = &wake {
+            let added = self.epoll.ctl(
+                ControlOperation::Add,
+                wake.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token | WAKE_BIT),
+            );
+            if let Err(error) = added {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    fd.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+                return Err(error);
+            }
+        }
+        self.sources.push(Some(Source {
+            fd: fd.as_raw_fd(),
+            events,
+            handler,
+            wake,
+            paused: false,
+        }));
         Ok(())
     }
 
     /// Feeds what arrives on `input` (stdin, a pipe) to the guest's serial port, as
-    /// much as its receive FIFO takes; stops watching `input` at end of file.
-    pub fn add_serial_input(&mut self, input: RawFd, serial: Arc<SerialPort>) -> io::Result<()> {
-        self.add(input, move || forward_input(input, &serial))
+    /// much as its receive FIFO takes. While the FIFO is full the loop stops reading
+    /// `input`, and starts again when the guest makes room; at end of file it stops
+    /// watching `input`.
+    pub fn add_serial_input(
+        &mut self,
+        input: impl AsFd + Send + 'static,
+        serial: Arc<SerialPort>,
+    ) -> io::Result<()> {
+        let fd = input.as_fd().as_raw_fd();
+        let wake = serial.input_ready().try_clone()?;
+        // SAFETY: `input` moves into the handler below, which the loop keeps as long
+        // as it watches `fd`, so the descriptor stays open while registered.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        self.add_pausable(borrowed, &wake, move || forward_input(input.as_fd(), &serial))
     }
 
-    /// Ends the VM with [`ExitRequest::Signal`] when `signals` delivers one.
-    pub fn add_termination_signals(&mut self, signals: Arc<TerminationSignals>) -> io::Result<()> {
-        let exit = Arc::clone(&self.exit);
-        let fd = signals.as_raw_fd();
-        self.add(fd, move || {
-            if let Some(signo) = signals.read() {
-                exit.request(ExitRequest::Signal(signo));
+    /// Writes the serial port's output on this thread, without blocking: when the port
+    /// queues bytes, and again when a destination that was full turns writable.
+    pub fn add_serial_output(&mut self, serial: Arc<SerialPort>) -> io::Result<()> {
+        let ready = serial.output_ready().try_clone()?;
+        let flushing = Arc::clone(&serial);
+        self.add(event_fd(serial.output_ready()), move || {
+            let _ = ready.read();
+            flush(&flushing)
+        })?;
+        let writable = serial.with_output_fd(|fd| fd.map(|fd| fd.try_clone_to_owned()));
+        if let Some(fd) = writable.transpose()? {
+            // SAFETY: `fd` moves into the handler, which keeps it open while watched.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+            // Edge-triggered: one wake-up each time a full destination drains. A
+            // regular file or /dev/null cannot be polled, and never blocks either.
+            match self.add_source(
+                borrowed,
+                EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                None,
+                Box::new(move || {
+                    let _owner = &fd;
+                    flush(&serial)
+                }),
+            ) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the VM with [`ShutdownReason::Signal`] when `signals` delivers SIGINT,
+    /// SIGTERM, SIGHUP or SIGQUIT; on SIGTSTP (Ctrl-Z) suspends the VMM with
+    /// `terminal` restored, if there is one.
+    pub fn add_termination_signals(
+        &mut self,
+        signals: Arc<TerminationSignals>,
+        terminal: Option<Arc<RawTerminal<'static>>>,
+    ) -> io::Result<()> {
+        let shutdown = Arc::clone(&self.shutdown);
+        let fd = signals.as_fd().as_raw_fd();
+        // SAFETY: `signals` moves into the handler, which keeps the signalfd open.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        self.add(borrowed, move || {
+            while let Some(signo) = signals.read() {
+                if signo == libc::SIGTSTP {
+                    match &terminal {
+                        Some(terminal) => {
+                            let _ = terminal.suspend();
+                        }
+                        // SAFETY: raise only stops this process until it is continued.
+                        None => unsafe {
+                            libc::raise(libc::SIGSTOP);
+                        },
+                    }
+                } else {
+                    shutdown.request(ShutdownReason::Signal(signo));
+                }
             }
             Flow::Continue
         })
     }
 
-    /// Waits for events and runs their handlers until the VM's exit is requested or a
-    /// handler stops the loop.
+    /// Waits for events and runs their handlers until the VM's shutdown is requested or
+    /// a handler stops the loop.
     pub fn run(&mut self) -> io::Result<LoopEnd> {
         let mut events = vec![EpollEvent::default(); 16];
         loop {
-            if let Some(request) = self.exit.get() {
+            if let Some(request) = self.shutdown.get() {
                 return Ok(LoopEnd::Requested(request));
             }
             let count = match self.epoll.wait(-1, &mut events) {
@@ -108,40 +234,97 @@ impl EventLoop {
                 Err(e) => return Err(e),
             };
             for event in &events[..count] {
-                if event.data() == EXIT_TOKEN {
+                if event.data() == SHUTDOWN_TOKEN {
                     continue;
                 }
-                if self.dispatch(event.data() as usize)? == Flow::Stop {
-                    return Ok(self.exit.get().map_or(LoopEnd::Stopped, LoopEnd::Requested));
+                if self.dispatch(event.data())? == Flow::Stop {
+                    return Ok(self
+                        .shutdown
+                        .get()
+                        .map_or(LoopEnd::Stopped, LoopEnd::Requested));
                 }
             }
         }
     }
 
-    fn dispatch(&mut self, index: usize) -> io::Result<Flow> {
-        let Some(Some((fd, handler))) = self.handlers.get_mut(index) else {
+    /// How many times a handler has run: a busy loop shows here.
+    pub fn dispatches(&self) -> u64 {
+        self.dispatches
+    }
+
+    fn dispatch(&mut self, token: u64) -> io::Result<Flow> {
+        let index = (token >> 1) as usize;
+        let Some(Some(source)) = self.sources.get_mut(index) else {
             return Ok(Flow::Continue);
         };
-        let fd = *fd;
-        let flow = handler();
-        if flow == Flow::Remove {
-            self.epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
-            self.handlers[index] = None;
+        if token & WAKE_BIT != 0 {
+            if let Some(wake) = &source.wake {
+                let _ = wake.read();
+            }
+            if source.paused {
+                source.paused = false;
+                let event = EpollEvent::new(source.events, token & !WAKE_BIT);
+                self.epoll.ctl(ControlOperation::Add, source.fd, event)?;
+            }
+            return Ok(Flow::Continue);
+        }
+        if source.paused {
+            return Ok(Flow::Continue);
+        }
+        self.dispatches += 1;
+        let flow = (source.handler)();
+        match flow {
+            Flow::Remove => {
+                self.unwatch(index)?;
+                self.sources[index] = None;
+            }
+            Flow::Pause => {
+                self.unwatch(index)?;
+                if let Some(Some(source)) = self.sources.get_mut(index) {
+                    source.paused = true;
+                }
+            }
+            Flow::Continue | Flow::Stop => {}
         }
         Ok(flow)
     }
+
+    fn unwatch(&self, index: usize) -> io::Result<()> {
+        if let Some(Some(source)) = self.sources.get(index) {
+            self.epoll
+                .ctl(ControlOperation::Delete, source.fd, EpollEvent::default())?;
+        }
+        Ok(())
+    }
 }
 
-fn forward_input(input: RawFd, serial: &SerialPort) -> Flow {
+/// An event fd as a borrowed descriptor (vmm-sys-util's `EventFd` has no `AsFd`).
+pub(crate) fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor stays open as long as `event`, which the borrow ties to.
+    unsafe { BorrowedFd::borrow_raw(event.as_raw_fd()) }
+}
+
+const READABLE: EventSet = EventSet::IN
+    .union(EventSet::HANG_UP)
+    .union(EventSet::ERROR);
+
+fn flush(serial: &SerialPort) -> Flow {
+    match serial.flush_output() {
+        FlushState::Closed => Flow::Remove,
+        _ => Flow::Continue,
+    }
+}
+
+fn forward_input(input: BorrowedFd<'_>, serial: &SerialPort) -> Flow {
     let mut buffer = [0u8; 64];
     let room = serial.input_room().min(buffer.len());
     if room == 0 {
-        // The guest has not drained its FIFO; the bytes wait in the pipe or tty.
-        return Flow::Continue;
+        // The guest has not drained its FIFO: leave the bytes in the pipe or tty and
+        // stop watching it until the guest makes room.
+        return Flow::Pause;
     }
     // SAFETY: reads at most `room` bytes into `buffer`, which has that many.
-    let read = unsafe { libc::read(input, buffer.as_mut_ptr().cast(), room) };
+    let read = unsafe { libc::read(input.as_raw_fd(), buffer.as_mut_ptr().cast(), room) };
     match read {
         0 => Flow::Remove,
         n if n < 0 => {
@@ -155,16 +338,28 @@ fn forward_input(input: RawFd, serial: &SerialPort) -> Flow {
             }
         }
         n => {
-            // A FIFO overrun loses bytes, as on a real UART.
+            // `room` bytes fit: the FIFO took them all.
             let _ = serial.enqueue_input(&buffer[..n as usize]);
             Flow::Continue
         }
     }
 }
 
-/// SIGINT and SIGTERM, blocked in the calling thread (and every thread it starts
-/// afterwards, such as vCPU threads) and read from a signalfd by the event loop
-/// instead. Dropping it unblocks them again in the calling thread.
+/// The signals [`TerminationSignals`] takes over: the four that end a VMM and Ctrl-Z.
+pub const TERMINATION_SIGNALS: [i32; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGTSTP,
+];
+
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGTSTP, blocked in the calling thread (and
+/// every thread it starts afterwards, such as vCPU threads) and read from a signalfd
+/// by the event loop instead, so that each ends the VM in order (or, for SIGTSTP,
+/// suspends it) with the terminal restored. Dropping it discards what is still
+/// pending, so a second Ctrl-C during the shutdown does not kill the process later,
+/// and unblocks them again in the calling thread.
 #[derive(Debug)]
 pub struct TerminationSignals {
     fd: RawFd,
@@ -172,8 +367,8 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Blocks SIGINT and SIGTERM in this thread and opens a signalfd for them. Call it
-    /// before starting vCPU threads so that they inherit the block.
+    /// Blocks the [`TERMINATION_SIGNALS`] in this thread and opens a signalfd for them.
+    /// Call it before starting vCPU threads so that they inherit the block.
     pub fn block() -> io::Result<Self> {
         // SAFETY: sigset_t is plain data, initialised by sigemptyset below.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -183,8 +378,9 @@ impl TerminationSignals {
         // are valid.
         let ret = unsafe {
             libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
+            for signal in TERMINATION_SIGNALS {
+                libc::sigaddset(&mut set, signal);
+            }
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask)
         };
         if ret != 0 {
@@ -218,14 +414,19 @@ impl TerminationSignals {
     }
 }
 
-impl AsRawFd for TerminationSignals {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd
+impl AsFd for TerminationSignals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the signalfd stays open until this value is dropped.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
     }
 }
 
 impl Drop for TerminationSignals {
     fn drop(&mut self) {
+        // Signals that arrived after the last read (a second Ctrl-C while the VM shut
+        // down) would be delivered with their default action, killing the process,
+        // as soon as the mask is restored: they were handled already, drop them.
+        while self.read().is_some() {}
         // SAFETY: closes the signalfd opened in `block` and restores the saved mask.
         unsafe {
             libc::close(self.fd);
@@ -237,58 +438,184 @@ impl Drop for TerminationSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BusDevice, EventFdInterrupt, SerialOutput, SharedBuffer};
-    use std::os::fd::FromRawFd;
+    use crate::{BusDevice, EventFdInterrupt, SerialOutput};
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned from here on.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    fn serial() -> Arc<SerialPort> {
+        let interrupt = Arc::new(EventFdInterrupt::new().unwrap());
+        Arc::new(SerialPort::new(interrupt, SerialOutput::Sink).unwrap())
+    }
+
+    /// Runs `event_loop` on its own thread until `stop` is written.
+    fn run_until_stopped(
+        mut event_loop: EventLoop,
+        stop: &EventFd,
+    ) -> std::thread::JoinHandle<(LoopEnd, u64)> {
+        event_loop.add(event_fd(stop), || Flow::Stop).unwrap();
+        std::thread::spawn(move || {
+            let end = event_loop.run().unwrap();
+            (end, event_loop.dispatches())
+        })
+    }
+
+    fn read_byte(serial: &SerialPort) -> u8 {
+        let mut data = [0u8];
+        serial.read(0, &mut data);
+        data[0]
+    }
 
     #[test]
     fn loop_ends_with_the_request_a_device_made() {
-        let exit = Arc::new(VmExit::new().unwrap());
+        let exit = Arc::new(VmShutdown::new().unwrap());
         let mut event_loop = EventLoop::new(exit.clone()).unwrap();
-        let requester = std::thread::spawn(move || exit.request(ExitRequest::PowerOff));
+        let requester = std::thread::spawn(move || exit.request(ShutdownReason::PowerOff));
 
         let end = event_loop.run().unwrap();
         requester.join().unwrap();
 
-        assert_eq!(end, LoopEnd::Requested(ExitRequest::PowerOff));
+        assert_eq!(end, LoopEnd::Requested(ShutdownReason::PowerOff));
     }
 
     #[test]
     fn piped_input_reaches_the_serial_port_and_eof_removes_the_source() {
-        let exit = Arc::new(VmExit::new().unwrap());
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe returns.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: the write end is owned by this File from here on.
-        let mut writer = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-        let interrupt = Arc::new(EventFdInterrupt::new().unwrap());
-        let serial = Arc::new(SerialPort::new(
-            interrupt.clone(),
-            SerialOutput::Writer(Box::new(SharedBuffer::default())),
-        ));
-        let mut event_loop = EventLoop::new(exit.clone()).unwrap();
-        event_loop.add_serial_input(fds[0], serial.clone()).unwrap();
-        let done = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
-        let done_fd = done.as_raw_fd();
-        event_loop.add(done_fd, || Flow::Stop).unwrap();
+        let (reader, mut writer) = pipe();
+        let serial = serial();
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        event_loop.add_serial_input(reader, serial.clone()).unwrap();
+        let stop = EventFd::new(0).unwrap();
 
-        std::io::Write::write_all(&mut writer, b"hi").unwrap();
+        writer.write_all(b"hi").unwrap();
         drop(writer);
+        let running = run_until_stopped(event_loop, &stop);
         // Let the loop see the bytes and the end of file before the stop event.
-        let stopper = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            done.write(1).unwrap();
-            done
-        });
-        let end = event_loop.run().unwrap();
-        stopper.join().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        stop.write(1).unwrap();
+        let (end, _) = running.join().unwrap();
 
         assert_eq!(end, LoopEnd::Stopped);
-        let mut data = [0u8];
-        serial.read(0, &mut data);
-        assert_eq!(data, [b'h']);
-        serial.read(0, &mut data);
-        assert_eq!(data, [b'i']);
-        // SAFETY: the read end was opened above and is closed once.
-        unsafe { libc::close(fds[0]) };
+        assert_eq!(read_byte(&serial), b'h');
+        assert_eq!(read_byte(&serial), b'i');
+    }
+
+    #[test]
+    fn a_full_receive_fifo_pauses_input_instead_of_spinning_and_draining_resumes_it() {
+        let (reader, mut writer) = pipe();
+        let serial = serial();
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        event_loop.add_serial_input(reader, serial.clone()).unwrap();
+        let stop = EventFd::new(0).unwrap();
+
+        // 100 bytes for a 64-byte FIFO the guest does not drain for 200 ms.
+        writer.write_all(&[b'x'; 100]).unwrap();
+        let running = run_until_stopped(event_loop, &stop);
+        std::thread::sleep(Duration::from_millis(200));
+        let received: Vec<u8> = (0..64).map(|_| read_byte(&serial)).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        stop.write(1).unwrap();
+        let (_, dispatches) = running.join().unwrap();
+
+        assert_eq!(received, vec![b'x'; 64]);
+        // The rest arrived once the guest made room.
+        assert_eq!(serial.input_room(), 64 - 36);
+        // Level-triggered input left unread would have run the handler in a loop for
+        // 200 ms; paused, it ran a handful of times.
+        assert!(dispatches < 20, "the I/O thread spun: {dispatches} handler runs");
+    }
+
+    #[test]
+    fn output_to_a_slow_pipe_is_written_by_the_loop_as_the_reader_drains_it() {
+        let (mut reader, writer) = pipe();
+        let interrupt = Arc::new(EventFdInterrupt::new().unwrap());
+        let serial = Arc::new(SerialPort::new(interrupt, SerialOutput::File(writer)).unwrap());
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        event_loop.add_serial_output(serial.clone()).unwrap();
+        let stop = EventFd::new(0).unwrap();
+        let total = 300_000;
+
+        // More than the pipe holds: the loop must wait for room, not block or spin.
+        for _ in 0..total {
+            serial.write(0, b"y");
+        }
+        let running = run_until_stopped(event_loop, &stop);
+        let mut received = vec![0u8; total];
+        std::io::Read::read_exact(&mut reader, &mut received).unwrap();
+        stop.write(1).unwrap();
+        running.join().unwrap();
+
+        assert!(received.iter().all(|&b| b == b'y'));
+        assert_eq!(serial.dropped_output(), 0);
+    }
+
+    fn raise_in_this_thread(signal: i32) {
+        // SAFETY: sends `signal` to this thread, which has it blocked.
+        assert_eq!(unsafe { libc::pthread_kill(libc::pthread_self(), signal) }, 0);
+    }
+
+    #[test]
+    fn a_second_signal_pending_when_the_guard_drops_is_discarded_not_delivered() {
+        let signals = TerminationSignals::block().unwrap();
+        raise_in_this_thread(libc::SIGQUIT);
+        let first = signals.read();
+        // The second Ctrl-\ arrives while the VM shuts down: with the default action
+        // restored it would kill this test process.
+        raise_in_this_thread(libc::SIGQUIT);
+
+        drop(signals);
+
+        assert_eq!(first, Some(libc::SIGQUIT));
+    }
+
+    #[test]
+    fn sighup_and_sigquit_end_the_vm_in_order() {
+        let signals = Arc::new(TerminationSignals::block().unwrap());
+        let shutdown = Arc::new(VmShutdown::new().unwrap());
+        let mut event_loop = EventLoop::new(shutdown).unwrap();
+        event_loop.add_termination_signals(signals, None).unwrap();
+
+        raise_in_this_thread(libc::SIGHUP);
+        let end = event_loop.run().unwrap();
+
+        assert_eq!(end, LoopEnd::Requested(ShutdownReason::Signal(libc::SIGHUP)));
+    }
+
+    #[test]
+    fn a_paused_source_is_not_run_and_its_wake_resumes_it() {
+        let (reader, mut writer) = pipe();
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = runs.clone();
+        let owned: OwnedFd = reader.into();
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        event_loop
+            .add_pausable(owned.as_fd(), &wake, move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Flow::Pause
+            })
+            .unwrap();
+        let stop = EventFd::new(0).unwrap();
+
+        writer.write_all(b"z").unwrap();
+        let running = run_until_stopped(event_loop, &stop);
+        std::thread::sleep(Duration::from_millis(50));
+        let paused_runs = runs.load(std::sync::atomic::Ordering::Relaxed);
+        wake.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stop.write(1).unwrap();
+        running.join().unwrap();
+
+        assert_eq!(paused_runs, 1);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 2);
+        drop(owned);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::{reply_byte, BusDevice, ExitRequest, VmExit};
+use crate::{reply_byte, BusDevice, ShutdownReason, VmShutdown};
 
 /// The data port.
 pub const I8042_DATA_PORT: u64 = 0x60;
@@ -30,19 +30,19 @@ struct State {
 }
 
 /// An i8042 with no keyboard: self test, the command byte, and reset (command 0xFE
-/// on port 0x64), which ends the VM with [`ExitRequest::Reboot`].
+/// on port 0x64), which ends the VM with [`ShutdownReason::Reboot`].
 ///
 /// It serves two one-byte ports; register it once at [`I8042_DATA_PORT`] with
 /// length 5 so that offset 0 is the data port and offset 4 the command port.
 #[derive(Debug)]
 pub struct I8042 {
     state: Mutex<State>,
-    exit: Arc<VmExit>,
+    exit: Arc<VmShutdown>,
 }
 
 impl I8042 {
     /// A controller that reports resets to `exit`.
-    pub fn new(exit: Arc<VmExit>) -> Self {
+    pub fn new(exit: Arc<VmShutdown>) -> Self {
         I8042 {
             state: Mutex::new(State::default()),
             exit,
@@ -80,7 +80,7 @@ impl BusDevice for I8042 {
                 CMD_READ_COMMAND_BYTE => state.output = Some(state.command_byte),
                 CMD_WRITE_COMMAND_BYTE => state.awaiting_command_byte = true,
                 CMD_SELF_TEST => state.output = Some(SELF_TEST_PASSED),
-                CMD_PULSE_RESET => self.exit.request(ExitRequest::Reboot),
+                CMD_PULSE_RESET => self.exit.request(ShutdownReason::Reboot),
                 _ => {}
             },
             _ => {}
@@ -100,17 +100,17 @@ mod tests {
 
     #[test]
     fn reset_command_requests_a_reboot() {
-        let exit = Arc::new(VmExit::new().unwrap());
+        let exit = Arc::new(VmShutdown::new().unwrap());
         let dev = I8042::new(exit.clone());
 
         dev.write(4, &[CMD_PULSE_RESET]);
 
-        assert_eq!(exit.get(), Some(ExitRequest::Reboot));
+        assert_eq!(exit.get(), Some(ShutdownReason::Reboot));
     }
 
     #[test]
     fn self_test_answers_0x55_through_the_output_buffer() {
-        let dev = I8042::new(Arc::new(VmExit::new().unwrap()));
+        let dev = I8042::new(Arc::new(VmShutdown::new().unwrap()));
 
         dev.write(4, &[CMD_SELF_TEST]);
 
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn command_byte_round_trips() {
-        let dev = I8042::new(Arc::new(VmExit::new().unwrap()));
+        let dev = I8042::new(Arc::new(VmShutdown::new().unwrap()));
 
         dev.write(4, &[CMD_WRITE_COMMAND_BYTE]);
         dev.write(0, &[0x47]);

@@ -12,7 +12,8 @@
 //!   [`DebugExit`] (exit codes for test guests).
 //! - [`Interrupt`]: how a device raises its line; [`EventFdInterrupt`] is an event
 //!   fd a VMM registers with its hypervisor (as a KVM irqfd, say).
-//! - [`VmExit`]: the one-shot "end the VM" request devices and signals raise.
+//! - [`VmShutdown`]: the one-shot "shut the VM down" request devices and signals
+//!   raise.
 //! - [`EventLoop`]: the I/O thread's epoll loop (console input, SIGINT/SIGTERM,
 //!   device event fds), with [`RawTerminal`] for a console on a tty.
 //!
@@ -34,7 +35,7 @@ mod acpi;
 mod bus;
 mod debug_exit;
 mod event_loop;
-mod exit;
+mod shutdown;
 mod i8042;
 mod interrupt;
 mod rtc;
@@ -44,10 +45,15 @@ mod terminal;
 pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
-pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals};
-pub use exit::{ExitRequest, VmExit};
+pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals, TERMINATION_SIGNALS};
+pub use shutdown::{ShutdownReason, VmShutdown};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
-pub use serial::{SerialOutput, SerialPort, SharedBuffer, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+#[cfg(feature = "test-utils")]
+pub use serial::SharedBuffer;
+pub use serial::{
+    FlushState, SerialOutput, SerialPort, COM1_IRQ, COM1_PORT, OUTPUT_QUEUE_BYTES,
+    SERIAL_PORT_LEN,
+};
 pub use terminal::RawTerminal;

@@ -4,29 +4,31 @@
 //! The host terminal in raw input mode for a guest console, always restored.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Puts a terminal in raw input mode (no line editing, no echo) while it lives, and
 /// restores the saved settings when dropped: at the VM's end, on an error return and
 /// while unwinding a panic. Ctrl-C still raises SIGINT, which the event loop turns
-/// into an orderly stop (and so a drop of this guard).
+/// into an orderly stop (and so a drop of this guard); Ctrl-Z suspends the VMM with
+/// the terminal restored ([`suspend`](Self::suspend)).
 #[derive(Debug)]
-pub struct RawTerminal {
-    fd: RawFd,
+pub struct RawTerminal<'fd> {
+    fd: BorrowedFd<'fd>,
     saved: libc::termios,
+    raw: libc::termios,
 }
 
-impl RawTerminal {
+impl<'fd> RawTerminal<'fd> {
     /// Switches `fd` to raw input mode; `Ok(None)` if it is not a terminal.
-    pub fn enable(fd: RawFd) -> io::Result<Option<Self>> {
+    pub fn enable(fd: BorrowedFd<'fd>) -> io::Result<Option<Self>> {
         // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(fd) } != 1 {
+        if unsafe { libc::isatty(fd.as_raw_fd()) } != 1 {
             return Ok(None);
         }
         // SAFETY: termios is plain data; tcgetattr fills it.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: `fd` is a terminal and `saved` a valid out-pointer.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        if unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut saved) } != 0 {
             return Err(io::Error::last_os_error());
         }
         let mut raw = saved;
@@ -34,24 +36,47 @@ impl RawTerminal {
         raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ECHONL | libc::IEXTEN);
         raw.c_cc[libc::VMIN] = 1;
         raw.c_cc[libc::VTIME] = 0;
-        // SAFETY: `fd` is a terminal and `raw` a valid termios.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+        let terminal = RawTerminal { fd, saved, raw };
+        terminal.apply(&raw)?;
+        Ok(Some(terminal))
+    }
+
+    fn apply(&self, settings: &libc::termios) -> io::Result<()> {
+        // SAFETY: `self.fd` is a terminal (checked in `enable`), borrowed for the
+        // guard's life, and `settings` a valid termios read from it.
+        if unsafe { libc::tcsetattr(self.fd.as_raw_fd(), libc::TCSANOW, settings) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Some(RawTerminal { fd, saved }))
+        Ok(())
+    }
+
+    /// Restores the saved settings, stops the whole VMM process (as Ctrl-Z does), and
+    /// once it is continued (`fg`), puts the terminal back in raw mode.
+    pub fn suspend(&self) -> io::Result<()> {
+        self.apply(&self.saved)?;
+        // SAFETY: raise only sends SIGSTOP to this process; it returns once continued.
+        unsafe { libc::raise(libc::SIGSTOP) };
+        self.apply(&self.raw)
     }
 }
 
-impl Drop for RawTerminal {
+impl Drop for RawTerminal<'_> {
     fn drop(&mut self) {
-        // SAFETY: restores the settings read from the same terminal in `enable`.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        // Nothing more can be done if the terminal refuses while tearing down.
+        let _ = self.apply(&self.saved);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::fd::RawFd;
+
+    fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+        // SAFETY: the tests close their descriptors only after the guards are gone.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
 
     /// A pseudo-terminal pair: (controller, terminal).
     fn pty() -> (RawFd, RawFd) {
@@ -84,7 +109,7 @@ mod tests {
         let (controller, terminal) = pty();
         let before = settings(terminal);
 
-        let raw = RawTerminal::enable(terminal)
+        let raw = RawTerminal::enable(borrow(terminal))
             .unwrap()
             .expect("a pty is a terminal");
         let during = settings(terminal);
@@ -113,7 +138,7 @@ mod tests {
         let before = settings(terminal);
 
         let result = std::panic::catch_unwind(|| {
-            let _raw = RawTerminal::enable(terminal).unwrap();
+            let _raw = RawTerminal::enable(borrow(terminal)).unwrap();
             panic!("a device model bug");
         });
 
@@ -132,7 +157,7 @@ mod tests {
         // SAFETY: `fds` has room for the two descriptors pipe returns.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
 
-        let raw = RawTerminal::enable(fds[0]).unwrap();
+        let raw = RawTerminal::enable(borrow(fds[0])).unwrap();
 
         assert!(raw.is_none());
         // SAFETY: both descriptors were opened above and are closed once.

@@ -7,11 +7,12 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::format_size;
 use crate::host::{self, HugePagePool, HUGETLBFS_MAGIC};
+use crate::error::Conflict;
 use crate::{Error, MemoryConfig, MemoryLayout, RegionSpec};
 
 /// The host memory behind guest RAM.
@@ -50,17 +51,19 @@ impl Backing {
     pub fn resolve(config: &MemoryConfig, layout: &MemoryLayout) -> Result<Self, Error> {
         check_conflicts(config)?;
         let backing = if let Some(dir) = &config.mem_path {
-            let page_size = hugetlbfs_page_size(dir)?;
+            let mount = hugetlbfs_mount(dir)?;
+            let page_size = mount.block_size;
             if let Some(asked) = config.hugepage_size {
                 if asked != page_size {
-                    return Err(Error::Conflict(format!(
-                        "hugepage_size={} but the hugetlbfs mount at {} has {} pages",
-                        format_size(asked),
-                        dir.display(),
-                        format_size(page_size)
-                    )));
+                    return Err(Conflict::MountPageSize {
+                        asked: format_size(asked),
+                        mount: format_size(page_size),
+                        dir: dir.display().to_string(),
+                    }
+                    .into());
                 }
             }
+            check_mount_room(dir, &mount, layout.total_size() / page_size)?;
             Backing::HugetlbfsFile {
                 dir: dir.clone(),
                 page_size,
@@ -134,9 +137,10 @@ impl Backing {
     pub(crate) fn create_file(&self, region: &RegionSpec) -> Result<Option<File>, Error> {
         let memfd_flags = match self {
             Backing::Anonymous | Backing::AnonymousHugetlb { .. } => return Ok(None),
-            Backing::SharedMemfd => libc::MFD_CLOEXEC,
+            Backing::SharedMemfd => libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
             Backing::SharedHugetlbMemfd { page_size } => {
                 libc::MFD_CLOEXEC
+                    | libc::MFD_ALLOW_SEALING
                     | libc::MFD_HUGETLB
                     | huge_size_bits(*page_size, libc::MFD_HUGE_SHIFT as i32) as u32
             }
@@ -149,6 +153,10 @@ impl Backing {
             source,
         })?;
         file.set_len(region.size).map_err(|source| Error::Memfd {
+            guest_addr: region.guest_addr,
+            source,
+        })?;
+        seal_size(&file).map_err(|source| Error::Memfd {
             guest_addr: region.guest_addr,
             source,
         })?;
@@ -182,30 +190,18 @@ impl fmt::Display for Backing {
     }
 }
 
-fn check_conflicts(config: &MemoryConfig) -> Result<(), Error> {
+fn check_conflicts(config: &MemoryConfig) -> Result<(), Conflict> {
     if config.hugepage_size.is_some() && !config.uses_hugetlb() {
-        return Err(Error::Conflict(
-            "hugepage_size needs hugepages=on (or mem_path)".into(),
-        ));
+        return Err(Conflict::HugepageSizeWithoutHugepages);
     }
     if config.mergeable && config.shared {
-        return Err(Error::Conflict(
-            "mergeable=on needs shared=off: KSM merges only private anonymous pages".into(),
-        ));
+        return Err(Conflict::MergeableShared);
     }
     if config.mergeable && config.uses_hugetlb() {
-        return Err(Error::Conflict(
-            "mergeable=on needs hugepages=off and no mem_path: KSM merges only private \
-             anonymous pages, never hugetlb pages"
-                .into(),
-        ));
+        return Err(Conflict::MergeableHugetlb);
     }
     if config.thp && config.uses_hugetlb() {
-        return Err(Error::Conflict(
-            "thp=on applies to 4 KiB-page memory; with hugepages=on or mem_path the pages \
-             are hugetlb pages already"
-                .into(),
-        ));
+        return Err(Conflict::ThpHugetlb);
     }
     Ok(())
 }
@@ -239,18 +235,71 @@ fn supported_hugepage_size(asked: Option<u64>) -> Result<u64, Error> {
     Ok(size)
 }
 
-fn hugetlbfs_page_size(dir: &Path) -> Result<u64, Error> {
-    let (fs_type, block_size) = host::statfs(dir).map_err(|source| Error::MemPath {
-        path: dir.display().to_string(),
+/// Checks that `dir` is a directory on hugetlbfs and returns what statfs says of the
+/// mount.
+fn hugetlbfs_mount(dir: &Path) -> Result<host::FsStats, Error> {
+    let path = dir.display().to_string();
+    let metadata = std::fs::metadata(dir).map_err(|source| Error::MemPath {
+        path: path.clone(),
         source,
     })?;
-    if fs_type != HUGETLBFS_MAGIC {
-        return Err(Error::NotHugetlbfs {
-            path: dir.display().to_string(),
-            fs_type,
+    if !metadata.is_dir() {
+        return Err(Error::MemPathNotDirectory {
+            path,
+            example: host::hugetlbfs_mounts()
+                .first()
+                .map_or_else(|| FRESH_MOUNT_DIR.to_string(), |m| m.display().to_string()),
         });
     }
-    Ok(block_size)
+    let stats = host::statfs(dir).map_err(|source| Error::MemPath {
+        path: path.clone(),
+        source,
+    })?;
+    if stats.fs_type != HUGETLBFS_MAGIC {
+        return Err(Error::NotHugetlbfs {
+            path,
+            fs_type: stats.fs_type,
+            fix: hugetlbfs_fix(),
+        });
+    }
+    Ok(stats)
+}
+
+/// Where the error messages suggest mounting hugetlbfs: a directory of its own, never
+/// one the system uses for something else.
+const FRESH_MOUNT_DIR: &str = "/mnt/kvmkit-hugepages";
+
+/// What to do when `mem_path` is not on hugetlbfs: use a mount there is, or make one.
+fn hugetlbfs_fix() -> String {
+    hugetlbfs_fix_for(&host::hugetlbfs_mounts())
+}
+
+fn hugetlbfs_fix_for(mounts: &[PathBuf]) -> String {
+    if mounts.is_empty() {
+        format!(
+            "this host has no hugetlbfs mount; make one on a fresh directory with `mkdir -p \
+             {FRESH_MOUNT_DIR} && mount -t hugetlbfs -o pagesize=2M none {FRESH_MOUNT_DIR}` \
+             and use mem_path={FRESH_MOUNT_DIR}"
+        )
+    } else {
+        let list: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+        format!("use a hugetlbfs mount instead: {}", list.join(", "))
+    }
+}
+
+/// A hugetlbfs mount with a `size=` limit reports it as its block count; without one
+/// the count is 0.
+fn check_mount_room(dir: &Path, mount: &host::FsStats, needed: u64) -> Result<(), Error> {
+    if mount.blocks == 0 || mount.blocks_free >= needed {
+        return Ok(());
+    }
+    Err(Error::MountFull {
+        path: dir.display().to_string(),
+        page_size_kib: mount.block_size >> 10,
+        free: mount.blocks_free,
+        limit: mount.blocks,
+        needed,
+    })
 }
 
 fn check_hugepage_alignment(layout: &MemoryLayout, page_size: u64) -> Result<(), Error> {
@@ -273,6 +322,8 @@ fn check_pool(layout: &MemoryLayout, page_size: u64) -> Result<(), Error> {
         total: 0,
         free: 0,
         reserved: 0,
+        surplus: 0,
+        overcommit: 0,
     });
     if pool.available() >= needed {
         return Ok(());
@@ -310,6 +361,18 @@ fn memfd(flags: u32) -> io::Result<File> {
     }
     // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Seals the memfd's size: another process that maps guest memory (a vhost-user
+/// backend) cannot shrink it under the VMM, which would turn guest and device accesses
+/// into SIGBUS, nor grow it; and no further seals can be changed.
+fn seal_size(file: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on a descriptor this function borrows; it changes no memory.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Creates a file for `region` in the hugetlbfs directory `dir`, sized, and unlinked so
@@ -394,7 +457,7 @@ mod tests {
         let error = Backing::resolve(&config, &layout(8)).unwrap_err();
 
         assert!(
-            matches!(error, Error::Conflict(ref m) if m.contains("hugetlb")),
+            matches!(error, Error::Conflict(Conflict::MergeableHugetlb)),
             "{error}"
         );
     }
@@ -457,13 +520,36 @@ mod tests {
     }
 
     #[test]
-    fn mem_path_that_is_not_hugetlbfs_is_refused_with_the_mount_command() {
+    fn mem_path_that_is_not_hugetlbfs_is_refused() {
         let config: MemoryConfig = "mem_path=/tmp".parse().unwrap();
 
         let error = Backing::resolve(&config, &layout(8)).unwrap_err();
 
         assert!(matches!(error, Error::NotHugetlbfs { .. }), "{error}");
-        assert!(error.to_string().contains("mount -t hugetlbfs"), "{error}");
+    }
+
+    #[test]
+    fn without_a_hugetlbfs_mount_the_fix_mounts_one_on_a_fresh_directory() {
+        let fix = hugetlbfs_fix_for(&[]);
+
+        assert!(
+            fix.contains(&format!("mkdir -p {FRESH_MOUNT_DIR}")),
+            "{fix}"
+        );
+        assert!(
+            fix.contains(&format!("mount -t hugetlbfs -o pagesize=2M none {FRESH_MOUNT_DIR}")),
+            "{fix}"
+        );
+    }
+
+    #[test]
+    fn with_hugetlbfs_mounts_the_fix_names_them() {
+        let mounts = [PathBuf::from("/dev/hugepages"), PathBuf::from("/mnt/huge1g")];
+
+        let fix = hugetlbfs_fix_for(&mounts);
+
+        assert!(fix.contains("/dev/hugepages, /mnt/huge1g"), "{fix}");
+        assert!(!fix.contains("mount -t"), "{fix}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::io;
 
 /// What can go wrong while laying out or mapping guest memory.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A layout must have at least one region.
     #[error("the memory layout has no regions")]
@@ -77,7 +78,7 @@ pub enum Error {
     },
     /// Two options that cannot go together, or one that needs another.
     #[error("memory options conflict: {0}")]
-    Conflict(String),
+    Conflict(#[from] Conflict),
     /// The hugepage size is not one this host supports.
     #[error(
         "hugepage_size={size} is not supported: it must be a power of two that this host \
@@ -103,15 +104,40 @@ pub enum Error {
         page_size_kib: u64,
     },
     /// `mem_path` is not on hugetlbfs.
-    #[error(
-        "mem_path {path} is not on a hugetlbfs mount (file system type {fs_type:#x}): mount \
-         one with `mount -t hugetlbfs -o pagesize=2M none {path}`"
-    )]
+    #[error("mem_path {path} is not on a hugetlbfs mount (file system type {fs_type:#x}): {fix}")]
     NotHugetlbfs {
         /// The path given.
         path: String,
         /// The file system type found.
         fs_type: i64,
+        /// What to do instead: the hugetlbfs mounts there are, or how to make one on a
+        /// fresh directory.
+        fix: String,
+    },
+    /// `mem_path` is not a directory.
+    #[error("mem_path {path} is not a directory: give a directory on a hugetlbfs mount, such as {example}")]
+    MemPathNotDirectory {
+        /// The path given.
+        path: String,
+        /// A hugetlbfs directory to use instead.
+        example: String,
+    },
+    /// The hugetlbfs mount's `size=` limit leaves too little room for the guest.
+    #[error(
+        "the hugetlbfs mount holding {path} has room for {free} more {page_size_kib} KiB pages \
+         (its size= limit is {limit} pages); the guest needs {needed}"
+    )]
+    MountFull {
+        /// The directory given.
+        path: String,
+        /// The page size of the mount in KiB.
+        page_size_kib: u64,
+        /// Pages the mount's limit still allows.
+        free: u64,
+        /// The mount's limit in pages.
+        limit: u64,
+        /// Pages the guest needs.
+        needed: u64,
     },
     /// `mem_path` cannot be used.
     #[error("mem_path {path}: {source}")]
@@ -164,10 +190,61 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// `/proc/self/smaps` could not be read or does not describe a region.
-    #[error("cannot report on guest memory: {0}")]
-    Report(String),
+    /// `/proc/self/smaps` or `mincore` could not tell what the kernel did.
+    #[error("cannot report on guest memory: {what}")]
+    Report {
+        /// What could not be read.
+        what: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// KSM's controls could not be read or written.
+    #[error("KSM: {path}: {fix}")]
+    Ksm {
+        /// The sysfs file.
+        path: String,
+        /// What to do about it.
+        fix: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// vm-memory refused the set of regions.
     #[error("vm-memory refused the guest memory regions: {0}")]
     Collection(#[from] vm_memory::GuestRegionCollectionError),
+}
+
+/// Memory options that cannot go together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// `hugepage_size` without hugetlb memory.
+    #[error("hugepage_size needs hugepages=on (or mem_path)")]
+    HugepageSizeWithoutHugepages,
+    /// KSM with shared memory.
+    #[error("mergeable=on needs shared=off: KSM merges only private anonymous pages")]
+    MergeableShared,
+    /// KSM with hugetlb memory.
+    #[error(
+        "mergeable=on needs hugepages=off and no mem_path: KSM merges only private anonymous \
+         pages, never hugetlb pages"
+    )]
+    MergeableHugetlb,
+    /// THP with hugetlb memory.
+    #[error(
+        "thp=on applies to 4 KiB-page memory; with hugepages=on or mem_path the pages are \
+         hugetlb pages already"
+    )]
+    ThpHugetlb,
+    /// `hugepage_size` differs from the page size of the `mem_path` mount.
+    #[error("hugepage_size={asked} but the hugetlbfs mount at {dir} has {mount} pages")]
+    MountPageSize {
+        /// The size asked for.
+        asked: String,
+        /// The mount's page size.
+        mount: String,
+        /// The directory.
+        dir: String,
+    },
 }

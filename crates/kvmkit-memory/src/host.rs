@@ -16,21 +16,28 @@ pub const KSM_SYSFS: &str = "/sys/kernel/mm/ksm";
 
 /// One hugetlb page size's pool, from `/sys/kernel/mm/hugepages/hugepages-<N>kB`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HugePagePool {
     /// The page size in bytes.
     pub page_size: u64,
-    /// Pages in the pool.
+    /// Pages in the pool (`nr_hugepages`, surplus pages included).
     pub total: u64,
     /// Pages not yet faulted in (including reserved ones).
     pub free: u64,
     /// Pages reserved by mappings but not yet faulted in.
     pub reserved: u64,
+    /// Surplus pages the kernel has allocated beyond the persistent pool.
+    pub surplus: u64,
+    /// The most surplus pages the kernel may allocate (`nr_overcommit_hugepages`).
+    pub overcommit: u64,
 }
 
 impl HugePagePool {
-    /// Pages a new mapping can still reserve.
+    /// Pages a new mapping can still reserve: the free pages no mapping has reserved,
+    /// plus the surplus pages the kernel may still allocate on demand.
     pub fn available(&self) -> u64 {
-        self.free.saturating_sub(self.reserved)
+        let unreserved = self.free.saturating_sub(self.reserved);
+        unreserved + self.overcommit.saturating_sub(self.surplus)
     }
 
     /// The sysfs directory of this pool.
@@ -49,6 +56,8 @@ impl HugePagePool {
             total: read("nr_hugepages")?,
             free: read("free_hugepages")?,
             reserved: read("resv_hugepages")?,
+            surplus: read("surplus_hugepages").unwrap_or(0),
+            overcommit: read("nr_overcommit_hugepages").unwrap_or(0),
         })
     }
 }
@@ -89,8 +98,36 @@ pub fn default_hugepage_size() -> Option<u64> {
     })
 }
 
-/// The file system type and block size of the file system holding `path`.
-pub(crate) fn statfs(path: &Path) -> io::Result<(i64, u64)> {
+/// What `statfs` says of the file system holding a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FsStats {
+    /// The file system's magic number.
+    pub fs_type: i64,
+    /// Its block size: the page size, for hugetlbfs.
+    pub block_size: u64,
+    /// Blocks in all: a hugetlbfs mount's `size=` limit in pages, 0 without a limit.
+    pub blocks: u64,
+    /// Blocks still free under that limit.
+    pub blocks_free: u64,
+}
+
+/// The hugetlbfs mount points of this host, from `/proc/mounts`.
+pub fn hugetlbfs_mounts() -> Vec<PathBuf> {
+    let Ok(mounts) = fs::read_to_string("/proc/mounts") else {
+        return Vec::new();
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let mount_point = fields.nth(1)?;
+            (fields.next()? == "hugetlbfs").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// What `statfs` says of the file system holding `path`.
+pub(crate) fn statfs(path: &Path) -> io::Result<FsStats> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     // SAFETY: statfs is plain data; all-zero is a valid value to be overwritten.
@@ -101,7 +138,12 @@ pub(crate) fn statfs(path: &Path) -> io::Result<(i64, u64)> {
         return Err(io::Error::last_os_error());
     }
     #[allow(clippy::unnecessary_cast)]
-    Ok((stat.f_type as i64, stat.f_bsize as u64))
+    Ok(FsStats {
+        fs_type: stat.f_type as i64,
+        block_size: stat.f_bsize as u64,
+        blocks: stat.f_blocks as u64,
+        blocks_free: stat.f_bfree as u64,
+    })
 }
 
 /// The hugetlbfs magic number in `statfs.f_type`.
@@ -110,6 +152,7 @@ pub(crate) const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 /// KSM's global state and counters, from `/sys/kernel/mm/ksm`, and this process's
 /// merged pages from `/proc/self/ksm_stat`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KsmCounters {
     /// `run`: 0 stopped, 1 running, 2 unmerging.
     pub run: u64,
@@ -152,25 +195,31 @@ impl KsmCounters {
 }
 
 /// KSM scanning turned on (fast) while this guard lives, with the previous settings
-/// put back when it is dropped. Needs root.
+/// put back when it is dropped. Needs root, and changes host-wide settings: it is for
+/// tests and demonstrations, behind the `test-utils` feature.
 ///
-/// Scanning 5000 pages every 10 ms makes merging visible within seconds, for tests
-/// and demonstrations; production hosts tune KSM for their own load.
+/// Scanning 5000 pages every 10 ms makes merging visible within seconds; production
+/// hosts tune KSM for their own load.
+#[cfg(feature = "test-utils")]
 #[derive(Debug)]
 pub struct KsmScanning {
     saved: Vec<(&'static str, String)>,
 }
 
+#[cfg(feature = "test-utils")]
 impl KsmScanning {
     /// Saves `run`, `pages_to_scan` and `sleep_millisecs`, then starts fast scanning.
     /// Fails with the file and the reason (no KSM in this kernel, not root); settings
     /// already changed are restored.
-    pub fn start() -> Result<Self, String> {
+    pub fn start() -> Result<Self, crate::Error> {
         let mut saved = Vec::new();
         for key in ["run", "pages_to_scan", "sleep_millisecs"] {
             let path = Path::new(KSM_SYSFS).join(key);
-            let value = fs::read_to_string(&path)
-                .map_err(|e| format!("this kernel has no KSM ({}: {e})", path.display()))?;
+            let value = fs::read_to_string(&path).map_err(|source| crate::Error::Ksm {
+                path: path.display().to_string(),
+                fix: "this kernel has no KSM (CONFIG_KSM)",
+                source,
+            })?;
             saved.push((key, value.trim().to_string()));
         }
         let scanning = KsmScanning { saved };
@@ -180,18 +229,17 @@ impl KsmScanning {
             ("run", "1"),
         ] {
             let path = Path::new(KSM_SYSFS).join(key);
-            fs::write(&path, value).map_err(|e| {
-                format!(
-                    "cannot turn KSM scanning on ({}: {e}): run as root, or \
-                     `echo 1 > {KSM_SYSFS}/run` first",
-                    path.display()
-                )
+            fs::write(&path, value).map_err(|source| crate::Error::Ksm {
+                path: path.display().to_string(),
+                fix: "cannot turn KSM scanning on: run as root",
+                source,
             })?;
         }
         Ok(scanning)
     }
 }
 
+#[cfg(feature = "test-utils")]
 impl Drop for KsmScanning {
     fn drop(&mut self) {
         for (key, value) in &self.saved {
@@ -213,22 +261,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn available_pages_exclude_reserved_ones() {
-        let pool = HugePagePool {
+    fn pool(free: u64, reserved: u64, surplus: u64, overcommit: u64) -> HugePagePool {
+        HugePagePool {
             page_size: 2 << 20,
             total: 10,
-            free: 8,
-            reserved: 3,
-        };
+            free,
+            reserved,
+            surplus,
+            overcommit,
+        }
+    }
 
-        assert_eq!(pool.available(), 5);
+    #[test]
+    fn available_pages_exclude_reserved_ones() {
+        assert_eq!(pool(8, 3, 0, 0).available(), 5);
+    }
+
+    #[test]
+    fn available_pages_include_the_surplus_the_kernel_may_still_allocate() {
+        // nr_overcommit_hugepages=8 with 4 free pages: 8 MiB of 2 MiB pages would fit
+        // in the free pages, 16 MiB needs 4 surplus pages the kernel will allocate.
+        assert_eq!(pool(4, 0, 0, 8).available(), 12);
+        assert_eq!(pool(4, 0, 3, 8).available(), 9);
+        assert_eq!(pool(0, 0, 9, 8).available(), 0);
     }
 
     #[test]
     fn proc_root_is_not_hugetlbfs() {
-        let (fs_type, _) = statfs(Path::new("/proc")).unwrap();
+        let stats = statfs(Path::new("/proc")).unwrap();
 
-        assert_ne!(fs_type, HUGETLBFS_MAGIC);
+        assert_ne!(stats.fs_type, HUGETLBFS_MAGIC);
     }
 }

@@ -13,6 +13,7 @@ pub const X86_MMIO_HOLE_END: u64 = 0x1_0000_0000;
 
 /// One contiguous range of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RegionSpec {
     /// Guest-physical address of the first byte.
     pub guest_addr: u64,
@@ -21,6 +22,11 @@ pub struct RegionSpec {
 }
 
 impl RegionSpec {
+    /// `size` bytes of RAM from guest-physical `guest_addr`.
+    pub const fn new(guest_addr: u64, size: u64) -> Self {
+        RegionSpec { guest_addr, size }
+    }
+
     /// The first guest-physical address past the region.
     pub fn end(&self) -> u64 {
         self.guest_addr + self.size
@@ -48,10 +54,7 @@ impl MemoryLayout {
     /// let layout = MemoryLayout::x86_64(4 << 30).unwrap();
     /// assert_eq!(
     ///     layout.regions(),
-    ///     &[
-    ///         RegionSpec { guest_addr: 0, size: 3 << 30 },
-    ///         RegionSpec { guest_addr: 4 << 30, size: 1 << 30 },
-    ///     ]
+    ///     &[RegionSpec::new(0, 3 << 30), RegionSpec::new(4 << 30, 1 << 30)]
     /// );
     /// ```
     pub fn x86_64(size: u64) -> Result<Self, Error> {

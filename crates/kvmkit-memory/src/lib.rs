@@ -43,8 +43,10 @@ mod report;
 
 pub use backing::Backing;
 pub use config::MemoryConfig;
-pub use error::Error;
-pub use host::{HugePagePool, KsmCounters, KsmScanning};
+pub use error::{Conflict, Error};
+#[cfg(feature = "test-utils")]
+pub use host::KsmScanning;
+pub use host::{HugePagePool, KsmCounters};
 pub use layout::{MemoryLayout, RegionSpec, X86_MMIO_HOLE_END, X86_MMIO_HOLE_START};
 pub use ram::{GuestRam, RamRegion};
 pub use report::{MemoryReport, RegionReport, VmFlags};

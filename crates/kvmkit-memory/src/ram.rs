@@ -4,6 +4,7 @@
 //! Guest RAM mapped into the VMM process.
 
 use std::io;
+use std::sync::Arc;
 
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
@@ -14,6 +15,7 @@ use crate::{Backing, Error, MemoryConfig, MemoryLayout, RegionSpec};
 
 /// One mapped region of guest RAM: where it is in the guest and in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RamRegion {
     /// Guest-physical placement.
     pub spec: RegionSpec,
@@ -24,12 +26,13 @@ pub struct RamRegion {
 /// Guest RAM: the regions of a [`MemoryLayout`], each mapped with the backing a
 /// [`MemoryConfig`] asks for, advised (THP, KSM) and prefaulted as it asks.
 ///
-/// The mappings live as long as the `GuestRam` or any clone of
-/// [`memory()`](GuestRam::memory) that shares its regions. With `mergeable=on`,
-/// dropping the `GuestRam` withdraws the memory from KSM (`MADV_UNMERGEABLE`).
+/// The mappings live as long as the `GuestRam` or any clone of the `Arc` that
+/// [`shared_memory()`](GuestRam::shared_memory) returns, such as the one a hypervisor keeps while
+/// it maps the memory into a guest. Unmapping is the only teardown: it frees
+/// KSM-merged pages as it frees the others, with no unmerging copy first.
 #[derive(Debug)]
 pub struct GuestRam {
-    memory: GuestMemoryMmap,
+    memory: Arc<GuestMemoryMmap>,
     regions: Vec<RamRegion>,
     backing: Backing,
     config: MemoryConfig,
@@ -51,14 +54,14 @@ impl GuestRam {
             });
             mapped.push(region);
         }
-        let memory = GuestMemoryMmap::from_regions(mapped)?;
+        let memory = Arc::new(GuestMemoryMmap::from_regions(mapped)?);
         let ram = GuestRam {
             memory,
             regions,
             backing,
             config: config.clone(),
         };
-        // From here on, dropping `ram` on an error also undoes MADV_MERGEABLE.
+        // On an error, dropping `ram` unmaps every region again.
         for region in &ram.regions {
             ram.prepare(region, config)?;
         }
@@ -81,8 +84,14 @@ impl GuestRam {
         Ok(())
     }
 
-    /// The memory as vm-memory sees it, for device emulation and memslots.
+    /// The memory as vm-memory sees it, for device emulation.
     pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The memory in the `Arc` that owns its mappings, for whoever must keep them
+    /// mapped beyond this `GuestRam`: a hypervisor's memslots, a device thread.
+    pub fn shared_memory(&self) -> &Arc<GuestMemoryMmap> {
         &self.memory
     }
 
@@ -110,17 +119,6 @@ impl GuestRam {
     /// hugepages, advice flags, from `/proc/self/smaps`, and the KSM counters.
     pub fn report(&self) -> Result<MemoryReport, Error> {
         MemoryReport::read(&self.regions)
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        if self.config.mergeable {
-            for region in &self.regions {
-                // Nothing useful can be done if the kernel refuses while tearing down.
-                let _ = advise(region, libc::MADV_UNMERGEABLE, "MADV_UNMERGEABLE");
-            }
-        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::{Error, RamRegion};
 
 /// The `VmFlags` of a mapping that matter for guest RAM.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VmFlags {
     /// `mg`: advised `MADV_MERGEABLE` (KSM may merge it).
     pub mergeable: bool,
@@ -22,6 +23,8 @@ pub struct VmFlags {
     pub hugetlb: bool,
     /// `sh`: a shared mapping.
     pub shared: bool,
+    /// `nr`: mapped `MAP_NORESERVE` (no swap or commit reserved for it).
+    pub no_reserve: bool,
 }
 
 impl VmFlags {
@@ -34,6 +37,7 @@ impl VmFlags {
                 "nh" => flags.no_hugepage = true,
                 "ht" => flags.hugetlb = true,
                 "sh" => flags.shared = true,
+                "nr" => flags.no_reserve = true,
                 _ => {}
             }
         }
@@ -49,6 +53,7 @@ impl fmt::Display for VmFlags {
             (self.hugepage, "hg"),
             (self.no_hugepage, "nh"),
             (self.mergeable, "mg"),
+            (self.no_reserve, "nr"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -63,6 +68,7 @@ impl fmt::Display for VmFlags {
 
 /// One guest RAM region as the kernel sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RegionReport {
     /// Guest-physical start.
     pub guest_addr: u64,
@@ -106,6 +112,7 @@ impl fmt::Display for RegionReport {
 
 /// What the kernel did for each guest RAM region, and KSM's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryReport {
     /// One entry per region, in guest address order.
     pub regions: Vec<RegionReport>,
@@ -115,8 +122,11 @@ pub struct MemoryReport {
 
 impl MemoryReport {
     pub(crate) fn read(regions: &[RamRegion]) -> Result<Self, Error> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps")
-            .map_err(|e| Error::Report(format!("cannot read /proc/self/smaps: {e}")))?;
+        let smaps =
+            std::fs::read_to_string("/proc/self/smaps").map_err(|source| Error::Report {
+                what: "cannot read /proc/self/smaps".into(),
+                source,
+            })?;
         Ok(MemoryReport {
             regions: parse_smaps(&smaps, regions, resident_bytes)?,
             ksm: KsmCounters::read(),
@@ -221,11 +231,12 @@ fn parse_smaps(
                 .iter()
                 .filter(|vma| vma.start < end && vma.end > start)
                 .collect();
-            let first = inside.first().ok_or_else(|| {
-                Error::Report(format!(
+            let first = inside.first().ok_or_else(|| Error::Report {
+                what: format!(
                     "no mapping at {start:#x} in /proc/self/smaps for guest address {:#x}",
                     region.spec.guest_addr
-                ))
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
             })?;
             Ok(RegionReport {
                 guest_addr: region.spec.guest_addr,
@@ -257,11 +268,10 @@ fn resident_bytes(region: &RamRegion) -> Result<u64, Error> {
         // holds one byte per page of it, as mincore requires.
         let ret = unsafe { libc::mincore(addr, len as usize, vec.as_mut_ptr()) };
         if ret != 0 {
-            return Err(Error::Report(format!(
-                "mincore on guest memory at {:#x}: {}",
-                region.spec.guest_addr,
-                std::io::Error::last_os_error()
-            )));
+            return Err(Error::Report {
+                what: format!("mincore on guest memory at {:#x}", region.spec.guest_addr),
+                source: std::io::Error::last_os_error(),
+            });
         }
         resident_pages += vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
         offset += len;
@@ -347,7 +357,7 @@ VmFlags: rd wr sh mr mw me ms de ht
 
         assert!(matches!(
             parse_smaps(SMAPS, &regions, |_| Ok(0)),
-            Err(Error::Report(_))
+            Err(Error::Report { .. })
         ));
     }
 
@@ -369,8 +379,12 @@ VmFlags: rd wr sh mr mw me ms de ht
     #[test]
     fn flags_display_lists_only_the_set_ones() {
         let flags = VmFlags::parse("rd wr mr mw me ac hg mg");
+        let unreserved = VmFlags::parse("rd wr mr mw me nr sd");
 
         assert_eq!(flags.to_string(), "hg,mg");
+        assert!(!flags.no_reserve);
+        assert!(unreserved.no_reserve);
+        assert_eq!(unreserved.to_string(), "nr");
         assert_eq!(VmFlags::default().to_string(), "-");
     }
 }

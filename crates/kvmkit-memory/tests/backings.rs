@@ -200,13 +200,125 @@ fn mergeable_memory_is_advised_to_ksm() {
 }
 
 #[test]
-fn reserve_off_maps_more_than_the_host_has_because_nothing_is_committed() {
-    // 64 GiB on a host with less memory: only MAP_NORESERVE makes this possible under
-    // the kernel's heuristic overcommit, and nothing is touched.
+fn reserve_off_maps_with_map_noreserve_and_reserve_on_without() {
     let sparse = ram(64 * 1024, "");
+    let reserved = ram(16, "reserve=on");
 
+    let sparse_report = sparse.report().unwrap();
     assert_eq!(sparse.size(), 64 * GIB);
-    assert_eq!(sparse.report().unwrap().resident(), 0);
+    assert_eq!(sparse_report.resident(), 0);
+    for region in &sparse_report.regions {
+        assert!(region.flags.no_reserve, "{region}");
+    }
+    let reserved_region = only_region(&reserved);
+    assert!(!reserved_region.flags.no_reserve, "{reserved_region}");
+}
+
+fn first_memfd(ram: &GuestRam) -> &std::fs::File {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let region = ram.memory().iter().next().unwrap();
+    region.file_offset().expect("a shared backing is a file").file()
+}
+
+fn truncate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)
+}
+
+#[test]
+fn shared_memfd_cannot_be_shrunk_or_grown_by_whoever_holds_its_fd() {
+    let shared = ram(16, "shared=on");
+    let file = first_memfd(&shared);
+
+    let shrink = truncate(file, 4096).unwrap_err();
+    let grow = truncate(file, 32 * MIB).unwrap_err();
+
+    assert_eq!(shrink.raw_os_error(), Some(libc::EPERM), "{shrink}");
+    assert_eq!(grow.raw_os_error(), Some(libc::EPERM), "{grow}");
+    shared.memory().write_obj(1u64, GuestAddress(16 * MIB - 8)).unwrap();
+}
+
+#[test]
+fn shared_hugetlb_memfd_is_sealed_too() {
+    require_2m_pool(8);
+    let shared = ram(16, "shared=on,hugepages=on,hugepage_size=2M");
+
+    let error = truncate(first_memfd(&shared), 2 * MIB).unwrap_err();
+
+    assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}");
+}
+
+#[test]
+fn mem_path_on_another_file_system_suggests_an_existing_hugetlbfs_mount() {
+    let mount = hugetlbfs_mount();
+    let config: MemoryConfig = "mem_path=/tmp".parse().unwrap();
+
+    let error = GuestRam::new(&MemoryLayout::x86_64(8 * MIB).unwrap(), &config).unwrap_err();
+
+    let message = error.to_string();
+    assert!(matches!(error, Error::NotHugetlbfs { .. }), "{message}");
+    assert!(message.contains(&mount), "{message}");
+    assert!(!message.contains("none /tmp"), "never mount over /tmp: {message}");
+}
+
+#[test]
+fn mem_path_that_is_a_device_is_refused_as_not_a_directory() {
+    let config: MemoryConfig = "mem_path=/dev/null".parse().unwrap();
+
+    let error = GuestRam::new(&MemoryLayout::x86_64(8 * MIB).unwrap(), &config).unwrap_err();
+
+    let message = error.to_string();
+    assert!(matches!(error, Error::MemPathNotDirectory { .. }), "{message}");
+    assert!(!message.contains("mount -t hugetlbfs"), "{message}");
+}
+
+/// A hugetlbfs mount of its own with a `size=` limit, unmounted on drop.
+struct LimitedMount(std::path::PathBuf);
+
+impl LimitedMount {
+    fn new(limit: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kvmkit-limited-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o"])
+            .arg(format!("pagesize=2M,size={limit}"))
+            .arg("none")
+            .arg(&dir)
+            .status()
+            .expect("mount(8) runs");
+        assert!(status.success(), "this test mounts hugetlbfs: run it as root");
+        LimitedMount(dir)
+    }
+}
+
+impl Drop for LimitedMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn hugetlbfs_mount_with_a_size_limit_too_small_is_refused_before_mapping() {
+    require_2m_pool(8);
+    let mount = LimitedMount::new("4M");
+    let config: MemoryConfig = format!("mem_path={}", mount.0.display()).parse().unwrap();
+
+    let error = GuestRam::new(&MemoryLayout::x86_64(8 * MIB).unwrap(), &config).unwrap_err();
+    let fits = GuestRam::new(&MemoryLayout::x86_64(4 * MIB).unwrap(), &config);
+
+    assert!(
+        matches!(
+            error,
+            Error::MountFull {
+                free: 2,
+                limit: 2,
+                needed: 4,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(fits.is_ok(), "{:?}", fits.err());
 }
 
 #[test]

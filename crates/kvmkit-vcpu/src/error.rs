@@ -5,7 +5,19 @@ use std::path::PathBuf;
 
 /// What can go wrong while controlling a VM or a vCPU.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
+    /// The KVM device path is empty.
+    #[error("the KVM device path is empty: give the path of the KVM device, usually /dev/kvm")]
+    EmptyPath,
+    /// The path opened, but it is not the KVM device.
+    #[error("{path} is not a KVM device ({reason}): give the path of the KVM device, usually /dev/kvm")]
+    NotKvmDevice {
+        /// The path that was opened.
+        path: PathBuf,
+        /// What it is instead.
+        reason: &'static str,
+    },
     /// The KVM device node does not exist.
     #[error(
         "{path} does not exist: KVM is not available on this host. Load the module \
@@ -53,7 +65,7 @@ pub enum Error {
         source: vmm_sys_util::errno::Error,
     },
     /// A memory region could not be registered as a memslot.
-    #[error("cannot register guest memory at {guest_addr:#x} ({size:#x} bytes) as memslot {slot}: {reason}")]
+    #[error("memslot {slot} (guest memory at {guest_addr:#x}, {size:#x} bytes): {reason}")]
     Memslot {
         /// The memslot number.
         slot: u32,
@@ -62,20 +74,25 @@ pub enum Error {
         /// Size of the region.
         size: u64,
         /// Why.
-        reason: String,
+        #[source]
+        reason: MemslotError,
     },
+    /// No memslot has this number.
+    #[error("memslot {0} does not exist in this VM")]
+    NoMemslot(u32),
     /// An operation needs the in-kernel irqchip, which was not created.
     #[error("{0} needs the in-kernel irqchip: call Vm::create_irqchip first")]
     NoIrqchip(&'static str),
     /// The guest memory cannot hold the CPU-mode tables at their fixed addresses.
-    #[error("cannot write the {what} at guest address {addr:#x}: {reason}")]
+    #[error("cannot write the {what} at guest address {addr:#x}")]
     GuestMemory {
         /// What was being written.
         what: &'static str,
         /// Where.
         addr: u64,
         /// Why.
-        reason: String,
+        #[source]
+        source: vm_memory::GuestMemoryError,
     },
     /// The entry point cannot be reached in the requested CPU mode.
     #[error("entry point {entry:#x} is not reachable in {mode:?} mode")]
@@ -151,16 +168,54 @@ pub enum Error {
         flags: u64,
     },
     /// A vCPU thread could not be started or configured.
-    #[error("vcpu thread {vcpu}: {reason}")]
+    #[error("vcpu thread {vcpu}: {what}")]
     Thread {
         /// The vCPU id.
         vcpu: u32,
         /// What failed.
-        reason: String,
+        what: String,
+        /// The error behind it.
+        #[source]
+        source: std::io::Error,
     },
-    /// A vCPU thread panicked (a bug in an I/O handler or in kvmkit).
-    #[error("vcpu thread {0} panicked")]
-    ThreadPanicked(u32),
+    /// The kick signal already has a handler that kvmkit did not install.
+    #[error(
+        "signal {signal} (SIGRTMIN) already has a handler that kvmkit did not install; \
+         kvmkit kicks vCPU threads with it, so the VMM must leave it to kvmkit"
+    )]
+    KickSignalTaken {
+        /// The signal number.
+        signal: i32,
+    },
+    /// A vCPU thread panicked (a bug in an I/O handler, a device or kvmkit).
+    #[error("vcpu thread {vcpu} panicked: {message}")]
+    ThreadPanicked {
+        /// The vCPU id.
+        vcpu: u32,
+        /// The panic's message, when it was a string.
+        message: String,
+    },
+}
+
+/// Why a memory region could not become a memslot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemslotError {
+    /// KVM's memslot limit would be passed.
+    #[error("KVM allows only {max} memslots")]
+    TooMany {
+        /// KVM's limit.
+        max: usize,
+    },
+    /// The region has no mapping in this process.
+    #[error("the region has no host mapping")]
+    NoHostMapping(#[source] vm_memory::GuestMemoryError),
+    /// KVM refused the region.
+    #[error("KVM_SET_USER_MEMORY_REGION failed")]
+    Kvm(#[source] vmm_sys_util::errno::Error),
+    /// The slot does not log dirty pages.
+    #[error("it was registered without dirty-page logging")]
+    NotLogging,
 }
 
 impl Error {

@@ -5,6 +5,7 @@
 
 /// Which of the four kinds of trapped I/O an access is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum IoKind {
     /// `in` from an I/O port.
     PioRead,
@@ -16,15 +17,43 @@ pub enum IoKind {
     MmioWrite,
 }
 
-/// One trapped I/O access, after the handler has seen it.
+/// One trapped I/O exit, after the handler has seen it.
+///
+/// A string port instruction (`rep outsb`, `rep insw`...) is one exit of `count`
+/// elements of `size` bytes each; the handler saw `count` accesses of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct IoAccess {
     /// Which kind of access.
     pub kind: IoKind,
     /// The port number (port I/O) or guest-physical address (MMIO).
     pub addr: u64,
-    /// Bytes transferred: the access size, times the count for string port I/O.
-    pub len: usize,
+    /// Bytes per access: 1, 2, 4 (or 8 for MMIO).
+    pub size: usize,
+    /// Accesses in the exit: 1, or the repeat count of a string port instruction.
+    pub count: usize,
+}
+
+impl IoAccess {
+    /// An exit of `count` accesses of `size` bytes of `kind` at `addr`.
+    pub fn new(kind: IoKind, addr: u64, size: usize, count: usize) -> Self {
+        IoAccess {
+            kind,
+            addr,
+            size,
+            count,
+        }
+    }
+
+    /// Bytes transferred in the exit: `size * count`.
+    pub fn len(&self) -> usize {
+        self.size * self.count
+    }
+
+    /// Whether the exit moved no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What the vCPU does after an I/O handler returns.
@@ -41,7 +70,9 @@ pub enum IoAction {
 /// The narrow seam between a vCPU and the devices: every port and MMIO access that KVM
 /// hands to userspace arrives here, on the thread of the vCPU that made it.
 ///
-/// A read fills all of `data`, whose length is the access size; for an address nothing
+/// `data.len()` is the access size the guest used: 1, 2 or 4 bytes for ports, up to 8
+/// for MMIO. A string port instruction (`rep insb`, `rep outsw`...) arrives as one
+/// call per element, in order. A read fills all of `data`; for an address nothing
 /// claims, fill all-ones as a real bus does. The methods take `&self` so one handler can
 /// serve all vCPUs at once, each device keeping its own interior lock.
 ///
@@ -92,6 +123,7 @@ impl<T: IoHandler + ?Sized> IoHandler for std::sync::Arc<T> {
 
 /// The kind of a `KVM_EXIT_SYSTEM_EVENT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SystemEventKind {
     /// The guest asked to power off (e.g. ACPI S5 with a PSCI-like interface).
     Shutdown,

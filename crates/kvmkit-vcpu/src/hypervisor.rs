@@ -6,6 +6,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
@@ -46,12 +47,22 @@ impl Hypervisor {
     /// the path and the fix, before anything else is tried.
     pub fn open_at(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
+        if path.as_os_str().is_empty() {
+            return Err(Error::EmptyPath);
+        }
         let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Open {
             path: path.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
         })?;
         let kvm = Kvm::new_with_path(&c_path).map_err(|e| open_error(&path, e))?;
+        check_is_kvm_device(&path)?;
         let found = kvm.get_api_version();
+        if found < 0 {
+            return Err(Error::NotKvmDevice {
+                path,
+                reason: "it does not answer KVM_GET_API_VERSION",
+            });
+        }
         if found != KVM_API_VERSION {
             return Err(Error::ApiVersion { found });
         }
@@ -91,7 +102,32 @@ impl Hypervisor {
     }
 }
 
+/// KVM's device is a character device that answers `KVM_GET_API_VERSION`; anything
+/// else (a regular file, `/dev/null`) is named as what it is.
+fn check_is_kvm_device(path: &Path) -> Result<(), Error> {
+    let not_kvm = |reason| Error::NotKvmDevice {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file_type = std::fs::metadata(path)
+        .map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .file_type();
+    if !file_type.is_char_device() {
+        return Err(not_kvm("it is not a character device"));
+    }
+    Ok(())
+}
+
 fn open_error(path: &Path, error: vmm_sys_util::errno::Error) -> Error {
+    if error.errno() == libc::EISDIR {
+        return Error::NotKvmDevice {
+            path: path.to_path_buf(),
+            reason: "it is a directory",
+        };
+    }
     let source = io::Error::from_raw_os_error(error.errno());
     match source.kind() {
         io::ErrorKind::NotFound => Error::DeviceMissing {

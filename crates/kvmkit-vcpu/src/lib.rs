@@ -20,6 +20,7 @@
 //!   per-vCPU [`ExitCounts`].
 //!
 //! ```
+//! use std::sync::Arc;
 //! use kvmkit_vcpu::{CpuMode, Hypervisor, IoAction, IoHandler, Vm, VcpuExit};
 //! # use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //!
@@ -33,7 +34,7 @@
 //!     }
 //! }
 //!
-//! let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
 //! // mov dx, 0x3f8; mov al, 'K'; out dx, al; hlt
 //! memory.write_slice(&[0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xf4], GuestAddress(0x1000)).unwrap();
 //!
@@ -41,7 +42,7 @@
 //! let vm = Vm::new(&hypervisor)?;
 //! vm.register_memory(&memory)?;
 //! let mut vcpu = vm.create_vcpu(0)?;
-//! vcpu.enter_mode(&memory, CpuMode::Real, 0x1000, 0x8000)?;
+//! vcpu.enter_mode(&*memory, CpuMode::Real, 0x1000, 0x8000)?;
 //! assert!(matches!(vcpu.run(&Console)?, VcpuExit::Hlt));
 //! # Ok::<(), kvmkit_vcpu::Error>(())
 //! ```
@@ -55,7 +56,7 @@ mod vcpu;
 mod vm;
 pub mod x86;
 
-pub use error::Error;
+pub use error::{Error, MemslotError};
 pub use exit::{IoAccess, IoAction, IoHandler, IoKind, SystemEventKind, VcpuExit};
 pub use hypervisor::Hypervisor;
 pub use stats::{ExitCounts, ExitReason, ExitStats};

@@ -15,11 +15,11 @@ use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::ptr;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
+use vmm_sys_util::signal::{unblock_signal, SIGRTMIN};
 
 use crate::{Error, ExitCounts, ExitStats, IoHandler, Vcpu, VcpuExit};
 
@@ -49,14 +49,44 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     });
 }
 
-fn install_kick_handler() -> Result<(), String> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            register_signal_handler(kick_signal(), handle_kick)
-                .map_err(|e| format!("cannot install the kick signal handler: {e}"))
-        })
-        .clone()
+/// Installs [`handle_kick`] for the kick signal, unless a handler kvmkit did not
+/// install is there already: replacing it silently would break whoever installed it.
+fn install_kick_handler(vcpu: u32) -> Result<(), Error> {
+    let signal = kick_signal();
+    let ours = handle_kick as *const () as libc::sighandler_t;
+    // SAFETY: sigaction is plain data; all-zero is a valid value to be overwritten.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `current`.
+    if unsafe { libc::sigaction(signal, ptr::null(), &mut current) } != 0 {
+        return Err(kick_handler_error(vcpu));
+    }
+    match current.sa_sigaction {
+        handler if handler == ours => return Ok(()),
+        libc::SIG_DFL | libc::SIG_IGN => {}
+        _ => return Err(Error::KickSignalTaken { signal }),
+    }
+    // SAFETY: as above.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = ours;
+    action.sa_flags = libc::SA_SIGINFO;
+    // SAFETY: `action.sa_mask` is a valid sigset_t to empty; `action` is a complete
+    // sigaction whose handler is async-signal-safe (it only writes one byte).
+    let ret = unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, ptr::null_mut())
+    };
+    if ret != 0 {
+        return Err(kick_handler_error(vcpu));
+    }
+    Ok(())
+}
+
+fn kick_handler_error(vcpu: u32) -> Error {
+    Error::Thread {
+        vcpu,
+        what: "cannot install the kick signal handler".into(),
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 /// Points this thread's kick slot at a vCPU's `immediate_exit` byte while it lives.
@@ -64,7 +94,7 @@ struct ImmediateExitSlot;
 
 impl ImmediateExitSlot {
     fn register(vcpu: &mut Vcpu) -> Self {
-        let byte: *mut u8 = &mut vcpu.fd_mut().get_kvm_run().immediate_exit;
+        let byte = vcpu.immediate_exit_byte();
         IMMEDIATE_EXIT.with(|slot| slot.set(byte));
         ImmediateExitSlot
     }
@@ -103,6 +133,7 @@ impl VcpuThreadConfig {
 
 /// How a vCPU thread ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VcpuOutcome {
     /// The guest made an exit the thread does not continue after (`hlt` without an
     /// in-kernel APIC, shutdown, a power event, an I/O handler's stop, a hypercall...).
@@ -190,6 +221,21 @@ impl Control {
     }
 }
 
+/// Marks the vCPU thread finished and writes its exit event when dropped: on a normal
+/// return, on an early error, and while a panic in an I/O handler or device unwinds,
+/// so that `pause` never waits for a thread that is gone and the event loop always
+/// learns that the vCPU ended.
+struct FinishGuard<'a> {
+    control: &'a Control,
+    exit_event: Option<&'a EventFd>,
+}
+
+impl Drop for FinishGuard<'_> {
+    fn drop(&mut self) {
+        self.control.finish(self.exit_event);
+    }
+}
+
 /// Starts vCPU threads.
 #[derive(Debug)]
 pub struct VcpuThread;
@@ -209,7 +255,7 @@ impl VcpuThread {
         H: IoHandler + Send + Sync + 'static + ?Sized,
     {
         let id = vcpu.id();
-        install_kick_handler().map_err(|reason| Error::Thread { vcpu: id, reason })?;
+        install_kick_handler(id)?;
         let control = Arc::new(Control::new());
         let stats = Arc::clone(vcpu.stats());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -217,9 +263,10 @@ impl VcpuThread {
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || vcpu_thread_main(vcpu, &*handler, &thread_control, &config, ready_tx))
-            .map_err(|e| Error::Thread {
+            .map_err(|source| Error::Thread {
                 vcpu: id,
-                reason: format!("cannot spawn: {e}"),
+                what: "cannot spawn the thread".into(),
+                source,
             })?;
         let handle = VcpuHandle {
             id,
@@ -229,8 +276,15 @@ impl VcpuThread {
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(handle),
-            Ok(Err(reason)) => Err(Error::Thread { vcpu: id, reason }),
-            Err(_) => Err(Error::ThreadPanicked(id)),
+            Ok(Err((what, source))) => Err(Error::Thread {
+                vcpu: id,
+                what,
+                source,
+            }),
+            Err(_) => Err(Error::ThreadPanicked {
+                vcpu: id,
+                message: "the thread ended before it was ready".into(),
+            }),
         }
     }
 }
@@ -240,28 +294,35 @@ fn vcpu_thread_main<H: IoHandler + ?Sized>(
     handler: &H,
     control: &Control,
     config: &VcpuThreadConfig,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<Result<(), SetupError>>,
 ) -> Result<VcpuOutcome, Error> {
+    let _finish = FinishGuard {
+        control,
+        exit_event: config.exit_event.as_deref(),
+    };
     let setup = prepare_thread(config);
-    let failed = setup.clone().err();
+    let failed = setup.is_err();
     // The receiver waits for exactly this message; it cannot have gone away.
     let _ = ready.send(setup);
-    if let Some(reason) = failed {
-        control.finish(config.exit_event.as_deref());
-        return Err(Error::Thread {
-            vcpu: vcpu.id(),
-            reason,
-        });
+    if failed {
+        // `spawn` returns the error sent above and never hands out this thread's
+        // result, so there is nothing more to report here.
+        return Ok(VcpuOutcome::Stopped);
     }
-    let slot = ImmediateExitSlot::register(&mut vcpu);
-    let result = run_until_done(&mut vcpu, handler, control);
-    drop(slot);
-    control.finish(config.exit_event.as_deref());
-    result
+    let _slot = ImmediateExitSlot::register(&mut vcpu);
+    run_until_done(&mut vcpu, handler, control)
 }
 
-fn prepare_thread(config: &VcpuThreadConfig) -> Result<(), String> {
-    unblock_signal(kick_signal()).map_err(|e| format!("cannot unblock the kick signal: {e}"))?;
+/// What failed while preparing a vCPU thread, and why.
+type SetupError = (String, std::io::Error);
+
+fn prepare_thread(config: &VcpuThreadConfig) -> Result<(), SetupError> {
+    unblock_signal(kick_signal()).map_err(|e| {
+        (
+            "cannot unblock the kick signal".to_string(),
+            std::io::Error::other(format!("{e:?}")),
+        )
+    })?;
     if let Some(cpu) = config.pin_to_cpu {
         pin_current_thread(cpu)?;
     }
@@ -282,12 +343,11 @@ fn run_until_done<H: IoHandler + ?Sized>(
     Ok(VcpuOutcome::Stopped)
 }
 
-fn pin_current_thread(cpu: usize) -> Result<(), String> {
+fn pin_current_thread(cpu: usize) -> Result<(), SetupError> {
     let online = thread::available_parallelism().map_or(1, |n| n.get());
+    let what = format!("cannot pin to host cpu {cpu} (this host has {online} CPUs)");
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(format!(
-            "cannot pin to host cpu {cpu}: this host has {online} CPUs"
-        ));
+        return Err((what, std::io::Error::from_raw_os_error(libc::EINVAL)));
     }
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -296,10 +356,7 @@ fn pin_current_thread(cpu: usize) -> Result<(), String> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
     let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if ret != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(format!(
-            "cannot pin to host cpu {cpu} (this host has {online} CPUs): {error}"
-        ));
+        return Err((what, std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -371,9 +428,23 @@ impl VcpuHandle {
 
     fn join_thread(&mut self) -> Result<VcpuOutcome, Error> {
         match self.thread.take() {
-            Some(thread) => thread.join().map_err(|_| Error::ThreadPanicked(self.id))?,
+            Some(thread) => thread.join().map_err(|payload| Error::ThreadPanicked {
+                vcpu: self.id,
+                message: panic_message(payload.as_ref()),
+            })?,
             None => Ok(VcpuOutcome::Stopped),
         }
+    }
+}
+
+/// The text a panic was raised with, when it was a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
     }
 }
 

@@ -5,10 +5,14 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_mp_state, kvm_regs, KVM_EXIT_INTERNAL_ERROR, KVM_MP_STATE_RUNNABLE};
+use kvm_bindings::{
+    kvm_mp_state, kvm_regs, kvm_run, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_OUT,
+    KVM_MP_STATE_RUNNABLE,
+};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vm_memory::GuestMemory;
 
+use crate::vm::MemoryOwners;
 use crate::{x86, CpuMode, Error, ExitReason, ExitStats, IoAccess, IoAction, IoHandler, IoKind};
 use crate::{SystemEventKind, VcpuExit};
 
@@ -16,21 +20,38 @@ use crate::{SystemEventKind, VcpuExit};
 ///
 /// A `Vcpu` is run by one thread at a time ([`Vcpu::run`] takes `&mut self`); move it to
 /// its own thread with [`VcpuThread`](crate::VcpuThread) to get kick, pause and resume.
-#[derive(Debug)]
 pub struct Vcpu {
+    // Declared first: closed before `_memory` lets go of the guest memory, which KVM
+    // maps until the last descriptor of the VM closes.
     fd: VcpuFd,
     id: u32,
     stats: Arc<ExitStats>,
     in_kernel_apic: bool,
+    _memory: Arc<MemoryOwners>,
+}
+
+impl std::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("id", &self.id)
+            .field("in_kernel_apic", &self.in_kernel_apic)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u32, in_kernel_apic: bool) -> Self {
+    pub(crate) fn new(
+        fd: VcpuFd,
+        id: u32,
+        in_kernel_apic: bool,
+        memory: Arc<MemoryOwners>,
+    ) -> Self {
         Vcpu {
             fd,
             id,
             stats: Arc::new(ExitStats::default()),
             in_kernel_apic,
+            _memory: memory,
         }
     }
 
@@ -52,7 +73,7 @@ impl Vcpu {
         entry: u64,
         stack_top: u64,
     ) -> Result<(), Error> {
-        x86::enter(&self.fd, memory, mode, entry, stack_top)?;
+        x86::set_mode(&self.fd, memory, mode, entry, stack_top)?;
         if self.in_kernel_apic {
             let runnable = kvm_mp_state {
                 mp_state: KVM_MP_STATE_RUNNABLE,
@@ -112,24 +133,17 @@ impl Vcpu {
         };
         let stats = &self.stats;
         let (reason, result) = match exit {
-            KvmExit::IoOut(port, data) => {
-                let action = handler.pio_write(port, data);
-                let access = access(IoKind::PioWrite, u64::from(port), data.len());
-                (ExitReason::PioWrite, Ok(io_exit(action, access)))
-            }
-            KvmExit::IoIn(port, data) => {
-                let action = handler.pio_read(port, data);
-                let access = access(IoKind::PioRead, u64::from(port), data.len());
-                (ExitReason::PioRead, Ok(io_exit(action, access)))
-            }
+            // kvm-ioctls hands port I/O over as size × count bytes, which cannot tell
+            // `rep insb` from `in eax, dx`: read the element size from kvm_run instead.
+            KvmExit::IoOut(..) | KvmExit::IoIn(..) => return Ok(self.port_io(handler)),
             KvmExit::MmioWrite(addr, data) => {
                 let action = handler.mmio_write(addr, data);
-                let access = access(IoKind::MmioWrite, addr, data.len());
+                let access = IoAccess::new(IoKind::MmioWrite, addr, data.len(), 1);
                 (ExitReason::MmioWrite, Ok(io_exit(action, access)))
             }
             KvmExit::MmioRead(addr, data) => {
                 let action = handler.mmio_read(addr, data);
-                let access = access(IoKind::MmioRead, addr, data.len());
+                let access = IoAccess::new(IoKind::MmioRead, addr, data.len(), 1);
                 (ExitReason::MmioRead, Ok(io_exit(action, access)))
             }
             KvmExit::Hlt => (ExitReason::Hlt, Ok(VcpuExit::Hlt)),
@@ -167,6 +181,51 @@ impl Vcpu {
             Ok(exit) => Ok(exit),
             Err(detail) => self.exit_with_state(detail),
         }
+    }
+
+    /// Hands the port access of a `KVM_EXIT_IO` to `handler`, one element at a time: a
+    /// string instruction (`rep insb`, `rep outsw`...) becomes `count` accesses of its
+    /// element size, so every device sees accesses of the width the guest used.
+    #[inline]
+    fn port_io<H: IoHandler + ?Sized>(&mut self, handler: &H) -> VcpuExit {
+        let run: &mut kvm_run = self.fd.get_kvm_run();
+        debug_assert_eq!(run.exit_reason, KVM_EXIT_IO);
+        // SAFETY: KVM_RUN just returned KVM_EXIT_IO (kvm-ioctls decoded it as port I/O),
+        // so the kernel filled the `io` member of the exit union.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size).max(1);
+        let len = size * io.count as usize;
+        let base = (run as *mut kvm_run).cast::<u8>();
+        // SAFETY: for KVM_EXIT_IO the kernel places `size * count` bytes (at most one
+        // page) at `data_offset` inside the vCPU's kvm_run mapping, as kvm-ioctls'
+        // own decoding relies on; that mapping lives as long as `self.fd`, and nothing
+        // else refers to those bytes while this borrow of `self.fd` lasts.
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        let write = u32::from(io.direction) == KVM_EXIT_IO_OUT;
+        let mut action = IoAction::Continue;
+        for element in data.chunks_exact_mut(size) {
+            let element_action = if write {
+                handler.pio_write(io.port, element)
+            } else {
+                handler.pio_read(io.port, element)
+            };
+            if element_action == IoAction::Stop {
+                action = IoAction::Stop;
+            }
+        }
+        let (reason, kind) = if write {
+            (ExitReason::PioWrite, IoKind::PioWrite)
+        } else {
+            (ExitReason::PioRead, IoKind::PioRead)
+        };
+        self.stats.record(reason);
+        let access = IoAccess::new(kind, u64::from(io.port), size, io.count as usize);
+        io_exit(action, access)
+    }
+
+    /// The `immediate_exit` byte of this vCPU's kvm_run page, for the kick handler.
+    pub(crate) fn immediate_exit_byte(&mut self) -> *mut u8 {
+        &mut self.fd.get_kvm_run().immediate_exit
     }
 
     /// Builds the result of an exit that needs the guest state (RIP, KVM's internal
@@ -218,13 +277,6 @@ impl Vcpu {
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
     }
-
-    /// The kvm-ioctls handle, mutably, to run the vCPU without kvmkit's loop (as the
-    /// exit-latency baseline does). Exits taken that way are not counted in
-    /// [`stats`](Self::stats).
-    pub fn fd_mut(&mut self) -> &mut VcpuFd {
-        &mut self.fd
-    }
 }
 
 /// Exits whose result needs more of the vCPU state than the exit itself carries.
@@ -234,11 +286,6 @@ enum ExitDetail {
     FailEntry(u64, u32),
     MemoryFault { flags: u64, gpa: u64, size: u64 },
     Other(String),
-}
-
-#[inline]
-fn access(kind: IoKind, addr: u64, len: usize) -> IoAccess {
-    IoAccess { kind, addr, len }
 }
 
 #[inline]

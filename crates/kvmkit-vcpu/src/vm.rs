@@ -5,18 +5,20 @@
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MEM_LOG_DIRTY_PAGES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
+use crate::error::MemslotError;
 use crate::{x86, Error, Hypervisor, Vcpu};
 
 /// Guest-physical address of the three pages Intel VMX needs for the real-mode TSS:
@@ -73,36 +75,75 @@ impl DirtyBitmap {
     }
 }
 
-/// One guest-memory region registered with KVM.
+/// One guest-memory region registered with KVM, as [`Vm::memslots`] describes it.
+///
+/// Only a [`Vm`] makes these; to read a slot's dirty log, pass its [`slot`](Self::slot)
+/// number to [`Vm::dirty_pages`], which looks the size up itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memslot {
+    slot: u32,
+    guest_addr: u64,
+    size: u64,
+    host_addr: u64,
+    log_dirty: bool,
+}
+
+impl Memslot {
     /// KVM's slot number.
-    pub slot: u32,
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
     /// Guest-physical start.
-    pub guest_addr: u64,
+    pub fn guest_addr(&self) -> u64 {
+        self.guest_addr
+    }
+
     /// Size in bytes.
-    pub size: u64,
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Start of the mapping in this process.
-    pub host_addr: u64,
+    pub fn host_addr(&self) -> u64 {
+        self.host_addr
+    }
+
     /// Whether KVM logs the pages the guest writes in this slot.
-    pub log_dirty: bool,
+    pub fn logs_dirty_pages(&self) -> bool {
+        self.log_dirty
+    }
+}
+
+/// Every guest memory registered with a VM, kept mapped for as long as KVM may reach it.
+///
+/// KVM maps the host pages of a memslot into the guest until the VM is destroyed,
+/// which is when its last file descriptor closes: the VM's and every vCPU's. So the
+/// [`Vm`] and each [`Vcpu`] hold this, each declared after its file descriptor, and the
+/// mappings are unmapped only after the last descriptor closed.
+#[derive(Default)]
+pub(crate) struct MemoryOwners(Mutex<Vec<Arc<dyn Any + Send + Sync>>>);
+
+impl MemoryOwners {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<dyn Any + Send + Sync>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A KVM virtual machine.
 ///
 /// Created from a [`Hypervisor`]; owns the VM file descriptor, the memslots (and keeps
-/// the guest memory behind them mapped for as long as the VM lives) and creates the
-/// vCPUs.
+/// the guest memory behind them mapped for as long as the VM or any of its vCPUs
+/// lives) and creates the vCPUs.
 pub struct Vm {
+    // Declared first: closed before `memory` lets go of the mappings.
     fd: VmFd,
     cpuid: CpuId,
     max_vcpus: usize,
     max_memslots: usize,
     memslots: Mutex<Vec<Memslot>>,
-    // Clones of every registered guest memory: KVM maps their host pages into the
-    // guest, so they must not be unmapped while the VM exists.
-    memory_owners: Mutex<Vec<Box<dyn Any + Send + Sync>>>,
     irqchip: AtomicBool,
+    memory: Arc<MemoryOwners>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -133,86 +174,134 @@ impl Vm {
             max_vcpus: hypervisor.max_vcpus(),
             max_memslots: hypervisor.kvm().get_nr_memslots(),
             memslots: Mutex::new(Vec::new()),
-            memory_owners: Mutex::new(Vec::new()),
             irqchip: AtomicBool::new(false),
+            memory: Arc::new(MemoryOwners::default()),
         })
     }
 
     /// Registers every region of `memory` as a memslot, in address order.
     ///
-    /// The VM keeps a clone of `memory` (for [`vm_memory::GuestMemoryMmap`], a cheap
-    /// clone that shares the mappings), so the host pages stay mapped as long as the
-    /// guest can reach them.
-    pub fn register_memory<M>(&self, memory: &M) -> Result<Vec<Memslot>, Error>
+    /// The VM and its vCPUs keep a clone of the `Arc`, so the host pages stay mapped as
+    /// long as the guest can reach them, whatever the caller drops. Only vm-memory's
+    /// mmap-backed memory is taken: its regions own their mappings, which is what makes
+    /// handing their addresses to KVM sound.
+    pub fn register_memory<B>(
+        &self,
+        memory: &Arc<GuestMemoryMmap<B>>,
+    ) -> Result<Vec<Memslot>, Error>
     where
-        M: GuestMemoryBackend + Clone + Send + Sync + 'static,
+        B: Bitmap + Send + Sync + 'static,
     {
         self.register_memory_with(memory, MemslotOptions::default())
     }
 
     /// Registers every region of `memory` as a memslot with `options`, in address
     /// order; otherwise as [`register_memory`](Self::register_memory).
-    pub fn register_memory_with<M>(
+    ///
+    /// Either every region is registered or none is: if KVM refuses one, the slots this
+    /// call added before it are deleted again.
+    pub fn register_memory_with<B>(
         &self,
-        memory: &M,
+        memory: &Arc<GuestMemoryMmap<B>>,
         options: MemslotOptions,
     ) -> Result<Vec<Memslot>, Error>
     where
-        M: GuestMemoryBackend + Clone + Send + Sync + 'static,
+        B: Bitmap + Send + Sync + 'static,
     {
         let mut memslots = self.memslots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut added = Vec::new();
+        let first_slot = memslots.len();
+        let regions = memory.num_regions();
+        if first_slot + regions > self.max_memslots {
+            let region = memory.iter().next();
+            return Err(Error::Memslot {
+                slot: u32::try_from(first_slot).unwrap_or(u32::MAX),
+                guest_addr: region.map_or(0, |r| r.start_addr().0),
+                size: region.map_or(0, |r| r.len()),
+                reason: MemslotError::TooMany {
+                    max: self.max_memslots,
+                },
+            });
+        }
+        // The owner is stored before KVM learns of the first region, so the mappings
+        // outlive any slot that points at them, even one a failed call leaves behind.
+        let owner: Arc<dyn Any + Send + Sync> = memory.clone();
+        self.memory.lock().push(owner);
+        let mut added = Vec::with_capacity(regions);
         for region in memory.iter() {
             let slot = u32::try_from(memslots.len()).unwrap_or(u32::MAX);
-            let guest_addr = region.start_addr().0;
-            let size = region.len();
-            let memslot_error = |reason: String| Error::Memslot {
-                slot,
-                guest_addr,
-                size,
-                reason,
-            };
-            if memslots.len() >= self.max_memslots {
-                return Err(memslot_error(format!(
-                    "KVM allows only {} memslots",
-                    self.max_memslots
-                )));
+            match self.add_memslot(slot, region, options) {
+                Ok(memslot) => {
+                    memslots.push(memslot);
+                    added.push(memslot);
+                }
+                Err(error) => {
+                    self.remove_memslots(&added);
+                    memslots.truncate(first_slot);
+                    return Err(error);
+                }
             }
-            let host_addr = region
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| memslot_error(format!("region has no host mapping: {e}")))?
-                as u64;
-            let kvm_region = kvm_userspace_memory_region {
-                slot,
-                flags: if options.log_dirty {
-                    KVM_MEM_LOG_DIRTY_PAGES
-                } else {
-                    0
-                },
-                guest_phys_addr: guest_addr,
-                memory_size: size,
-                userspace_addr: host_addr,
-            };
-            // SAFETY: `host_addr..host_addr + size` is a live mapping owned by `memory`,
-            // a clone of which is stored in `self.memory_owners` below before this
-            // function returns, so it outlives the memslot (which dies with the VM fd).
-            unsafe { self.fd.set_user_memory_region(kvm_region) }
-                .map_err(|e| memslot_error(format!("KVM_SET_USER_MEMORY_REGION: {e}")))?;
-            let memslot = Memslot {
-                slot,
-                guest_addr,
-                size,
-                host_addr,
-                log_dirty: options.log_dirty,
-            };
-            memslots.push(memslot);
-            added.push(memslot);
         }
-        self.memory_owners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(memory.clone()));
         Ok(added)
+    }
+
+    fn add_memslot<R: GuestMemoryRegion>(
+        &self,
+        slot: u32,
+        region: &R,
+        options: MemslotOptions,
+    ) -> Result<Memslot, Error> {
+        let guest_addr = region.start_addr().0;
+        let size = region.len();
+        let memslot_error = |reason| Error::Memslot {
+            slot,
+            guest_addr,
+            size,
+            reason,
+        };
+        let host_addr = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| memslot_error(MemslotError::NoHostMapping(e)))?
+            as u64;
+        let kvm_region = kvm_userspace_memory_region {
+            slot,
+            flags: if options.log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: `host_addr..host_addr + size` is a live mapping owned by an mmap
+        // region of the memory whose `Arc` `register_memory_with` stored in
+        // `self.memory` before this call; the VM and every vCPU hold that store past
+        // the close of their file descriptors, so the mapping outlives the memslot.
+        unsafe { self.fd.set_user_memory_region(kvm_region) }
+            .map_err(|e| memslot_error(MemslotError::Kvm(e)))?;
+        Ok(Memslot {
+            slot,
+            guest_addr,
+            size,
+            host_addr,
+            log_dirty: options.log_dirty,
+        })
+    }
+
+    /// Deletes `memslots` from KVM (best effort: used to undo a failed registration).
+    fn remove_memslots(&self, memslots: &[Memslot]) {
+        for memslot in memslots {
+            let delete = kvm_userspace_memory_region {
+                slot: memslot.slot,
+                guest_phys_addr: memslot.guest_addr,
+                memory_size: 0,
+                userspace_addr: memslot.host_addr,
+                flags: 0,
+            };
+            // SAFETY: a memory_size of 0 deletes the slot; KVM then maps no host memory
+            // for it, so no mapping needs to outlive this call.
+            let _ = unsafe { self.fd.set_user_memory_region(delete) };
+        }
     }
 
     /// The memslots registered so far.
@@ -223,15 +312,23 @@ impl Vm {
             .clone()
     }
 
-    /// The pages the guest wrote in `memslot` since it was registered or since the last
-    /// call for it: KVM returns the log and clears it in one step.
-    pub fn dirty_pages(&self, memslot: &Memslot) -> Result<DirtyBitmap, Error> {
+    /// The pages the guest wrote in memslot `slot` since it was registered or since the
+    /// last call for it: KVM returns the log and clears it in one step. The slot must
+    /// have been registered with [`MemslotOptions::logging_dirty_pages`].
+    pub fn dirty_pages(&self, slot: u32) -> Result<DirtyBitmap, Error> {
+        let memslot = self
+            .memslots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(slot as usize)
+            .copied()
+            .ok_or(Error::NoMemslot(slot))?;
         if !memslot.log_dirty {
             return Err(Error::Memslot {
-                slot: memslot.slot,
+                slot,
                 guest_addr: memslot.guest_addr,
                 size: memslot.size,
-                reason: "it was registered without dirty-page logging".into(),
+                reason: MemslotError::NotLogging,
             });
         }
         let bits = self
@@ -309,6 +406,13 @@ impl Vm {
             .map_err(Error::kvm("KVM_IRQFD"))
     }
 
+    /// Detaches `fd` from interrupt `gsi` again.
+    pub fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), Error> {
+        self.fd
+            .unregister_irqfd(fd, gsi)
+            .map_err(Error::kvm("KVM_IRQFD (deassign)"))
+    }
+
     /// Creates vCPU `id` with CPUID (APIC id = `id`), the basic MSRs, FPU state and, with
     /// the irqchip, a local APIC wired for ExtINT and NMI. Its registers are in the
     /// reset state until [`Vcpu::enter_mode`] sets a CPU mode.
@@ -329,11 +433,6 @@ impl Vm {
         if self.has_irqchip() {
             x86::lapic::configure(&fd)?;
         }
-        Ok(Vcpu::new(fd, id, self.has_irqchip()))
-    }
-
-    /// The kvm-ioctls handle, for what this crate does not wrap.
-    pub fn fd(&self) -> &VmFd {
-        &self.fd
+        Ok(Vcpu::new(fd, id, self.has_irqchip(), Arc::clone(&self.memory)))
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::{Recorder, TestVm, CODE_ADDR, MMIO_ADDR};
 use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
-use kvmkit_vcpu::{IoKind, VcpuExit};
+use kvmkit_vcpu::{CpuMode, Error, IoKind, VcpuExit};
 
 const RESULT_PORT: u16 = 0x500;
 
@@ -155,4 +155,57 @@ fn long_mode_identity_map_reaches_ram_above_two_gigabytes() {
     let value: u64 = vm.ram.memory().read_obj(GuestAddress(addr)).unwrap();
     assert_eq!(value, 0x1122_3344_5566_7788);
     assert!(recorder.seen().is_empty(), "RAM writes must not exit");
+}
+
+#[test]
+fn long_mode_entry_beyond_the_identity_map_is_refused() {
+    let vm = TestVm::new(4);
+    let vcpu = vm.vm.create_vcpu(0).unwrap();
+
+    let error = vcpu
+        .enter_mode(vm.ram.memory(), CpuMode::Long, 1 << 32, 0x8000)
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            Error::EntryOutOfReach {
+                mode: CpuMode::Long,
+                entry: 0x1_0000_0000
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn in_kernel_pit_answers_port_reads_without_exits() {
+    let program = long_mode(|a| {
+        a.mov(al, 0u32)?;
+        a.out(0x43, al)?; // latch counter 0
+        a.in_(al, 0x40)?;
+        a.in_(al, 0x40)?;
+        a.mov(dx, 0x80u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    });
+    let vm = TestVm::new(4);
+    vm.vm.create_irqchip().unwrap();
+    vm.vm.create_pit().unwrap();
+    vm.load(&program);
+    let mut vcpu = vm.vcpu_at(0, &program, common::STACK_TOP);
+    let recorder = Recorder {
+        stop_port: Some(0x80),
+        ..Recorder::new()
+    };
+
+    let exit = vcpu.run(&recorder).unwrap();
+
+    assert!(matches!(exit, VcpuExit::IoStop(_)), "{exit:?}");
+    let ports: Vec<u64> = recorder.seen().iter().map(|s| s.addr).collect();
+    assert_eq!(ports, vec![0x80], "the PIT's ports must not reach userspace");
+}
+
+fn long_mode(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestProgram {
+    GuestProgram::assemble(Bitness::Long64, CODE_ADDR, write).unwrap()
 }

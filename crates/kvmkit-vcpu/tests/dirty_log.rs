@@ -30,22 +30,14 @@ fn exactly_the_pages_the_guest_writes_are_dirty_and_reading_clears_the_log() {
         a.hlt()
     })
     .unwrap();
-    let layout = MemoryLayout::from_regions(vec![
-        RegionSpec {
-            guest_addr: 0,
-            size: 2 * MIB,
-        },
-        RegionSpec {
-            guest_addr: DATA,
-            size: 8 * MIB,
-        },
-    ])
-    .unwrap();
+    let layout =
+        MemoryLayout::from_regions(vec![RegionSpec::new(0, 2 * MIB), RegionSpec::new(DATA, 8 * MIB)])
+            .unwrap();
     let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
     let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
     let slots = vm
         .register_memory_with(
-            ram.memory(),
+            ram.shared_memory(),
             MemslotOptions::default().logging_dirty_pages(),
         )
         .unwrap();
@@ -55,12 +47,12 @@ fn exactly_the_pages_the_guest_writes_are_dirty_and_reading_clears_the_log() {
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.enter_mode(ram.memory(), CpuMode::Long, CODE_ADDR, STACK_TOP)
         .unwrap();
-    let data_slot = slots[1];
-    let before = vm.dirty_pages(&data_slot).unwrap();
+    let data_slot = slots[1].slot();
+    let before = vm.dirty_pages(data_slot).unwrap();
 
     assert_eq!(vcpu.run(&Recorder::new()).unwrap(), VcpuExit::Hlt);
-    let after = vm.dirty_pages(&data_slot).unwrap();
-    let again = vm.dirty_pages(&data_slot).unwrap();
+    let after = vm.dirty_pages(data_slot).unwrap();
+    let again = vm.dirty_pages(data_slot).unwrap();
 
     assert_eq!(before.count(), 0);
     assert_eq!(
@@ -78,10 +70,34 @@ fn dirty_pages_of_a_slot_registered_without_logging_is_a_clear_error() {
     )
     .unwrap();
     let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
-    let slots = vm.register_memory(ram.memory()).unwrap();
+    let slots = vm.register_memory(ram.shared_memory()).unwrap();
 
-    let error = vm.dirty_pages(&slots[0]).unwrap_err();
+    let error = vm.dirty_pages(slots[0].slot()).unwrap_err();
 
     assert!(matches!(error, Error::Memslot { slot: 0, .. }), "{error}");
     assert!(error.to_string().contains("without dirty-page logging"));
+}
+
+#[test]
+fn the_dirty_log_of_a_big_slot_is_sized_by_the_vm_not_by_the_caller() {
+    // Before: a caller-built `Memslot { size: 4096, .. }` for this 256 MiB slot made
+    // KVM write 8 KiB of bitmap into an 8-byte buffer. Now only the slot number is
+    // taken, and the size comes from the VM's own table.
+    let ram = GuestRam::new(
+        &MemoryLayout::x86_64(256 * MIB).unwrap(),
+        &MemoryConfig::default(),
+    )
+    .unwrap();
+    let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
+    let slots = vm
+        .register_memory_with(
+            ram.shared_memory(),
+            MemslotOptions::default().logging_dirty_pages(),
+        )
+        .unwrap();
+
+    let log = vm.dirty_pages(slots[0].slot()).unwrap();
+
+    assert_eq!(log.words().len() as u64, 256 * MIB / 4096 / 64);
+    assert!(matches!(vm.dirty_pages(7), Err(Error::NoMemslot(7))));
 }

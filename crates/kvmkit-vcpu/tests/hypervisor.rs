@@ -18,10 +18,37 @@ fn missing_device_names_the_path_and_the_fix() {
 }
 
 #[test]
-fn a_device_that_is_not_kvm_is_refused_by_api_version() {
-    let error = Hypervisor::open_at("/dev/null").unwrap_err();
+fn char_devices_that_are_not_kvm_are_named_as_such() {
+    for path in ["/dev/null", "/dev/zero"] {
+        let error = Hypervisor::open_at(path).unwrap_err();
 
-    assert!(matches!(error, Error::ApiVersion { .. }), "{error}");
+        assert!(matches!(error, Error::NotKvmDevice { .. }), "{path}: {error}");
+        let message = error.to_string();
+        assert!(message.contains("is not a KVM device"), "{message}");
+        assert!(!message.contains("API version"), "{message}");
+    }
+}
+
+#[test]
+fn a_regular_file_or_a_directory_is_not_a_kvm_device() {
+    let file = std::env::temp_dir().join(format!("kvmkit-not-kvm-{}", std::process::id()));
+    std::fs::write(&file, b"").unwrap();
+
+    let regular = Hypervisor::open_at(&file).unwrap_err();
+    let directory = Hypervisor::open_at("/tmp").unwrap_err();
+    std::fs::remove_file(&file).unwrap();
+
+    assert!(matches!(regular, Error::NotKvmDevice { .. }), "{regular}");
+    assert!(regular.to_string().contains("not a character device"), "{regular}");
+    assert!(matches!(directory, Error::NotKvmDevice { .. }), "{directory}");
+}
+
+#[test]
+fn an_empty_path_says_it_is_empty() {
+    let error = Hypervisor::open_at("").unwrap_err();
+
+    assert!(matches!(error, Error::EmptyPath), "{error}");
+    assert!(error.to_string().contains("empty"), "{error}");
 }
 
 #[test]
@@ -62,6 +89,8 @@ fn pit_without_irqchip_is_refused_with_the_fix() {
 fn irqchip_and_pit_are_created_in_the_kernel() {
     let hypervisor = Hypervisor::open().unwrap();
     let vm = kvmkit_vcpu::Vm::new(&hypervisor).unwrap();
+    let plain_vm = kvmkit_vcpu::Vm::new(&hypervisor).unwrap();
+    let without = plain_vm.create_vcpu(0).unwrap();
 
     vm.create_irqchip().unwrap();
     vm.create_pit().unwrap();
@@ -69,6 +98,8 @@ fn irqchip_and_pit_are_created_in_the_kernel() {
     vm.register_irqfd(&event, 4).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
 
-    assert!(vm.has_irqchip());
-    assert_eq!(vcpu.id(), 0);
+    // KVM has a local APIC to hand out only for a vCPU created with the irqchip.
+    assert!(vcpu.fd().get_lapic().is_ok());
+    assert!(without.fd().get_lapic().is_err());
+    vm.unregister_irqfd(&event, 4).unwrap();
 }

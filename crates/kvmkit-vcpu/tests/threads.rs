@@ -198,7 +198,7 @@ fn allowed_cpus() -> Vec<usize> {
     let ret = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
     assert_eq!(ret, 0);
     // SAFETY: `set` was filled by the kernel; CPU_ISSET reads within it.
-    (0..64)
+    (0..libc::CPU_SETSIZE as usize)
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect()
 }
@@ -249,4 +249,42 @@ fn pinning_to_a_cpu_the_host_lacks_is_a_clear_error() {
 
     assert!(matches!(&error, Error::Thread { vcpu: 0, .. }), "{error}");
     assert!(error.to_string().contains("cpu 100000"), "{error}");
+}
+
+/// Panics on the first port write, as a buggy device would.
+struct PanickingDevice;
+
+impl IoHandler for PanickingDevice {
+    fn pio_write(&self, _port: u16, _data: &[u8]) -> IoAction {
+        panic!("device model bug");
+    }
+}
+
+#[test]
+fn a_panicking_handler_ends_the_thread_signals_its_end_and_join_names_the_vcpu() {
+    let vm = TestVm::new(4);
+    let program = port_write_then_halt();
+    vm.load(&program);
+    let vcpu = vm.vcpu_at(2, &program, STACK_TOP);
+    let ended = Arc::new(kvmkit_vcpu::EventFd::new(libc::EFD_NONBLOCK).unwrap());
+
+    let handle = VcpuThread::spawn(
+        vcpu,
+        Arc::new(PanickingDevice),
+        VcpuThreadConfig::default().notifying(ended.clone()),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !handle.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    // Before, the thread never marked itself finished: this waited forever.
+    handle.pause();
+    let error = handle.join().unwrap_err();
+
+    assert_eq!(ended.read().unwrap(), 1, "the vCPU's end was never signalled");
+    assert!(
+        matches!(&error, Error::ThreadPanicked { vcpu: 2, message } if message == "device model bug"),
+        "{error}"
+    );
 }

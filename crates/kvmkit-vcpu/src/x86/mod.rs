@@ -10,7 +10,7 @@ pub(crate) mod lapic;
 mod mode;
 pub(crate) mod msrs;
 
-pub(crate) use mode::enter;
+pub use mode::enter as set_mode;
 pub use mode::{
     CpuMode, GDT_ADDR, IDENTITY_MAPPED_BYTES, IDT_ADDR, PAGE_TABLES_ADDR, PAGE_TABLES_END,
 };

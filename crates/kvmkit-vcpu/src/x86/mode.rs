@@ -49,6 +49,7 @@ const RFLAGS_RESERVED: u64 = 1 << 1;
 
 /// The CPU mode a vCPU starts the guest in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CpuMode {
     /// 16-bit real mode, segments based so that the entry point is reachable.
     Real,
@@ -59,8 +60,11 @@ pub enum CpuMode {
 }
 
 /// Sets the segment, control and general registers of `fd` for `mode`, writing the
-/// GDT and page tables the mode needs into `memory`.
-pub(crate) fn enter<M: GuestMemory + ?Sized>(
+/// GDT and page tables the mode needs into `memory`: what [`Vcpu::enter_mode`] does,
+/// for a vCPU file descriptor a VMM drives itself (such as a benchmark's baseline).
+///
+/// [`Vcpu::enter_mode`]: crate::Vcpu::enter_mode
+pub fn enter<M: GuestMemory + ?Sized>(
     fd: &VcpuFd,
     memory: &M,
     mode: CpuMode,
@@ -84,6 +88,8 @@ pub(crate) fn enter<M: GuestMemory + ?Sized>(
             regs.rsp = stack_top;
         }
         CpuMode::Long => {
+            check_reach(mode, entry, IDENTITY_MAPPED_BYTES)?;
+            check_reach(mode, stack_top, IDENTITY_MAPPED_BYTES + 1)?;
             write_gdt(memory, &[0, GDT_CODE64, GDT_DATA])?;
             write_page_tables(memory)?;
             flat_segments(&mut sregs, true);
@@ -223,10 +229,6 @@ fn write_guest<M: GuestMemory + ?Sized>(
         .map_err(|e| memory_error(what, addr, e))
 }
 
-fn memory_error(what: &'static str, addr: u64, error: vm_memory::GuestMemoryError) -> Error {
-    Error::GuestMemory {
-        what,
-        addr,
-        reason: error.to_string(),
-    }
+fn memory_error(what: &'static str, addr: u64, source: vm_memory::GuestMemoryError) -> Error {
+    Error::GuestMemory { what, addr, source }
 }

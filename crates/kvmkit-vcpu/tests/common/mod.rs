@@ -29,7 +29,7 @@ impl TestVm {
         let layout = MemoryLayout::x86_64(mib << 20).unwrap();
         let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
         let vm = Vm::new(&hypervisor).unwrap();
-        vm.register_memory(ram.memory()).unwrap();
+        vm.register_memory(ram.shared_memory()).unwrap();
         TestVm { ram, vm }
     }
 

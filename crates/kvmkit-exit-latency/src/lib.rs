@@ -1,14 +1,19 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
+#![deny(missing_docs)]
 //! What one VM exit costs on this host, through kvmkit and through a bare
 //! kvm-ioctls loop.
 //!
 //! Each [`ExitClass`] has a tiny long-mode guest that causes that exit over and over.
 //! A [`LatencyVm`] runs it either through [`Vcpu::run_once`] with an [`IoHandler`]
 //! (kvmkit's path: typed exit, handler dispatch, exit counting) or through a minimal
-//! `match` on [`kvm_ioctls::VcpuFd::run`] (the baseline). Both drive the same vCPU of
-//! the same VM, so their ratio is kvmkit's overhead per exit.
+//! `match` on [`kvm_ioctls::VcpuFd::run`] (the baseline). The baseline drives its own
+//! kvm-ioctls VM and vCPU over the same guest memory and program, from the same
+//! thread, so their ratio is kvmkit's overhead per exit.
+//!
+//! This crate is the measuring instrument of the `exit_latency` example and benchmark;
+//! it is not published, and the `kvmkit` library does not depend on it.
 //!
 //! Two more classes take the full device path on kvmkit's side: [`PlatformIo`], a
 //! [`Bus`] lookup and a device that ignores the access, against the same bare loop;
@@ -24,8 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::VcpuExit as KvmExit;
-use kvmkit_devices::{AddressSpace, Bus, BusDevice, VmExit};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
+use kvmkit::PlatformIo;
+use kvmkit_devices::{AddressSpace, Bus, BusDevice, VmShutdown};
 use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{
@@ -33,8 +40,6 @@ use kvmkit_vcpu::{
     IoKind, NoDatamatch, Vcpu, VcpuExit, Vm,
 };
 use vm_memory::{Bytes, GuestAddress};
-
-use crate::PlatformIo;
 
 /// Where the latency guests are loaded.
 const CODE_ADDR: u64 = 0x10_0000;
@@ -172,10 +177,20 @@ fn in_kernel_batch(
 
 /// What can go wrong while measuring.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Setting up the VM failed.
     #[error(transparent)]
-    Machine(#[from] crate::Error),
+    Machine(#[from] kvmkit::Error),
+    /// Setting up the baseline's own VM failed.
+    #[error("baseline VM: {op} failed")]
+    Baseline {
+        /// The kvm-ioctls call.
+        op: &'static str,
+        /// Its error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     /// The guest made an exit its class should not make.
     #[error("{class}: unexpected exit {exit}")]
     UnexpectedExit {
@@ -199,6 +214,20 @@ impl From<kvmkit_vcpu::Error> for Error {
     fn from(error: kvmkit_vcpu::Error) -> Self {
         Error::Machine(error.into())
     }
+}
+
+impl From<kvmkit_devices::BusError> for Error {
+    fn from(error: kvmkit_devices::BusError) -> Self {
+        Error::Machine(error.into())
+    }
+}
+
+fn host_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Machine(kvmkit::Error::Host { what, source })
+}
+
+fn baseline_error(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Baseline { op, source }
 }
 
 impl From<kvmkit_memory::Error> for Error {
@@ -262,13 +291,55 @@ impl BusDevice for NullDevice {
 fn null_device_platform() -> Result<PlatformIo, Error> {
     let pio = Arc::new(Bus::new(AddressSpace::Pio));
     let mmio = Arc::new(Bus::new(AddressSpace::Mmio));
-    let setup = |e: String| Error::Machine(crate::Error::Config(e));
-    pio.insert(u64::from(EXIT_PORT), 1, "null", Arc::new(NullDevice))
-        .map_err(|e| setup(e.to_string()))?;
-    mmio.insert(MMIO_ADDR, 0x1000, "null", Arc::new(NullDevice))
-        .map_err(|e| setup(e.to_string()))?;
-    let exit = VmExit::new().map_err(|e| setup(format!("cannot create an eventfd: {e}")))?;
+    pio.insert(u64::from(EXIT_PORT), 1, "null", Arc::new(NullDevice))?;
+    mmio.insert(MMIO_ADDR, 0x1000, "null", Arc::new(NullDevice))?;
+    let exit = VmShutdown::new().map_err(host_error("cannot create an eventfd"))?;
     Ok(PlatformIo::new(pio, mmio, Arc::new(exit)))
+}
+
+/// The baseline's own VM: kvm-ioctls objects over the same guest memory, with nothing
+/// of kvmkit's run loop.
+#[derive(Debug)]
+struct Baseline {
+    // Declared before `_vm`; both are dropped before the `GuestRam` they map, which
+    // `LatencyVm` declares after its `baseline` field.
+    vcpu: VcpuFd,
+    _vm: VmFd,
+}
+
+impl Baseline {
+    fn new(ram: &GuestRam, ioeventfd: Option<&EventFd>) -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(baseline_error("open /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(baseline_error("KVM_CREATE_VM"))?;
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(baseline_error("KVM_SET_TSS_ADDR"))?;
+        for (slot, region) in ram.regions().iter().enumerate() {
+            let memslot = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.spec.guest_addr,
+                memory_size: region.spec.size,
+                userspace_addr: region.host_addr as u64,
+            };
+            // SAFETY: the region is a live mapping of `ram`, which the `LatencyVm`
+            // holding this baseline drops only after the baseline's VM and vCPU.
+            unsafe { vm.set_user_memory_region(memslot) }
+                .map_err(baseline_error("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        if let Some(event) = ioeventfd {
+            let port = IoEventAddress::Pio(u64::from(IOEVENTFD_PORT));
+            vm.register_ioevent(event, &port, NoDatamatch)
+                .map_err(baseline_error("KVM_IOEVENTFD"))?;
+        }
+        let vcpu = vm.create_vcpu(0).map_err(baseline_error("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(baseline_error("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(baseline_error("KVM_SET_CPUID2"))?;
+        kvmkit_vcpu::x86::set_mode(&vcpu, ram.memory(), CpuMode::Long, CODE_ADDR, STACK_TOP)?;
+        Ok(Baseline { vcpu, _vm: vm })
+    }
 }
 
 /// A one-vCPU VM running the guest of one [`ExitClass`].
@@ -281,6 +352,7 @@ pub struct LatencyVm {
     /// The batch size the baseline's next `BATCH_PORT` read returns.
     baseline_next_batch: u64,
     vcpu: Vcpu,
+    baseline: Baseline,
     ioeventfd: Option<EventFd>,
     _vm: Vm,
     _ram: GuestRam,
@@ -293,14 +365,18 @@ impl LatencyVm {
         let hypervisor = Hypervisor::open()?;
         let ram = GuestRam::new(&MemoryLayout::x86_64(16 << 20)?, &MemoryConfig::default())?;
         let vm = Vm::new(&hypervisor)?;
-        vm.register_memory(ram.memory())?;
+        vm.register_memory(ram.shared_memory())?;
         let program = class.program();
         ram.memory()
             .write_slice(program.bytes(), GuestAddress(program.load_addr()))
-            .map_err(|e| crate::Error::Config(format!("cannot load the guest: {e}")))?;
+            .map_err(|source| kvmkit::Error::Load {
+                len: program.bytes().len(),
+                load_addr: program.load_addr(),
+                source,
+            })?;
         let ioeventfd = if class == ExitClass::Ioeventfd {
-            let event = EventFd::new(libc::EFD_NONBLOCK)
-                .map_err(|e| crate::Error::Config(format!("cannot create an eventfd: {e}")))?;
+            let event =
+                EventFd::new(libc::EFD_NONBLOCK).map_err(host_error("cannot create an eventfd"))?;
             vm.register_ioeventfd(
                 &event,
                 IoEventAddress::Pio(u64::from(IOEVENTFD_PORT)),
@@ -312,6 +388,7 @@ impl LatencyVm {
         };
         let vcpu = vm.create_vcpu(0)?;
         vcpu.enter_mode(ram.memory(), CpuMode::Long, CODE_ADDR, STACK_TOP)?;
+        let baseline = Baseline::new(&ram, ioeventfd.as_ref())?;
         let mut latency_vm = LatencyVm {
             class,
             handler: LatencyHandler {
@@ -324,6 +401,7 @@ impl LatencyVm {
                 None
             },
             vcpu,
+            baseline,
             ioeventfd,
             _vm: vm,
             _ram: ram,
@@ -456,7 +534,7 @@ impl LatencyVm {
     fn run_baseline_exit(&mut self) -> Result<(), Error> {
         let class = self.class;
         let next_batch = &mut self.baseline_next_batch;
-        match self.vcpu.fd_mut().run() {
+        match self.baseline.vcpu.run() {
             Ok(KvmExit::IoOut(..)) | Ok(KvmExit::MmioWrite(..)) | Ok(KvmExit::Hlt) => Ok(()),
             Ok(KvmExit::IoIn(port, data)) => {
                 if port == BATCH_PORT {

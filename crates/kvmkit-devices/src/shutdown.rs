@@ -11,30 +11,32 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Why the platform asks the VM to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitRequest {
+#[non_exhaustive]
+pub enum ShutdownReason {
     /// The guest asked for a reset (i8042 command 0xFE).
     Reboot,
     /// The guest asked to power off.
     PowerOff,
     /// The guest wrote its exit code to the debug exit port.
     DebugExit(u32),
-    /// The VMM got SIGINT or SIGTERM.
+    /// The VMM got a termination signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
     Signal(i32),
 }
 
-/// A one-shot "end the VM" request shared by devices, the event loop and the vCPUs'
+/// The one-shot request to shut the whole VM down (not to be confused with a VM
+/// exit, which only returns one vCPU to the VMM), shared by devices, the event loop and the vCPUs'
 /// I/O handler: the first request wins, and its event fd wakes the event loop.
 #[derive(Debug)]
-pub struct VmExit {
+pub struct VmShutdown {
     requested: AtomicBool,
-    request: OnceLock<ExitRequest>,
+    request: OnceLock<ShutdownReason>,
     event: EventFd,
 }
 
-impl VmExit {
+impl VmShutdown {
     /// A fresh, unrequested exit.
     pub fn new() -> io::Result<Self> {
-        Ok(VmExit {
+        Ok(VmShutdown {
             requested: AtomicBool::new(false),
             request: OnceLock::new(),
             event: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
@@ -42,7 +44,7 @@ impl VmExit {
     }
 
     /// Asks the VM to end for `request`; later requests are ignored.
-    pub fn request(&self, request: ExitRequest) {
+    pub fn request(&self, request: ShutdownReason) {
         if self.request.set(request).is_ok() {
             self.requested.store(true, Ordering::Release);
             // A full counter still wakes the loop; nothing else can fail here.
@@ -57,7 +59,7 @@ impl VmExit {
     }
 
     /// The request, if any.
-    pub fn get(&self) -> Option<ExitRequest> {
+    pub fn get(&self) -> Option<ShutdownReason> {
         self.request.get().copied()
     }
 
@@ -73,14 +75,14 @@ mod tests {
 
     #[test]
     fn first_request_wins_and_signals_the_event() {
-        let exit = VmExit::new().unwrap();
+        let exit = VmShutdown::new().unwrap();
         assert!(!exit.is_requested());
 
-        exit.request(ExitRequest::DebugExit(3));
-        exit.request(ExitRequest::Reboot);
+        exit.request(ShutdownReason::DebugExit(3));
+        exit.request(ShutdownReason::Reboot);
 
         assert!(exit.is_requested());
-        assert_eq!(exit.get(), Some(ExitRequest::DebugExit(3)));
+        assert_eq!(exit.get(), Some(ShutdownReason::DebugExit(3)));
         assert_eq!(exit.event().read().unwrap(), 1);
     }
 }
