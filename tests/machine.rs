@@ -152,8 +152,8 @@ fn stop_ends_every_vcpu_of_a_running_machine() {
 
 #[test]
 fn exit_latency_probe_takes_one_userspace_exit_per_iteration_of_each_class() {
-    use kvmkit_exit_latency::{ExitClass, LatencyVm};
     use kvmkit::vcpu::ExitReason;
+    use kvmkit_exit_latency::{ExitClass, LatencyVm};
     let expected = |class| match class {
         ExitClass::PioWrite | ExitClass::PioWriteDevice => ExitReason::PioWrite,
         ExitClass::PioRead => ExitReason::PioRead,
@@ -186,7 +186,10 @@ fn memory_size_overflow_is_an_error_not_a_smaller_vm() {
         .build()
         .unwrap_err();
 
-    assert!(matches!(error, Error::Config(ref m) if m.contains("64 bits")), "{error}");
+    assert!(
+        matches!(error, Error::Config(ref m) if m.contains("64 bits")),
+        "{error}"
+    );
 }
 
 #[test]

@@ -412,7 +412,10 @@ fn a_wide_read_of_a_byte_wide_device_takes_one_byte_and_reads_zeros_above() {
     let outcome = run_watched(machine, platform, &guest);
 
     assert!(matches!(outcome, VmOutcome::DebugExit(_)), "{outcome:?}");
-    assert_eq!(*probe.0.lock().unwrap(), vec![u64::from(b'A'), u64::from(b'B')]);
+    assert_eq!(
+        *probe.0.lock().unwrap(),
+        vec![u64::from(b'A'), u64::from(b'B')]
+    );
 }
 
 #[test]
@@ -514,7 +517,8 @@ fn pausing_every_vcpu_at_once_stops_the_guest_and_a_device_added_meanwhile_serve
     thread::sleep(Duration::from_millis(20));
     let still = counters(&running);
     let counter = Arc::new(Counter::default());
-    pio.insert(0x520, 1, "late-counter", counter.clone()).unwrap();
+    pio.insert(0x520, 1, "late-counter", counter.clone())
+        .unwrap();
     for vcpu in running.vcpus() {
         vcpu.resume();
     }

@@ -1,1 +1,276 @@
-//! placeholder
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+#![deny(missing_docs)]
+//! The logic of kvmkit's fuzz targets, as plain functions: the libFuzzer targets in
+//! `fuzz_targets/` call them, and the tests below replay every file of each target's
+//! corpus through them on stable Rust, so a crash once found stays fixed.
+//!
+//! ```text
+//! RUSTC_BOOTSTRAP=1 cargo fuzz run memory_config   # from the workspace root
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use kvmkit_devices::{
+    AcpiSleepControl, AddressSpace, Bus, BusDevice, BusError, CmosRtc, DebugExit, EventFdInterrupt,
+    SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT,
+    CMOS_PORT, CMOS_PORT_LEN, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042,
+    I8042_DATA_PORT, SERIAL_PORT_LEN,
+};
+use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
+
+/// A user's `--memory` text: parsing never panics, what parses prints back to the same
+/// configuration, and resolving it against the host (without mapping anything) never
+/// panics either.
+pub fn memory_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = text.parse::<MemoryConfig>() else {
+        return;
+    };
+    let printed = config.to_string();
+    let again: MemoryConfig = printed
+        .parse()
+        .unwrap_or_else(|e| panic!("{printed:?} does not parse back: {e}"));
+    assert_eq!(again, config, "{printed:?}");
+    let size = config.size.unwrap_or(16 << 20);
+    if let Ok(layout) = MemoryLayout::x86_64(size) {
+        let _ = Backing::resolve(&config, &layout);
+    }
+}
+
+/// A stream of bus registrations and accesses, checked against a plain model: a
+/// registration succeeds exactly when the range is valid and overlaps nothing, and
+/// every access reaches the device the model says covers the address.
+pub fn bus(data: &[u8]) {
+    let Some((&space, mut ops)) = data.split_first() else {
+        return;
+    };
+    let space = if space & 1 == 0 {
+        AddressSpace::Pio
+    } else {
+        AddressSpace::Mmio
+    };
+    let bus = Bus::new(space);
+    // base -> (last, device id)
+    let mut model: BTreeMap<u64, (u64, u8)> = BTreeMap::new();
+    let mut next_id = 0u8;
+    while let Some((op, rest)) = ops.split_first() {
+        let Some((addr, rest)) = take_u64(rest, space) else {
+            return;
+        };
+        ops = rest;
+        if op & 1 == 0 {
+            let Some((len, rest)) = take_u64(ops, space) else {
+                return;
+            };
+            ops = rest;
+            let len = if op & 2 == 0 { len % 64 } else { len };
+            let id = next_id;
+            next_id = next_id.wrapping_add(1);
+            let result = bus.insert(addr, len, "fuzz", Arc::new(IdDevice(id)));
+            let expected = model_insert(&mut model, space, addr, len, id);
+            assert_eq!(
+                result.is_ok(),
+                expected,
+                "insert {addr:#x}+{len:#x}: {result:?}"
+            );
+            if let Err(error) = result {
+                assert!(matches!(
+                    error,
+                    BusError::Overlap { .. } | BusError::BadRange { .. }
+                ));
+            }
+        } else {
+            let mut data = [0u8; 4];
+            bus.read(addr, &mut data);
+            let expected = model
+                .range(..=addr)
+                .next_back()
+                .filter(|(_, (last, _))| addr <= *last)
+                .map_or(0xff, |(_, (_, id))| *id);
+            assert_eq!(data, [expected; 4], "read {addr:#x}");
+        }
+    }
+}
+
+fn model_insert(
+    model: &mut BTreeMap<u64, (u64, u8)>,
+    space: AddressSpace,
+    base: u64,
+    len: u64,
+    id: u8,
+) -> bool {
+    let Some(last) = len.checked_sub(1).and_then(|l| base.checked_add(l)) else {
+        return false;
+    };
+    if last > space.last_addr() {
+        return false;
+    }
+    let overlaps = model.iter().any(|(&b, &(l, _))| b <= last && base <= l);
+    if overlaps {
+        return false;
+    }
+    model.insert(base, (last, id));
+    true
+}
+
+/// An address (a port for the port bus) from the stream: 2 bytes for ports, 8 for
+/// MMIO, so the fuzzer reaches the ends of both spaces.
+fn take_u64(data: &[u8], space: AddressSpace) -> Option<(u64, &[u8])> {
+    let width = if space == AddressSpace::Pio { 2 } else { 8 };
+    if data.len() < width {
+        return None;
+    }
+    let mut bytes = [0u8; 8];
+    bytes[..width].copy_from_slice(&data[..width]);
+    // A high bit on a port widens it past 0xffff, to test the port-space check.
+    let mut value = u64::from_le_bytes(bytes);
+    if space == AddressSpace::Pio && value & 0x8000 != 0 && data.len() > width {
+        value += u64::from(data[width]) << 16;
+    }
+    Some((value, &data[width..]))
+}
+
+/// Answers every read with its id: which device a bus access reached.
+struct IdDevice(u8);
+
+impl BusDevice for IdDevice {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(self.0);
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) {}
+}
+
+/// The legacy devices of the platform on one port bus (COM1, the i8042, the CMOS RTC,
+/// ACPI sleep control and the debug exit port), driven by a stream of accesses of any
+/// width, host input and output flushes, as a guest and the I/O thread would.
+pub fn legacy_devices(data: &[u8]) {
+    let shutdown = Arc::new(VmShutdown::new().expect("an eventfd"));
+    let interrupt = Arc::new(EventFdInterrupt::new().expect("an eventfd"));
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let serial = Arc::new(
+        SerialPort::new(
+            interrupt,
+            SerialOutput::Writer(Box::new(CappedWriter(output.clone()))),
+        )
+        .expect("a serial port"),
+    );
+    let ports = Bus::new(AddressSpace::Pio);
+    let clock = Box::new(|| UNIX_EPOCH + Duration::from_secs(1_795_615_509));
+    let devices: [(u64, u64, Arc<dyn BusDevice>); 5] = [
+        (COM1_PORT, SERIAL_PORT_LEN, serial.clone()),
+        (I8042_DATA_PORT, 5, Arc::new(I8042::new(shutdown.clone()))),
+        (
+            CMOS_PORT,
+            CMOS_PORT_LEN,
+            Arc::new(CmosRtc::with_clock(clock)),
+        ),
+        (
+            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_SLEEP_CONTROL_LEN,
+            Arc::new(AcpiSleepControl::new(shutdown.clone())),
+        ),
+        (
+            DEBUG_EXIT_PORT,
+            DEBUG_EXIT_PORT_LEN,
+            Arc::new(DebugExit::new(shutdown.clone())),
+        ),
+    ];
+    for (base, len, device) in &devices {
+        ports
+            .insert(*base, *len, "device", device.clone())
+            .expect("the legacy devices do not overlap");
+    }
+    for op in data.chunks(4) {
+        let [kind, target, offset, value] = *op else {
+            return;
+        };
+        let (base, len, _) = &devices[usize::from(target) % devices.len()];
+        let port = base + u64::from(offset) % len;
+        let width = [1usize, 2, 4][usize::from(kind >> 4) % 3];
+        match kind & 0x7 {
+            0..=1 => {
+                let mut data = [0xa5u8; 4];
+                ports.read(port, &mut data[..width]);
+            }
+            2..=4 => {
+                let bytes = u32::from(value).wrapping_mul(0x0101_0101).to_le_bytes();
+                ports.write(port, &bytes[..width]);
+            }
+            5 => {
+                let room = serial.input_room();
+                let taken = serial
+                    .enqueue_input(&[value; 16])
+                    .expect("input never fails");
+                assert!(taken <= room, "took {taken} bytes with room for {room}");
+            }
+            _ => {
+                serial.flush_output();
+            }
+        }
+    }
+    serial.finish_output();
+}
+
+/// An in-memory output that keeps at most 64 KiB, as a test reader would.
+struct CappedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes.len() < 1 << 16 {
+            bytes.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Runs every file of `fuzz/corpus/<target>` through `harness`; a target with an
+    /// empty corpus fails, so a corpus cannot silently go missing.
+    fn replay(target: &str, harness: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join(target);
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| harness(&data));
+            assert!(
+                outcome.is_ok(),
+                "{} fails the {target} harness",
+                path.display()
+            );
+            replayed += 1;
+        }
+        assert!(replayed > 0, "{} is empty", dir.display());
+    }
+
+    #[test]
+    fn memory_config_corpus_replays_clean() {
+        replay("memory_config", super::memory_config);
+    }
+
+    #[test]
+    fn bus_corpus_replays_clean() {
+        replay("bus", super::bus);
+    }
+
+    #[test]
+    fn legacy_devices_corpus_replays_clean() {
+        replay("legacy_devices", super::legacy_devices);
+    }
+}

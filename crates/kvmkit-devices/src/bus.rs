@@ -148,13 +148,15 @@ impl Bus {
         name: &str,
         device: Arc<dyn BusDevice>,
     ) -> Result<(), BusError> {
-        let last = self.last_addr(base, len).map_err(|reason| BusError::BadRange {
-            space: self.space,
-            name: name.to_string(),
-            base,
-            len,
-            reason,
-        })?;
+        let last = self
+            .last_addr(base, len)
+            .map_err(|reason| BusError::BadRange {
+                space: self.space,
+                name: name.to_string(),
+                base,
+                len,
+                reason,
+            })?;
         let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
         let before = devices.range(..=last).next_back();
         if let Some((&existing_base, existing)) = before.filter(|(_, e)| e.last >= base) {

@@ -154,7 +154,9 @@ impl EventLoop {
         // SAFETY: `input` moves into the handler below, which the loop keeps as long
         // as it watches `fd`, so the descriptor stays open while registered.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        self.add_pausable(borrowed, &wake, move || forward_input(input.as_fd(), &serial))
+        self.add_pausable(borrowed, &wake, move || {
+            forward_input(input.as_fd(), &serial)
+        })
     }
 
     /// Writes the serial port's output on this thread, without blocking: when the port
@@ -304,9 +306,7 @@ pub(crate) fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(event.as_raw_fd()) }
 }
 
-const READABLE: EventSet = EventSet::IN
-    .union(EventSet::HANG_UP)
-    .union(EventSet::ERROR);
+const READABLE: EventSet = EventSet::IN.union(EventSet::HANG_UP).union(EventSet::ERROR);
 
 fn flush(serial: &SerialPort) -> Flow {
     match serial.flush_output() {
@@ -530,7 +530,10 @@ mod tests {
         assert_eq!(serial.input_room(), 64 - 36);
         // Level-triggered input left unread would have run the handler in a loop for
         // 200 ms; paused, it ran a handful of times.
-        assert!(dispatches < 20, "the I/O thread spun: {dispatches} handler runs");
+        assert!(
+            dispatches < 20,
+            "the I/O thread spun: {dispatches} handler runs"
+        );
     }
 
     #[test]
@@ -559,7 +562,10 @@ mod tests {
 
     fn raise_in_this_thread(signal: i32) {
         // SAFETY: sends `signal` to this thread, which has it blocked.
-        assert_eq!(unsafe { libc::pthread_kill(libc::pthread_self(), signal) }, 0);
+        assert_eq!(
+            unsafe { libc::pthread_kill(libc::pthread_self(), signal) },
+            0
+        );
     }
 
     #[test]
@@ -586,7 +592,10 @@ mod tests {
         raise_in_this_thread(libc::SIGHUP);
         let end = event_loop.run().unwrap();
 
-        assert_eq!(end, LoopEnd::Requested(ShutdownReason::Signal(libc::SIGHUP)));
+        assert_eq!(
+            end,
+            LoopEnd::Requested(ShutdownReason::Signal(libc::SIGHUP))
+        );
     }
 
     #[test]

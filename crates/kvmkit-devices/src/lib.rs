@@ -35,25 +35,24 @@ mod acpi;
 mod bus;
 mod debug_exit;
 mod event_loop;
-mod shutdown;
 mod i8042;
 mod interrupt;
 mod rtc;
 mod serial;
+mod shutdown;
 mod terminal;
 
 pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals, TERMINATION_SIGNALS};
-pub use shutdown::{ShutdownReason, VmShutdown};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
 #[cfg(feature = "test-utils")]
 pub use serial::SharedBuffer;
 pub use serial::{
-    FlushState, SerialOutput, SerialPort, COM1_IRQ, COM1_PORT, OUTPUT_QUEUE_BYTES,
-    SERIAL_PORT_LEN,
+    FlushState, SerialOutput, SerialPort, COM1_IRQ, COM1_PORT, OUTPUT_QUEUE_BYTES, SERIAL_PORT_LEN,
 };
+pub use shutdown::{ShutdownReason, VmShutdown};
 pub use terminal::RawTerminal;

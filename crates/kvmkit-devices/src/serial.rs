@@ -120,7 +120,9 @@ enum Destination {
 impl Destination {
     fn new(output: SerialOutput) -> io::Result<Self> {
         Ok(match output {
-            SerialOutput::Stdout => Destination::for_file(io::stdout().as_fd().try_clone_to_owned()?.into())?,
+            SerialOutput::Stdout => {
+                Destination::for_file(io::stdout().as_fd().try_clone_to_owned()?.into())?
+            }
             SerialOutput::File(file) => Destination::for_file(file)?,
             SerialOutput::Writer(writer) => Destination::Writer(writer),
             SerialOutput::Sink => Destination::Discard,
@@ -154,8 +156,9 @@ impl Destination {
                 let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
                 // SAFETY: sends at most `data.len()` bytes from `data` on a socket this
                 // destination owns.
-                let sent =
-                    unsafe { libc::send(file.as_raw_fd(), data.as_ptr().cast(), data.len(), flags) };
+                let sent = unsafe {
+                    libc::send(file.as_raw_fd(), data.as_ptr().cast(), data.len(), flags)
+                };
                 if sent < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -310,7 +313,9 @@ impl SerialPort {
         let deadline = Instant::now() + FINAL_FLUSH_PATIENCE;
         while self.flush_output() == FlushState::Blocked {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.with_output_fd(|fd| fd.is_some_and(|fd| wait_writable(fd, left))) {
+            if left.is_zero()
+                || !self.with_output_fd(|fd| fd.is_some_and(|fd| wait_writable(fd, left)))
+            {
                 break;
             }
         }

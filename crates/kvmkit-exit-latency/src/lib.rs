@@ -331,7 +331,9 @@ impl Baseline {
             vm.register_ioevent(event, &port, NoDatamatch)
                 .map_err(baseline_error("KVM_IOEVENTFD"))?;
         }
-        let vcpu = vm.create_vcpu(0).map_err(baseline_error("KVM_CREATE_VCPU"))?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(baseline_error("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(baseline_error("KVM_GET_SUPPORTED_CPUID"))?;

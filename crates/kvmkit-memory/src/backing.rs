@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::format_size;
-use crate::host::{self, HugePagePool, HUGETLBFS_MAGIC};
 use crate::error::Conflict;
+use crate::host::{self, HugePagePool, HUGETLBFS_MAGIC};
 use crate::{Error, MemoryConfig, MemoryLayout, RegionSpec};
 
 /// The host memory behind guest RAM.
@@ -537,14 +537,19 @@ mod tests {
             "{fix}"
         );
         assert!(
-            fix.contains(&format!("mount -t hugetlbfs -o pagesize=2M none {FRESH_MOUNT_DIR}")),
+            fix.contains(&format!(
+                "mount -t hugetlbfs -o pagesize=2M none {FRESH_MOUNT_DIR}"
+            )),
             "{fix}"
         );
     }
 
     #[test]
     fn with_hugetlbfs_mounts_the_fix_names_them() {
-        let mounts = [PathBuf::from("/dev/hugepages"), PathBuf::from("/mnt/huge1g")];
+        let mounts = [
+            PathBuf::from("/dev/hugepages"),
+            PathBuf::from("/mnt/huge1g"),
+        ];
 
         let fix = hugetlbfs_fix_for(&mounts);
 

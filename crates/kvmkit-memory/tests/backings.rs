@@ -217,7 +217,10 @@ fn reserve_off_maps_with_map_noreserve_and_reserve_on_without() {
 fn first_memfd(ram: &GuestRam) -> &std::fs::File {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let region = ram.memory().iter().next().unwrap();
-    region.file_offset().expect("a shared backing is a file").file()
+    region
+        .file_offset()
+        .expect("a shared backing is a file")
+        .file()
 }
 
 fn truncate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
@@ -234,7 +237,10 @@ fn shared_memfd_cannot_be_shrunk_or_grown_by_whoever_holds_its_fd() {
 
     assert_eq!(shrink.raw_os_error(), Some(libc::EPERM), "{shrink}");
     assert_eq!(grow.raw_os_error(), Some(libc::EPERM), "{grow}");
-    shared.memory().write_obj(1u64, GuestAddress(16 * MIB - 8)).unwrap();
+    shared
+        .memory()
+        .write_obj(1u64, GuestAddress(16 * MIB - 8))
+        .unwrap();
 }
 
 #[test]
@@ -257,7 +263,10 @@ fn mem_path_on_another_file_system_suggests_an_existing_hugetlbfs_mount() {
     let message = error.to_string();
     assert!(matches!(error, Error::NotHugetlbfs { .. }), "{message}");
     assert!(message.contains(&mount), "{message}");
-    assert!(!message.contains("none /tmp"), "never mount over /tmp: {message}");
+    assert!(
+        !message.contains("none /tmp"),
+        "never mount over /tmp: {message}"
+    );
 }
 
 #[test]
@@ -267,7 +276,10 @@ fn mem_path_that_is_a_device_is_refused_as_not_a_directory() {
     let error = GuestRam::new(&MemoryLayout::x86_64(8 * MIB).unwrap(), &config).unwrap_err();
 
     let message = error.to_string();
-    assert!(matches!(error, Error::MemPathNotDirectory { .. }), "{message}");
+    assert!(
+        matches!(error, Error::MemPathNotDirectory { .. }),
+        "{message}"
+    );
     assert!(!message.contains("mount -t hugetlbfs"), "{message}");
 }
 
@@ -285,7 +297,10 @@ impl LimitedMount {
             .arg(&dir)
             .status()
             .expect("mount(8) runs");
-        assert!(status.success(), "this test mounts hugetlbfs: run it as root");
+        assert!(
+            status.success(),
+            "this test mounts hugetlbfs: run it as root"
+        );
         LimitedMount(dir)
     }
 }

@@ -11,7 +11,9 @@ pub enum Error {
     #[error("the KVM device path is empty: give the path of the KVM device, usually /dev/kvm")]
     EmptyPath,
     /// The path opened, but it is not the KVM device.
-    #[error("{path} is not a KVM device ({reason}): give the path of the KVM device, usually /dev/kvm")]
+    #[error(
+        "{path} is not a KVM device ({reason}): give the path of the KVM device, usually /dev/kvm"
+    )]
     NotKvmDevice {
         /// The path that was opened.
         path: PathBuf,

@@ -200,7 +200,8 @@ impl Vcpu {
         // page) at `data_offset` inside the vCPU's kvm_run mapping, as kvm-ioctls'
         // own decoding relies on; that mapping lives as long as `self.fd`, and nothing
         // else refers to those bytes while this borrow of `self.fd` lasts.
-        let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
         let write = u32::from(io.direction) == KVM_EXIT_IO_OUT;
         let mut action = IoAction::Continue;
         for element in data.chunks_exact_mut(size) {

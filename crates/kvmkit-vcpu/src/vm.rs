@@ -433,6 +433,11 @@ impl Vm {
         if self.has_irqchip() {
             x86::lapic::configure(&fd)?;
         }
-        Ok(Vcpu::new(fd, id, self.has_irqchip(), Arc::clone(&self.memory)))
+        Ok(Vcpu::new(
+            fd,
+            id,
+            self.has_irqchip(),
+            Arc::clone(&self.memory),
+        ))
     }
 }

@@ -203,7 +203,11 @@ fn in_kernel_pit_answers_port_reads_without_exits() {
 
     assert!(matches!(exit, VcpuExit::IoStop(_)), "{exit:?}");
     let ports: Vec<u64> = recorder.seen().iter().map(|s| s.addr).collect();
-    assert_eq!(ports, vec![0x80], "the PIT's ports must not reach userspace");
+    assert_eq!(
+        ports,
+        vec![0x80],
+        "the PIT's ports must not reach userspace"
+    );
 }
 
 fn long_mode(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestProgram {

@@ -30,9 +30,11 @@ fn exactly_the_pages_the_guest_writes_are_dirty_and_reading_clears_the_log() {
         a.hlt()
     })
     .unwrap();
-    let layout =
-        MemoryLayout::from_regions(vec![RegionSpec::new(0, 2 * MIB), RegionSpec::new(DATA, 8 * MIB)])
-            .unwrap();
+    let layout = MemoryLayout::from_regions(vec![
+        RegionSpec::new(0, 2 * MIB),
+        RegionSpec::new(DATA, 8 * MIB),
+    ])
+    .unwrap();
     let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
     let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
     let slots = vm

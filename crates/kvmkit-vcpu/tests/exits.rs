@@ -38,9 +38,7 @@ fn port_writes_of_each_size_arrive_with_port_and_data() {
 
     let exits: Vec<VcpuExit> = (0..4).map(|_| vcpu.run_once(&recorder).unwrap()).collect();
 
-    let write = |addr, len| {
-        VcpuExit::Io(IoAccess::new(IoKind::PioWrite, addr, len, 1))
-    };
+    let write = |addr, len| VcpuExit::Io(IoAccess::new(IoKind::PioWrite, addr, len, 1));
     assert_eq!(
         exits,
         vec![
@@ -207,7 +205,12 @@ fn string_port_write_arrives_as_byte_accesses_whatever_the_exits() {
 
     // KVM may hand the string over in one exit or in several; either way each exit
     // carries byte elements and they add up to the string.
-    assert!(exits.iter().all(|e| e.kind == IoKind::PioWrite && e.size == 1), "{exits:?}");
+    assert!(
+        exits
+            .iter()
+            .all(|e| e.kind == IoKind::PioWrite && e.size == 1),
+        "{exits:?}"
+    );
     assert_eq!(exits.iter().map(|e| e.count).sum::<usize>(), message.len());
     let expected: Vec<Seen> = message
         .iter()

@@ -22,7 +22,10 @@ fn char_devices_that_are_not_kvm_are_named_as_such() {
     for path in ["/dev/null", "/dev/zero"] {
         let error = Hypervisor::open_at(path).unwrap_err();
 
-        assert!(matches!(error, Error::NotKvmDevice { .. }), "{path}: {error}");
+        assert!(
+            matches!(error, Error::NotKvmDevice { .. }),
+            "{path}: {error}"
+        );
         let message = error.to_string();
         assert!(message.contains("is not a KVM device"), "{message}");
         assert!(!message.contains("API version"), "{message}");
@@ -39,8 +42,14 @@ fn a_regular_file_or_a_directory_is_not_a_kvm_device() {
     std::fs::remove_file(&file).unwrap();
 
     assert!(matches!(regular, Error::NotKvmDevice { .. }), "{regular}");
-    assert!(regular.to_string().contains("not a character device"), "{regular}");
-    assert!(matches!(directory, Error::NotKvmDevice { .. }), "{directory}");
+    assert!(
+        regular.to_string().contains("not a character device"),
+        "{regular}"
+    );
+    assert!(
+        matches!(directory, Error::NotKvmDevice { .. }),
+        "{directory}"
+    );
 }
 
 #[test]

@@ -282,7 +282,11 @@ fn a_panicking_handler_ends_the_thread_signals_its_end_and_join_names_the_vcpu()
     handle.pause();
     let error = handle.join().unwrap_err();
 
-    assert_eq!(ended.read().unwrap(), 1, "the vCPU's end was never signalled");
+    assert_eq!(
+        ended.read().unwrap(),
+        1,
+        "the vCPU's end was never signalled"
+    );
     assert!(
         matches!(&error, Error::ThreadPanicked { vcpu: 2, message } if message == "device model bug"),
         "{error}"
