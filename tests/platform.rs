@@ -222,11 +222,7 @@ fn unmapped_port_reads_all_ones_and_is_counted_not_fatal() {
         a.mov(dx, 0x1234u32)?;
         a.in_(eax, dx)?;
         a.out(dx, eax)?;
-        a.mov(dx, PROBE_PORT as u32)?;
-        a.out(dx, eax)?;
-        a.mov(dx, 0xf4u32)?;
-        a.out(dx, al)?;
-        a.hlt()
+        report_eax_and_exit(a)
     });
     let (machine, platform, probe) = machine_with_probe();
     let ports = platform.pio().clone();
@@ -337,6 +333,15 @@ fn wait_for(output: &SharedBuffer, expected: &[u8]) -> bool {
     false
 }
 
+/// Emits: write eax to the probe, then end the VM through the debug exit port.
+fn report_eax_and_exit(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(dx, PROBE_PORT as u32)?;
+    a.out(dx, eax)?;
+    a.mov(dx, 0xf4u32)?;
+    a.out(dx, al)?;
+    a.hlt()
+}
+
 /// Panics on any write, as a buggy device model would.
 struct PanickingDevice;
 
@@ -401,10 +406,7 @@ fn a_wide_read_of_a_byte_wide_device_takes_one_byte_and_reads_zeros_above() {
         a.mov(eax, ebx)?;
         a.out(dx, eax)?;
         a.mov(eax, ecx)?;
-        a.out(dx, eax)?;
-        a.mov(dx, 0xf4u32)?;
-        a.out(dx, al)?;
-        a.hlt()
+        report_eax_and_exit(a)
     });
     let (machine, platform, probe) = machine_with_probe();
     platform.serial().enqueue_input(b"AB").unwrap();
@@ -425,11 +427,7 @@ fn mmio_devices_on_the_platform_bus_serve_guest_loads_and_stores() {
         a.mov(rdi, MMIO_BASE)?;
         a.mov(dword_ptr(rdi + 8), 0x1234_5678u32)?;
         a.mov(eax, dword_ptr(rdi + 8))?;
-        a.mov(dx, PROBE_PORT as u32)?;
-        a.out(dx, eax)?;
-        a.mov(dx, 0xf4u32)?;
-        a.out(dx, al)?;
-        a.hlt()
+        report_eax_and_exit(a)
     });
     let (machine, platform, probe) = machine_with_probe();
     let register = Arc::new(Register::default());

@@ -63,6 +63,7 @@ impl Bitness {
 
 /// What can go wrong while assembling a guest program.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The program's source did not assemble (bad operand, unbound label, ...).
     #[error("guest program for {bitness:?} at {load_addr:#x} does not assemble: {source}")]

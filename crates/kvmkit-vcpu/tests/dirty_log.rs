@@ -8,7 +8,7 @@ mod common;
 use common::{Recorder, CODE_ADDR, STACK_TOP};
 use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout, RegionSpec};
-use kvmkit_vcpu::{CpuMode, Error, Hypervisor, MemslotOptions, VcpuExit, Vm};
+use kvmkit_vcpu::{CpuMode, Error, Hypervisor, Memslot, MemslotOptions, VcpuExit, Vm};
 use vm_memory::{Bytes, GuestAddress};
 
 const MIB: u64 = 1 << 20;
@@ -64,15 +64,23 @@ fn exactly_the_pages_the_guest_writes_are_dirty_and_reading_clears_the_log() {
     assert_eq!(again.count(), 0, "reading the log must clear it");
 }
 
-#[test]
-fn dirty_pages_of_a_slot_registered_without_logging_is_a_clear_error() {
+/// `mib` of RAM registered with `options` in a new VM.
+fn registered(mib: u64, options: MemslotOptions) -> (GuestRam, Vm, Vec<Memslot>) {
     let ram = GuestRam::new(
-        &MemoryLayout::x86_64(2 * MIB).unwrap(),
+        &MemoryLayout::x86_64(mib * MIB).unwrap(),
         &MemoryConfig::default(),
     )
     .unwrap();
     let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
-    let slots = vm.register_memory(ram.shared_memory()).unwrap();
+    let slots = vm
+        .register_memory_with(ram.shared_memory(), options)
+        .unwrap();
+    (ram, vm, slots)
+}
+
+#[test]
+fn dirty_pages_of_a_slot_registered_without_logging_is_a_clear_error() {
+    let (_ram, vm, slots) = registered(2, MemslotOptions::default());
 
     let error = vm.dirty_pages(slots[0].slot()).unwrap_err();
 
@@ -85,18 +93,7 @@ fn the_dirty_log_of_a_big_slot_is_sized_by_the_vm_not_by_the_caller() {
     // Before: a caller-built `Memslot { size: 4096, .. }` for this 256 MiB slot made
     // KVM write 8 KiB of bitmap into an 8-byte buffer. Now only the slot number is
     // taken, and the size comes from the VM's own table.
-    let ram = GuestRam::new(
-        &MemoryLayout::x86_64(256 * MIB).unwrap(),
-        &MemoryConfig::default(),
-    )
-    .unwrap();
-    let vm = Vm::new(&Hypervisor::open().unwrap()).unwrap();
-    let slots = vm
-        .register_memory_with(
-            ram.shared_memory(),
-            MemslotOptions::default().logging_dirty_pages(),
-        )
-        .unwrap();
+    let (_ram, vm, slots) = registered(256, MemslotOptions::default().logging_dirty_pages());
 
     let log = vm.dirty_pages(slots[0].slot()).unwrap();
 
