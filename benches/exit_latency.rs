@@ -3,7 +3,8 @@
 
 //! The round-trip cost of one VM exit, per exit class, one exit per iteration:
 //! `kvmkit` runs it through `Vcpu::run_once` and an `IoHandler`, `baseline` through a
-//! bare `match` on kvm-ioctls' `VcpuFd::run`, on the same vCPU in the same run.
+//! bare `match` on kvm-ioctls' `VcpuFd::run` in its own VM over the same memory, in
+//! the same run.
 //!
 //! ```text
 //! cargo bench --bench exit_latency
