@@ -5,7 +5,8 @@
 //! event fds and the VM's exit request.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -48,6 +49,16 @@ struct Source {
     /// Signalled when a paused source may run again.
     wake: Option<EventFd>,
     paused: bool,
+    /// The descriptor, for a source added through a [`LoopHandle`]: kept open while
+    /// the loop watches it.
+    _owned: Option<OwnedFd>,
+}
+
+/// A source sent to the loop from another thread.
+struct Remote {
+    fd: OwnedFd,
+    wake: Option<EventFd>,
+    handler: Handler,
 }
 
 /// An epoll loop over event sources, ending when the VM's shutdown is requested.
@@ -56,10 +67,64 @@ pub struct EventLoop {
     sources: Vec<Option<Source>>,
     shutdown: Arc<VmShutdown>,
     dispatches: u64,
+    remote: mpsc::Receiver<Remote>,
+    handle: LoopHandle,
+}
+
+/// Adds event sources to an [`EventLoop`] from any thread, while it runs: what a
+/// device activated on a vCPU thread (a virtio driver setting DRIVER_OK) uses to have
+/// its queues served on the I/O thread. Cheap to clone.
+#[derive(Clone)]
+pub struct LoopHandle {
+    sender: mpsc::Sender<Remote>,
+    added: Arc<EventFd>,
+}
+
+impl std::fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopHandle").finish_non_exhaustive()
+    }
+}
+
+impl LoopHandle {
+    /// Has the loop run `handler` whenever `fd` is readable, from its next wake-up on.
+    /// The loop keeps its own duplicate of `fd`; the handler returns [`Flow::Remove`]
+    /// to end the watch. Fails once the loop is gone.
+    pub fn add(
+        &self,
+        fd: BorrowedFd<'_>,
+        handler: impl FnMut() -> Flow + Send + 'static,
+    ) -> io::Result<()> {
+        self.send(fd, None, Box::new(handler))
+    }
+
+    /// As [`EventLoop::add_pausable`], from any thread.
+    pub fn add_pausable(
+        &self,
+        fd: BorrowedFd<'_>,
+        wake: &EventFd,
+        handler: impl FnMut() -> Flow + Send + 'static,
+    ) -> io::Result<()> {
+        self.send(fd, Some(wake.try_clone()?), Box::new(handler))
+    }
+
+    fn send(&self, fd: BorrowedFd<'_>, wake: Option<EventFd>, handler: Handler) -> io::Result<()> {
+        let remote = Remote {
+            fd: fd.try_clone_to_owned()?,
+            wake,
+            handler,
+        };
+        self.sender
+            .send(remote)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the event loop is gone"))?;
+        self.added.write(1)
+    }
 }
 
 /// The token of the VM shutdown event.
 const SHUTDOWN_TOKEN: u64 = u64::MAX;
+/// The token of the event that says a [`LoopHandle`] sent sources.
+const REMOTE_TOKEN: u64 = u64::MAX - 2;
 /// Bit 0 of a source's token tells its wake event from its descriptor.
 const WAKE_BIT: u64 = 1;
 
@@ -72,12 +137,42 @@ impl EventLoop {
             shutdown.event().as_raw_fd(),
             EpollEvent::new(EventSet::IN, SHUTDOWN_TOKEN),
         )?;
+        let added = Arc::new(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
+        epoll.ctl(
+            ControlOperation::Add,
+            added.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, REMOTE_TOKEN),
+        )?;
+        let (sender, remote) = mpsc::channel();
         Ok(EventLoop {
             epoll,
             sources: Vec::new(),
             shutdown,
             dispatches: 0,
+            remote,
+            handle: LoopHandle { sender, added },
         })
+    }
+
+    /// A handle that adds sources to this loop from other threads.
+    pub fn handle(&self) -> LoopHandle {
+        self.handle.clone()
+    }
+
+    /// Takes the sources [`LoopHandle`]s sent since the last look.
+    fn add_remote_sources(&mut self) -> io::Result<()> {
+        let _ = self.handle.added.read();
+        while let Ok(remote) = self.remote.try_recv() {
+            let fd = remote.fd.as_raw_fd();
+            // SAFETY: `remote.fd` moves into the source below, which keeps it open as
+            // long as the loop watches it.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            self.add_source(borrowed, READABLE, remote.wake, remote.handler)?;
+            if let Some(Some(source)) = self.sources.last_mut() {
+                source._owned = Some(remote.fd);
+            }
+        }
+        Ok(())
     }
 
     /// Runs `handler` whenever `fd` is readable (or hangs up). The caller keeps `fd`
@@ -136,6 +231,7 @@ impl EventLoop {
             handler,
             wake,
             paused: false,
+            _owned: None,
         }));
         Ok(())
     }
@@ -239,6 +335,10 @@ impl EventLoop {
                 if event.data() == SHUTDOWN_TOKEN {
                     continue;
                 }
+                if event.data() == REMOTE_TOKEN {
+                    self.add_remote_sources()?;
+                    continue;
+                }
                 if self.dispatch(event.data())? == Flow::Stop {
                     return Ok(self
                         .shutdown
@@ -300,8 +400,9 @@ impl EventLoop {
     }
 }
 
-/// An event fd as a borrowed descriptor (vmm-sys-util's `EventFd` has no `AsFd`).
-pub(crate) fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
+/// An event fd as a borrowed descriptor (vmm-sys-util's `EventFd` has no `AsFd`), to
+/// watch it in an [`EventLoop`].
+pub fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
     // SAFETY: the descriptor stays open as long as `event`, which the borrow ties to.
     unsafe { BorrowedFd::borrow_raw(event.as_raw_fd()) }
 }
@@ -596,6 +697,37 @@ mod tests {
             end,
             LoopEnd::Requested(ShutdownReason::Signal(libc::SIGHUP))
         );
+    }
+
+    #[test]
+    fn a_source_added_from_another_thread_while_the_loop_runs_is_served() {
+        let event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        let handle = event_loop.handle();
+        let stop = EventFd::new(0).unwrap();
+        let running = run_until_stopped(event_loop, &stop);
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let served = Arc::new(EventFd::new(0).unwrap());
+
+        let reader = kick.try_clone().unwrap();
+        let done = served.clone();
+        std::thread::spawn(move || {
+            handle
+                .add(event_fd(&kick), move || {
+                    let _ = reader.read();
+                    done.write(1).unwrap();
+                    Flow::Remove
+                })
+                .unwrap();
+            kick.write(1).unwrap();
+        })
+        .join()
+        .unwrap();
+        // Blocks until the loop ran the handler.
+        let count = served.read().unwrap();
+        stop.write(1).unwrap();
+        running.join().unwrap();
+
+        assert_eq!(count, 1);
     }
 
     #[test]

@@ -45,7 +45,9 @@ mod terminal;
 pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
-pub use event_loop::{EventLoop, Flow, LoopEnd, TerminationSignals, TERMINATION_SIGNALS};
+pub use event_loop::{
+    event_fd, EventLoop, Flow, LoopEnd, LoopHandle, TerminationSignals, TERMINATION_SIGNALS,
+};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
