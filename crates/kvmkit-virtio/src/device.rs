@@ -1,0 +1,132 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The seam through which a VMM adds device types: [`VirtioDevice`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kvmkit_devices::LoopHandle;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{DeviceFault, VirtioInterrupt};
+
+/// The guest memory devices read and write.
+pub type GuestMemory = GuestMemoryMmap;
+
+/// A virtio device behind a transport.
+///
+/// The transport calls these on the thread of the vCPU that touched its registers.
+/// `read_config` and `write_config` must not wait for queue work: a device serves its
+/// queues on the I/O thread, from the event sources it adds in `activate`.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+    /// The feature bits offered, `VIRTIO_F_VERSION_1` included.
+    fn features(&self) -> u64;
+    /// The most descriptors each queue may hold, one entry per queue; each a power of
+    /// two.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Reads the device-specific configuration space at `offset`; bytes past its end
+    /// read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space; most devices ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// Starts serving the queues the driver set up (on `DRIVER_OK`).
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops serving the queues and returns to the state before activation. Sources
+    /// the device added to the event loop remove themselves on their next event.
+    fn reset(&mut self);
+    /// Per-queue counters, in queue order.
+    fn counters(&self) -> Vec<Arc<QueueCounters>>;
+}
+
+/// What a device gets when the driver sets `DRIVER_OK`.
+#[non_exhaustive]
+pub struct Activation {
+    /// Guest memory.
+    pub memory: Arc<GuestMemory>,
+    /// The features the driver accepted.
+    pub features: u64,
+    /// Each queue the driver set up, with the event fd a notification of it signals.
+    pub queues: Vec<ActiveQueue>,
+    /// The device's interrupt.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// Set when the device can serve no more until reset.
+    pub fault: Arc<DeviceFault>,
+    /// Where the device adds its event sources (the I/O thread's loop).
+    pub events: LoopHandle,
+}
+
+/// One queue the driver set up.
+#[non_exhaustive]
+pub struct ActiveQueue {
+    /// Its index.
+    pub index: u16,
+    /// The queue, ready and checked against guest memory.
+    pub queue: Queue,
+    /// Signalled when the driver notifies the queue.
+    pub notifier: Arc<EventFd>,
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivateError {
+    /// The device needs more queues than the driver set up.
+    #[error("the device needs queue {0}, which the driver did not set up")]
+    MissingQueue(u16),
+    /// The event loop refused a source.
+    #[error("cannot watch the queue notifications")]
+    Events(#[source] std::io::Error),
+}
+
+/// What one queue of a device did, counted as it happened.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl QueueCounters {
+    /// Requests completed (successfully or not).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Bytes moved between guest memory and the backend.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused: malformed descriptor chains, backend errors, bad rings.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_request(&self, bytes: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for QueueCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "requests={} bytes={} errors={}",
+            self.requests(),
+            self.bytes(),
+            self.errors()
+        )
+    }
+}

@@ -1,0 +1,517 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The virtio-mmio transport, version 2 (virtio 1.x): the register window a driver
+//! finds a device through, behind a [`BusDevice`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kvmkit_devices::{BusDevice, LoopHandle};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{
+    Activation, ActiveQueue, DeviceFault, GuestMemory, InterruptKind, QueueNotifiers, VirtioDevice,
+    VirtioInterrupt,
+};
+
+/// Bytes of the register window, configuration space included.
+pub const MMIO_WINDOW: u64 = 0x1000;
+
+const MAGIC_VALUE: u64 = 0x000;
+const VERSION: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const VENDOR_ID: u64 = 0x00c;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+/// The queue notify register's offset in the window.
+pub const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC_LOW: u64 = 0x080;
+const QUEUE_DESC_HIGH: u64 = 0x084;
+const QUEUE_AVAIL_LOW: u64 = 0x090;
+const QUEUE_AVAIL_HIGH: u64 = 0x094;
+const QUEUE_USED_LOW: u64 = 0x0a0;
+const QUEUE_USED_HIGH: u64 = 0x0a4;
+const CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG: u64 = 0x100;
+
+/// "virt", little-endian.
+const MAGIC: u32 = 0x7472_6976;
+/// "KVMK": kvmkit's vendor id.
+const VENDOR: u32 = 0x4b4d_564b;
+
+/// What a transport saw the driver do wrong, counted.
+#[derive(Debug, Default)]
+pub struct TransportCounters {
+    refused_writes: AtomicU64,
+    bad_notifies: AtomicU64,
+}
+
+impl TransportCounters {
+    /// Register writes refused: out of order, of the wrong width, to a queue that is
+    /// live or does not exist, features never offered, queue sizes or addresses that
+    /// do not fit.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused_writes.load(Ordering::Relaxed)
+    }
+
+    /// Notifications of a queue that does not exist or is not live.
+    pub fn bad_notifies(&self) -> u64 {
+        self.bad_notifies.load(Ordering::Relaxed)
+    }
+}
+
+struct State {
+    device: Box<dyn VirtioDevice>,
+    max_sizes: Vec<u16>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    /// Each live queue's notifier, by queue index, while the device is active.
+    notifiers: Vec<Option<Arc<EventFd>>>,
+    shortcut_registered: bool,
+}
+
+/// A virtio device behind the virtio-mmio register layout, version 2.
+///
+/// Register it on an MMIO bus at a window of [`MMIO_WINDOW`] bytes. The status state
+/// machine is enforced: features are accepted only between `DRIVER` and
+/// `FEATURES_OK`, and `FEATURES_OK` only for features that were offered (with
+/// `VIRTIO_F_VERSION_1`); queues are set up only after `FEATURES_OK` and before
+/// `DRIVER_OK`, with sizes up to the maximum and rings that are aligned and in guest
+/// RAM; `DRIVER_OK` without `FEATURES_OK`, or with a device that cannot start, sets
+/// `DEVICE_NEEDS_RESET`. Writing 0 to the status resets the device and withdraws its
+/// notifiers.
+pub struct MmioTransport {
+    state: Mutex<State>,
+    base: u64,
+    memory: Arc<GuestMemory>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    fault: Arc<DeviceFault>,
+    events: LoopHandle,
+    shortcut: Arc<dyn QueueNotifiers>,
+    counters: TransportCounters,
+}
+
+impl MmioTransport {
+    /// `device` at guest-physical `base`, on `memory`, interrupting through
+    /// `interrupt`, served by the event loop behind `events`, with queue notifications
+    /// through `shortcut` where the hypervisor has one.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        base: u64,
+        memory: Arc<GuestMemory>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        events: LoopHandle,
+        shortcut: Arc<dyn QueueNotifiers>,
+    ) -> Self {
+        let max_sizes = device.queue_max_sizes();
+        let queues = fresh_queues(&max_sizes);
+        MmioTransport {
+            state: Mutex::new(State {
+                device,
+                max_sizes,
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                queue_sel: 0,
+                queues,
+                notifiers: Vec::new(),
+                shortcut_registered: false,
+            }),
+            base,
+            memory,
+            interrupt,
+            fault: Arc::new(DeviceFault::default()),
+            events,
+            shortcut,
+            counters: TransportCounters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the driver did wrong so far.
+    pub fn counters(&self) -> &TransportCounters {
+        &self.counters
+    }
+
+    /// The device's per-queue counters.
+    pub fn queue_counters(&self) -> Vec<Arc<crate::QueueCounters>> {
+        self.lock().device.counters()
+    }
+
+    /// The status the driver reads: what it wrote, plus `DEVICE_NEEDS_RESET` once
+    /// the device faulted.
+    pub fn status(&self) -> u32 {
+        let status = self.lock().status;
+        if self.fault.is_set() {
+            status | VIRTIO_CONFIG_S_NEEDS_RESET
+        } else {
+            status
+        }
+    }
+
+    fn refuse(&self) {
+        self.counters.refused_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let state = self.lock();
+        match offset {
+            MAGIC_VALUE => MAGIC,
+            VERSION => 2,
+            DEVICE_ID => state.device.device_type(),
+            VENDOR_ID => VENDOR,
+            DEVICE_FEATURES => match state.device_features_sel {
+                0 => state.device.features() as u32,
+                1 => (state.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => state
+                .max_sizes
+                .get(state.queue_sel as usize)
+                .map_or(0, |&max| u32::from(max)),
+            QUEUE_READY => state
+                .queues
+                .get(state.queue_sel as usize)
+                .map_or(0, |queue| u32::from(queue.ready())),
+            INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS => {
+                drop(state);
+                self.status()
+            }
+            CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&self, offset: u64, value: u32) {
+        let mut state = self.lock();
+        let accepted = match offset {
+            DEVICE_FEATURES_SEL => {
+                state.device_features_sel = value;
+                true
+            }
+            DRIVER_FEATURES_SEL => {
+                state.driver_features_sel = value;
+                true
+            }
+            DRIVER_FEATURES => self.set_driver_features(&mut state, value),
+            QUEUE_SEL => {
+                state.queue_sel = value;
+                true
+            }
+            QUEUE_NUM => self.with_setup_queue(&mut state, |queue| {
+                u16::try_from(value)
+                    .ok()
+                    .is_some_and(|size| queue.try_set_size(size).is_ok())
+            }),
+            QUEUE_READY => self.set_queue_ready(&mut state, value),
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH
+            | QUEUE_USED_LOW | QUEUE_USED_HIGH => {
+                self.with_setup_queue(&mut state, |queue| set_ring_address(queue, offset, value))
+            }
+            QUEUE_NOTIFY => {
+                drop(state);
+                self.notify(value);
+                return;
+            }
+            INTERRUPT_ACK => {
+                self.interrupt.acknowledge(value);
+                true
+            }
+            STATUS => self.set_status(&mut state, value),
+            _ => false,
+        };
+        if !accepted {
+            self.refuse();
+        }
+    }
+
+    fn set_driver_features(&self, state: &mut State, value: u32) -> bool {
+        let negotiating = state.status & VIRTIO_CONFIG_S_DRIVER != 0
+            && state.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
+        let shift = match state.driver_features_sel {
+            0 => 0,
+            1 => 32,
+            _ => return false,
+        };
+        if !negotiating {
+            return false;
+        }
+        let mask = 0xffff_ffffu64 << shift;
+        state.driver_features = (state.driver_features & !mask) | (u64::from(value) << shift);
+        true
+    }
+
+    /// Runs `change` on the selected queue if queues may be set up now: after
+    /// `FEATURES_OK`, before `DRIVER_OK`, while the queue is not live.
+    fn with_setup_queue(&self, state: &mut State, change: impl FnOnce(&mut Queue) -> bool) -> bool {
+        let setting_up = state.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && state.status & VIRTIO_CONFIG_S_DRIVER_OK == 0;
+        let index = state.queue_sel as usize;
+        match state.queues.get_mut(index) {
+            Some(queue) if setting_up && !queue.ready() => change(queue),
+            _ => false,
+        }
+    }
+
+    fn set_queue_ready(&self, state: &mut State, value: u32) -> bool {
+        let memory = Arc::clone(&self.memory);
+        self.with_setup_queue(state, |queue| match value {
+            0 => true,
+            1 => {
+                queue.set_event_idx(false);
+                queue.set_ready(true);
+                if queue_fits(queue, &memory) {
+                    true
+                } else {
+                    queue.set_ready(false);
+                    false
+                }
+            }
+            _ => false,
+        })
+    }
+
+    fn set_status(&self, state: &mut State, value: u32) -> bool {
+        if value == 0 {
+            self.reset(state);
+            return true;
+        }
+        let added = value & !state.status;
+        if state.status & !value != 0 {
+            // Bits are only ever added, except by a reset.
+            return false;
+        }
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable(state) {
+            // The device does not set FEATURES_OK: the driver reads it back and fails.
+            state.status = value & !VIRTIO_CONFIG_S_FEATURES_OK;
+            return false;
+        }
+        state.status = value;
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            return self.activate(state);
+        }
+        let known = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK
+            | VIRTIO_CONFIG_S_FAILED;
+        value & !known == 0
+    }
+
+    fn features_acceptable(&self, state: &State) -> bool {
+        let offered = state.device.features();
+        let version_1 = 1u64 << VIRTIO_F_VERSION_1;
+        state.driver_features & !offered == 0 && state.driver_features & version_1 != 0
+    }
+
+    /// On `DRIVER_OK`: hands the live queues to the device, with their notifiers
+    /// registered; on any failure the device needs a reset.
+    fn activate(&self, state: &mut State) -> bool {
+        if state.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+            self.fail();
+            return false;
+        }
+        let event_idx = state.driver_features
+            & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            != 0;
+        let mut queues = Vec::new();
+        let mut notifiers = Vec::new();
+        for (index, queue) in state.queues.iter_mut().enumerate() {
+            if !queue.ready() {
+                continue;
+            }
+            let Ok(notifier) = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) else {
+                self.fail();
+                return false;
+            };
+            let notifier = Arc::new(notifier);
+            queue.set_event_idx(event_idx);
+            // The device gets its own copy; the transport keeps the setup to answer
+            // the driver's reads until the reset.
+            let Ok(copy) = Queue::try_from(queue.state()) else {
+                self.fail();
+                return false;
+            };
+            queues.push(ActiveQueue {
+                index: index as u16,
+                queue: copy,
+                notifier: Arc::clone(&notifier),
+            });
+            notifiers.push((index as u16, notifier));
+        }
+        let mut registered = true;
+        for (index, notifier) in &notifiers {
+            let addr = self.base + QUEUE_NOTIFY;
+            registered &= matches!(self.shortcut.register(addr, *index, notifier), Ok(true));
+        }
+        state.shortcut_registered = registered;
+        state.notifiers = vec![None; state.queues.len()];
+        for (index, notifier) in notifiers {
+            state.notifiers[usize::from(index)] = Some(notifier);
+        }
+        let activation = Activation {
+            memory: Arc::clone(&self.memory),
+            features: state.driver_features,
+            queues,
+            interrupt: Arc::clone(&self.interrupt),
+            fault: Arc::clone(&self.fault),
+            events: self.events.clone(),
+        };
+        if state.device.activate(activation).is_err() {
+            self.fail();
+            return false;
+        }
+        true
+    }
+
+    fn fail(&self) {
+        self.fault.set();
+        let _ = self.interrupt.signal(InterruptKind::ConfigChange);
+    }
+
+    fn reset(&self, state: &mut State) {
+        state.device.reset();
+        let addr = self.base + QUEUE_NOTIFY;
+        for (index, notifier) in state.notifiers.iter().enumerate() {
+            let Some(notifier) = notifier else { continue };
+            if state.shortcut_registered {
+                let _ = self.shortcut.unregister(addr, index as u16, notifier);
+            }
+            // Wakes the device's old handler, which sees the reset and removes itself.
+            let _ = notifier.write(1);
+        }
+        state.notifiers.clear();
+        state.shortcut_registered = false;
+        state.queues = fresh_queues(&state.max_sizes);
+        state.status = 0;
+        state.device_features_sel = 0;
+        state.driver_features_sel = 0;
+        state.driver_features = 0;
+        state.queue_sel = 0;
+        self.interrupt.acknowledge(u32::MAX);
+        self.fault.clear();
+    }
+
+    /// The driver wrote `queue` to the notify register (no shortcut, or it missed it).
+    fn notify(&self, queue: u32) {
+        let state = self.lock();
+        let live = state.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.fault.is_set();
+        match state.notifiers.get(queue as usize) {
+            Some(Some(notifier)) if live => {
+                let _ = notifier.write(1);
+            }
+            _ => {
+                self.counters.bad_notifies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn fresh_queues(max_sizes: &[u16]) -> Vec<Queue> {
+    max_sizes
+        .iter()
+        // The device promised powers of two up to 32768; a size that is not makes a
+        // queue the driver cannot use (Queue::new refuses it, a 1-entry queue stands in).
+        .map(|&max| {
+            Queue::new(max)
+                .or_else(|_| Queue::new(1))
+                .expect("a 1-entry queue")
+        })
+        .collect()
+}
+
+/// Sets half of a ring address; refuses (and keeps the old address) one that is not
+/// aligned as virtio 1.x requires: 16 bytes for the descriptor table, 2 for the
+/// available ring, 4 for the used ring.
+fn set_ring_address(queue: &mut Queue, offset: u64, value: u32) -> bool {
+    let current = match offset {
+        QUEUE_DESC_LOW | QUEUE_DESC_HIGH => queue.desc_table(),
+        QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH => queue.avail_ring(),
+        _ => queue.used_ring(),
+    };
+    let address = if offset % 8 == 0 {
+        (current & !0xffff_ffff) | u64::from(value)
+    } else {
+        (current & 0xffff_ffff) | (u64::from(value) << 32)
+    };
+    let address = GuestAddress(address);
+    match offset {
+        QUEUE_DESC_LOW | QUEUE_DESC_HIGH => queue.try_set_desc_table_address(address).is_ok(),
+        QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH => queue.try_set_avail_ring_address(address).is_ok(),
+        _ => queue.try_set_used_ring_address(address).is_ok(),
+    }
+}
+
+/// Whether a queue's rings lie in guest RAM (their alignment was checked as they were
+/// written).
+fn queue_fits(queue: &Queue, memory: &GuestMemory) -> bool {
+    queue.is_valid(memory)
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG {
+            let state = self.lock();
+            state.device.read_config(offset - CONFIG, data);
+            return;
+        }
+        data.fill(0);
+        if data.len() != 4 || offset % 4 != 0 {
+            self.refuse();
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG {
+            let mut state = self.lock();
+            state.device.write_config(offset - CONFIG, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            self.refuse();
+            return;
+        };
+        if offset % 4 != 0 {
+            self.refuse();
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,375 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Serving a queue: taking the driver's descriptor chains, checking them, and putting
+//! them in the used ring, with notification suppression in both directions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvmkit_devices::{event_fd, Flow};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemory as _, Permissions};
+
+use crate::{ActivateError, VirtioInterrupt};
+use crate::{Activation, ActiveQueue, DeviceFault, GuestMemory, InterruptKind, QueueCounters};
+
+/// One buffer of a descriptor chain, checked to lie in guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    /// Guest-physical address.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// A descriptor chain split into what the device reads and what it writes, each
+/// buffer checked to lie wholly inside guest RAM.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The device-readable buffers, in order.
+    pub readable: Vec<Buffer>,
+    /// The device-writable buffers, in order.
+    pub writable: Vec<Buffer>,
+}
+
+/// Why a descriptor chain is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// The chain loops, or is longer than its table, or a descriptor or indirect table
+    /// could not be read (out of RAM, misaligned, nested), or its lengths add up past
+    /// 2^32 bytes: virtio-queue stops it early, so it ends with a descriptor that still
+    /// points to a next one (or has none at all).
+    #[error("the descriptor chain is cut short (a loop, an overlong chain or a bad table)")]
+    Truncated,
+    /// A buffer lies (partly) outside guest RAM, or wraps the address space.
+    #[error("a buffer at {addr:#x} ({len} bytes) is not in guest RAM")]
+    OutOfMemory {
+        /// Its address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// A device-readable buffer follows a device-writable one.
+    #[error("a device-readable buffer follows a device-writable one")]
+    ReadableAfterWritable,
+}
+
+/// Checks `chain` and splits it into readable and writable buffers.
+pub fn parse_chain(
+    memory: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+) -> Result<Chain, ChainError> {
+    let mut parsed = Chain::default();
+    let mut last: Option<Descriptor> = None;
+    for descriptor in chain {
+        let buffer = Buffer {
+            addr: descriptor.addr(),
+            len: descriptor.len(),
+        };
+        let permission = if descriptor.is_write_only() {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        let in_memory = buffer.addr.0.checked_add(u64::from(buffer.len)).is_some()
+            && (buffer.len == 0
+                || memory.check_range(buffer.addr, buffer.len as usize, permission));
+        if !in_memory {
+            return Err(ChainError::OutOfMemory {
+                addr: buffer.addr.0,
+                len: buffer.len,
+            });
+        }
+        if descriptor.is_write_only() {
+            parsed.writable.push(buffer);
+        } else if parsed.writable.is_empty() {
+            parsed.readable.push(buffer);
+        } else {
+            return Err(ChainError::ReadableAfterWritable);
+        }
+        last = Some(descriptor);
+    }
+    match last {
+        Some(descriptor) if !descriptor.has_next() => Ok(parsed),
+        _ => Err(ChainError::Truncated),
+    }
+}
+
+/// What serving one chain came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Bytes written into the chain's device-writable buffers (the used length).
+    pub written: u32,
+    /// Bytes moved between guest memory and the backend, for the counters.
+    pub bytes: u64,
+    /// Whether the request failed (it is counted as an error).
+    pub failed: bool,
+}
+
+/// What one call of [`QueueServer::serve`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The driver wants an interrupt for the chains just used.
+    pub interrupt: bool,
+    /// Chains are still available: serve again.
+    pub more: bool,
+}
+
+/// A queue a device serves, with its counters.
+#[derive(Debug)]
+pub struct QueueServer {
+    queue: Queue,
+    counters: Arc<QueueCounters>,
+}
+
+/// The driver broke the queue itself (its rings): the device needs a reset.
+#[derive(Debug, thiserror::Error)]
+#[error("the queue's rings are broken: {0}")]
+pub struct BrokenQueue(#[source] pub virtio_queue::Error);
+
+impl QueueServer {
+    /// Serves `queue`, counting into `counters`.
+    pub fn new(queue: Queue, counters: Arc<QueueCounters>) -> Self {
+        QueueServer { queue, counters }
+    }
+
+    /// Takes every chain the driver made available and hands it to `serve`, putting
+    /// each in the used ring with the length `serve` wrote. A malformed chain is put
+    /// in the used ring with nothing written and counted as an error. At most the
+    /// queue's size of chains is taken per call, so a driver that keeps adding cannot
+    /// keep the I/O thread here: [`Progress::more`] then says to call again.
+    pub fn serve(
+        &mut self,
+        memory: &GuestMemory,
+        mut serve: impl FnMut(Result<Chain, ChainError>) -> Served,
+    ) -> Result<Progress, BrokenQueue> {
+        let budget = self.queue.size();
+        let mut taken = 0u16;
+        loop {
+            self.queue
+                .disable_notification(memory)
+                .map_err(BrokenQueue)?;
+            while taken < budget {
+                let Some(chain) = self.queue.iter(memory).map_err(BrokenQueue)?.next() else {
+                    break;
+                };
+                taken += 1;
+                let head = chain.head_index();
+                let served = serve(parse_chain(memory, chain));
+                if served.failed {
+                    self.counters.add_error();
+                } else {
+                    self.counters.add_request(served.bytes);
+                }
+                self.queue
+                    .add_used(memory, head, served.written)
+                    .map_err(BrokenQueue)?;
+            }
+            let more = self
+                .queue
+                .enable_notification(memory)
+                .map_err(BrokenQueue)?;
+            if !more || taken >= budget {
+                let interrupt = self.queue.needs_notification(memory).map_err(BrokenQueue)?;
+                return Ok(Progress { interrupt, more });
+            }
+        }
+    }
+
+    /// The queue's counters.
+    pub fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
+    }
+}
+
+/// Serves `active` on the I/O thread: each notification of the queue runs the chains
+/// the driver made available through `serve`, then interrupts the driver if it wants.
+/// A queue whose rings the driver broke marks the device faulted (it then needs a
+/// reset) and is watched no more; so is a queue of a device reset since (its
+/// `generation` moved on).
+pub fn serve_on_notify(
+    activation: &Activation,
+    active: ActiveQueue,
+    counters: Arc<QueueCounters>,
+    generation: Arc<AtomicU64>,
+    serve: impl FnMut(&GuestMemory, Result<Chain, ChainError>) -> Served + Send + 'static,
+) -> Result<(), ActivateError> {
+    let memory = Arc::clone(&activation.memory);
+    let interrupt = Arc::clone(&activation.interrupt);
+    let fault = Arc::clone(&activation.fault);
+    let born = generation.load(Ordering::Acquire);
+    let notifier = Arc::clone(&active.notifier);
+    let server = Mutex::new((QueueServer::new(active.queue, counters), serve));
+    activation
+        .events
+        .add(event_fd(&active.notifier), move || {
+            let _ = notifier.read();
+            if generation.load(Ordering::Acquire) != born {
+                return Flow::Remove;
+            }
+            let mut guard = server.lock().unwrap_or_else(|e| e.into_inner());
+            let (server, serve) = &mut *guard;
+            let flow = run_queue(server, &memory, &*interrupt, &fault, |chain| {
+                serve(&memory, chain)
+            });
+            if flow == Flow::Pause {
+                // Out of budget with chains left: come back after the other sources.
+                let _ = notifier.write(1);
+                return Flow::Continue;
+            }
+            flow
+        })
+        .map_err(ActivateError::Events)
+}
+
+fn run_queue(
+    server: &mut QueueServer,
+    memory: &GuestMemory,
+    interrupt: &dyn VirtioInterrupt,
+    fault: &DeviceFault,
+    serve: impl FnMut(Result<Chain, ChainError>) -> Served,
+) -> Flow {
+    match server.serve(memory, serve) {
+        Ok(progress) => {
+            if progress.interrupt {
+                let _ = interrupt.signal(InterruptKind::UsedBuffer);
+            }
+            if progress.more {
+                Flow::Pause
+            } else {
+                Flow::Continue
+            }
+        }
+        Err(_) => {
+            server.counters().add_error();
+            fault.set();
+            let _ = interrupt.signal(InterruptKind::ConfigChange);
+            Flow::Remove
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+
+    pub(crate) const RAM: u64 = 0x10_0000;
+
+    pub(crate) fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+    }
+
+    pub(crate) fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    }
+
+    /// Puts `descs` in a fresh 16-entry queue at 0x8000 and offers chain head 0.
+    fn first_chain(memory: &GuestMemory, descs: &[RawDescriptor]) -> Result<Chain, ChainError> {
+        let mock = MockSplitQueue::create(memory, GuestAddress(0x8000), 16);
+        for (index, descriptor) in descs.iter().enumerate() {
+            mock.desc_table().store(index as u16, *descriptor).unwrap();
+        }
+        mock.avail().ring().ref_at(0).unwrap().store(0);
+        mock.avail().idx().store(1);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let chain = queue.iter(memory).unwrap().next().unwrap();
+        parse_chain(memory, chain)
+    }
+
+    #[test]
+    fn a_well_formed_chain_splits_into_readable_then_writable_buffers() {
+        let memory = memory();
+
+        let chain = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT, 1),
+                desc(0x2000, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2),
+                desc(0x3000, 1, VRING_DESC_F_WRITE, 0),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(chain.readable.len(), 1);
+        assert_eq!(chain.writable.len(), 2);
+        assert_eq!(chain.writable[1].len, 1);
+    }
+
+    #[test]
+    fn a_descriptor_loop_is_refused_as_truncated() {
+        let memory = memory();
+
+        let looped = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT, 1),
+                desc(0x2000, 16, VRING_DESC_F_NEXT, 0),
+            ],
+        );
+
+        assert_eq!(looped, Err(ChainError::Truncated));
+    }
+
+    #[test]
+    fn a_next_index_past_the_table_is_refused_as_truncated() {
+        let memory = memory();
+
+        let result = first_chain(&memory, &[desc(0x1000, 16, VRING_DESC_F_NEXT, 40)]);
+
+        assert_eq!(result, Err(ChainError::Truncated));
+    }
+
+    #[test]
+    fn buffers_outside_ram_or_wrapping_are_refused() {
+        let memory = memory();
+
+        let outside = first_chain(&memory, &[desc(RAM - 8, 16, 0, 0)]);
+        let wrapping = first_chain(&memory, &[desc(u64::MAX - 4, 16, 0, 0)]);
+
+        assert!(matches!(outside, Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(wrapping, Err(ChainError::OutOfMemory { .. })));
+    }
+
+    #[test]
+    fn a_readable_buffer_after_a_writable_one_is_refused() {
+        let memory = memory();
+
+        let result = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 1),
+                desc(0x2000, 16, 0, 0),
+            ],
+        );
+
+        assert_eq!(result, Err(ChainError::ReadableAfterWritable));
+    }
+
+    #[test]
+    fn nested_misaligned_and_out_of_ram_indirect_tables_are_refused() {
+        let memory = memory();
+        // An indirect table at 0x4000 whose only entry is itself indirect.
+        vm_memory::Bytes::write_obj(
+            &memory,
+            desc(0x4000, 16, VRING_DESC_F_INDIRECT, 0),
+            GuestAddress(0x4000),
+        )
+        .unwrap();
+
+        let nested = first_chain(&memory, &[desc(0x4000, 16, VRING_DESC_F_INDIRECT, 0)]);
+        let misaligned = first_chain(&memory, &[desc(0x4000, 15, VRING_DESC_F_INDIRECT, 0)]);
+        let outside = first_chain(&memory, &[desc(RAM + 0x1000, 16, VRING_DESC_F_INDIRECT, 0)]);
+
+        for result in [nested, misaligned, outside] {
+            assert_eq!(result, Err(ChainError::Truncated));
+        }
+    }
+}

@@ -1,0 +1,128 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-rng: entropy from the host's `getrandom` into the guest's buffers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::Bytes;
+
+use crate::queue::{serve_on_notify, Chain, ChainError, Served};
+use crate::{ActivateError, Activation, GuestMemory, QueueCounters, VirtioDevice};
+
+/// The most bytes one request gets: a guest cannot make the VMM allocate or draw
+/// entropy without bound with one huge buffer.
+pub const RNG_MAX_REQUEST: usize = 64 << 10;
+const QUEUE_SIZE: u16 = 256;
+
+/// A virtio entropy device: one queue of device-writable buffers, each filled (up to
+/// [`RNG_MAX_REQUEST`] bytes) from `getrandom`.
+#[derive(Debug, Default)]
+pub struct Rng {
+    counters: Arc<QueueCounters>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Rng {
+    /// A new entropy device.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE]
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let position = activation.queues.iter().position(|q| q.index == 0);
+        let queue = position
+            .map(|i| activation.queues.swap_remove(i))
+            .ok_or(ActivateError::MissingQueue(0))?;
+        let mut scratch = vec![0u8; RNG_MAX_REQUEST];
+        serve_on_notify(
+            &activation,
+            queue,
+            Arc::clone(&self.counters),
+            Arc::clone(&self.generation),
+            move |memory, chain| fill(memory, chain, &mut scratch),
+        )
+    }
+
+    fn reset(&mut self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn counters(&self) -> Vec<Arc<QueueCounters>> {
+        vec![Arc::clone(&self.counters)]
+    }
+}
+
+/// Fills the chain's writable buffers with random bytes, up to the request cap.
+fn fill(memory: &GuestMemory, chain: Result<Chain, ChainError>, scratch: &mut [u8]) -> Served {
+    let failed = Served {
+        written: 0,
+        bytes: 0,
+        failed: true,
+    };
+    let Ok(chain) = chain else { return failed };
+    if !chain.readable.is_empty() || chain.writable.is_empty() {
+        return failed;
+    }
+    let mut written = 0usize;
+    for buffer in &chain.writable {
+        let len = (buffer.len as usize).min(RNG_MAX_REQUEST - written);
+        if len == 0 {
+            break;
+        }
+        let bytes = &mut scratch[..len];
+        if getrandom(bytes).is_err() || memory.write_slice(bytes, buffer.addr).is_err() {
+            return Served {
+                written: written as u32,
+                bytes: written as u64,
+                failed: true,
+            };
+        }
+        written += len;
+    }
+    Served {
+        written: written as u32,
+        bytes: written as u64,
+        failed: false,
+    }
+}
+
+fn getrandom(buffer: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let rest = &mut buffer[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += got as usize;
+    }
+    Ok(())
+}

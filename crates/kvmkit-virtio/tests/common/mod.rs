@@ -1,0 +1,218 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A driver made of register writes, rings laid out by virtio-queue's mock, and an
+//! event loop on its own thread: a hostile guest's side of a virtio-mmio device.
+
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvmkit_devices::{event_fd, BusDevice, EventLoop, Flow, LoopEnd, VmShutdown};
+use kvmkit_virtio::{
+    EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers, VirtioDevice,
+    VirtioInterrupt,
+};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_VERSION_1,
+};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+pub const RAM: u64 = 0x10_0000;
+pub const BASE: u64 = 0xd000_0000;
+pub const RINGS: u64 = 0x8000;
+pub const MOCK_SIZE: u16 = 16;
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub const STATUS: u64 = 0x70;
+pub const QUEUE_SEL: u64 = 0x30;
+pub const QUEUE_NUM_MAX: u64 = 0x34;
+pub const QUEUE_NUM: u64 = 0x38;
+pub const QUEUE_READY: u64 = 0x44;
+pub const QUEUE_NOTIFY: u64 = 0x50;
+pub const INTERRUPT_STATUS: u64 = 0x60;
+pub const INTERRUPT_ACK: u64 = 0x64;
+pub const NEEDS_RESET: u32 = 64;
+
+pub fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+}
+
+/// A device behind a transport, an event loop serving it, and the driver's side.
+pub struct Rig {
+    pub memory: Arc<GuestMemory>,
+    pub transport: Arc<MmioTransport>,
+    pub interrupt: Arc<EventFdVirtioInterrupt>,
+    stop: EventFd,
+    event_loop: Option<JoinHandle<LoopEnd>>,
+}
+
+impl Rig {
+    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        Self::with_shortcut(device, Arc::new(NoShortcut))
+    }
+
+    pub fn with_shortcut(device: Box<dyn VirtioDevice>, shortcut: Arc<dyn QueueNotifiers>) -> Self {
+        let memory =
+            Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        let interrupt = Arc::new(EventFdVirtioInterrupt::new().unwrap());
+        let transport = Arc::new(MmioTransport::new(
+            device,
+            BASE,
+            Arc::clone(&memory),
+            interrupt.clone(),
+            event_loop.handle(),
+            shortcut,
+        ));
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        event_loop.add(event_fd(&stop), || Flow::Stop).unwrap();
+        let event_loop = Some(std::thread::spawn(move || event_loop.run().unwrap()));
+        Rig {
+            memory,
+            transport,
+            interrupt,
+            stop,
+            event_loop,
+        }
+    }
+
+    pub fn write(&self, offset: u64, value: u32) {
+        self.transport.write(offset, &value.to_le_bytes());
+    }
+
+    pub fn read(&self, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        self.transport.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    /// ACKNOWLEDGE, DRIVER, the features, FEATURES_OK; returns the status read back.
+    pub fn negotiate(&self, features: u64) -> u32 {
+        self.write(STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        self.write(STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        for (select, half) in [(0u32, features as u32), (1, (features >> 32) as u32)] {
+            self.write(0x24, select);
+            self.write(0x20, half);
+        }
+        self.write(
+            STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
+        self.read(STATUS)
+    }
+
+    /// Sets queue `index` up with the rings of `mock`.
+    pub fn setup_queue(&self, index: u32, mock: &MockSplitQueue<GuestMemory>, size: u32) {
+        self.write(QUEUE_SEL, index);
+        self.write(QUEUE_NUM, size);
+        for (offset, addr) in [
+            (0x80, mock.desc_table_addr()),
+            (0x90, mock.avail_addr()),
+            (0xa0, mock.used_addr()),
+        ] {
+            self.write(offset, addr.0 as u32);
+            self.write(offset + 4, (addr.0 >> 32) as u32);
+        }
+        self.write(QUEUE_READY, 1);
+    }
+
+    pub fn driver_ok(&self) {
+        self.write(
+            STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+    }
+
+    /// Rings of [`MOCK_SIZE`] entries at [`RINGS`].
+    pub fn mock(&self) -> MockSplitQueue<'_, GuestMemory> {
+        MockSplitQueue::create(&*self.memory, GuestAddress(RINGS), MOCK_SIZE)
+    }
+
+    /// Offers chains whose heads are `heads`, after those offered so far.
+    pub fn offer(&self, mock: &MockSplitQueue<GuestMemory>, heads: &[u16]) {
+        let start = mock.avail().idx().load();
+        for (n, head) in heads.iter().enumerate() {
+            let slot = (start as usize + n) % usize::from(MOCK_SIZE);
+            mock.avail().ring().ref_at(slot).unwrap().store(*head);
+        }
+        mock.avail()
+            .idx()
+            .store(start.wrapping_add(heads.len() as u16));
+    }
+
+    /// Waits for the device's interrupt; false after PATIENCE.
+    pub fn wait_interrupt(&self) -> bool {
+        wait_readable(self.interrupt.event(), PATIENCE) && self.interrupt.event().read().is_ok()
+    }
+
+    /// Used ring entries so far: (head, length).
+    pub fn used(&self, mock: &MockSplitQueue<GuestMemory>) -> Vec<(u32, u32)> {
+        let count = mock.used().idx().load() as usize;
+        (0..count)
+            .map(|n| {
+                let elem = mock
+                    .used()
+                    .ring()
+                    .ref_at(n % usize::from(MOCK_SIZE))
+                    .unwrap()
+                    .load();
+                let bytes: [u8; 8] = vm_memory::ByteValued::as_slice(&elem).try_into().unwrap();
+                (
+                    u32::from_le_bytes(bytes[..4].try_into().unwrap()),
+                    u32::from_le_bytes(bytes[4..].try_into().unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    pub fn read_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        self.memory
+            .read_slice(&mut data, GuestAddress(addr))
+            .unwrap();
+        data
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(event_loop) = self.event_loop.take() {
+            let _ = event_loop.join();
+        }
+    }
+}
+
+pub fn wait_readable(event: &EventFd, timeout: Duration) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: event.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor borrowed for the call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as i32) };
+    ready == 1
+}
+
+pub fn version_1() -> u64 {
+    1 << VIRTIO_F_VERSION_1
+}
+
+pub fn is_set(status: u32, bit: u32) -> bool {
+    status & bit != 0
+}
+
+pub fn interrupt_status(rig: &Rig) -> u32 {
+    rig.interrupt.status()
+}
