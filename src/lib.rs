@@ -9,6 +9,7 @@
 //! | `kvmkit-memory` | [`memory`] | guest memory layouts and backings, no KVM dependency |
 //! | `kvmkit-vcpu` | [`vcpu`] | VM and vCPU control on KVM: memslots, CPU modes, typed exits, vCPU threads |
 //! | `kvmkit-devices` | [`devices`] | PIO/MMIO bus, legacy devices, the I/O event loop, no KVM dependency |
+//! | `kvmkit-virtio` | [`virtio_devices`] | the virtio-mmio transport and virtio devices, no KVM dependency |
 //! | `kvmkit-guest-asm` | `guest_asm` (feature `guest-asm`) | small x86 guest programs from readable assembly |
 //!
 //! This facade adds the composition layer: a [`MachineBuilder`] that puts guest memory,
@@ -39,13 +40,16 @@
 
 mod machine;
 pub mod platform;
+mod virtio;
 
 pub use kvmkit_devices as devices;
 #[cfg(feature = "guest-asm")]
 pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
+pub use kvmkit_virtio as virtio_devices;
 pub use machine::{
     BootedMachine, Error, GuestCode, Machine, MachineBuilder, RawProgram, RunningMachine,
 };
 pub use platform::{Platform, PlatformConfig, PlatformIo, VmOutcome};
+pub use virtio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

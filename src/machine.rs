@@ -211,7 +211,7 @@ impl MachineBuilder {
         }
         let layout = MemoryLayout::x86_64(memory_size)?;
         let ram = GuestRam::new(&layout, &self.memory_config)?;
-        let vm = Vm::new(&hypervisor)?;
+        let vm = Arc::new(Vm::new(&hypervisor)?);
         vm.register_memory(ram.shared_memory())?;
         if self.irqchip {
             vm.create_irqchip()?;
@@ -234,7 +234,7 @@ impl MachineBuilder {
 #[derive(Debug)]
 pub struct Machine {
     hypervisor: Hypervisor,
-    vm: Vm,
+    vm: Arc<Vm>,
     ram: GuestRam,
     vcpus: Vec<Vcpu>,
     pin_vcpus: bool,
@@ -247,7 +247,7 @@ impl Machine {
     }
 
     /// The VM, for ioeventfds, irqfds and more memory.
-    pub fn vm(&self) -> &Vm {
+    pub fn vm(&self) -> &Arc<Vm> {
         &self.vm
     }
 
@@ -368,7 +368,7 @@ impl BootedMachine {
 pub struct RunningMachine {
     // Fields drop in this order, after `Drop::drop` has joined the vCPU threads.
     handles: Vec<VcpuHandle>,
-    vm: Vm,
+    vm: Arc<Vm>,
     ram: GuestRam,
     _hypervisor: Hypervisor,
 }
@@ -383,7 +383,7 @@ impl Drop for RunningMachine {
 
 impl RunningMachine {
     /// The VM.
-    pub fn vm(&self) -> &Vm {
+    pub fn vm(&self) -> &Arc<Vm> {
         &self.vm
     }
 

@@ -19,7 +19,13 @@ use kvmkit_devices::{
 use kvmkit_devices::{LoopEnd, RawTerminal};
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
 
-use crate::{BootedMachine, Error};
+use kvmkit_virtio::{
+    EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers, VirtioDevice,
+    MMIO_WINDOW,
+};
+
+use crate::virtio::{VirtioMmioDevice, VmNotifiers};
+use crate::{BootedMachine, Error, NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
 
 /// The I/O handler of every vCPU: port and MMIO accesses go to the buses; once a
 /// device has asked the VM to end, the vCPU stops instead of re-entering the guest.
@@ -149,11 +155,15 @@ pub struct Platform {
     config: PlatformConfig,
     // Registered with KVM as the irqfd of COM1_IRQ; kept alive with the platform.
     _serial_interrupt: Arc<EventFdInterrupt>,
+    vm: Arc<Vm>,
+    /// Taken by `run_on`, which makes the calling thread the I/O thread.
+    event_loop: Option<EventLoop>,
+    virtio: Vec<VirtioMmioDevice>,
 }
 
 impl Platform {
     /// Creates the devices and connects COM1's interrupt to `vm`'s in-kernel irqchip.
-    pub fn new(vm: &Vm, mut config: PlatformConfig) -> Result<Self, Error> {
+    pub fn new(vm: &Arc<Vm>, mut config: PlatformConfig) -> Result<Self, Error> {
         let exit = Arc::new(VmShutdown::new().map_err(Error::host("cannot create an eventfd"))?);
         let interrupt =
             Arc::new(EventFdInterrupt::new().map_err(Error::host("cannot create an eventfd"))?);
@@ -180,6 +190,8 @@ impl Platform {
             let device = Arc::new(DebugExit::new(exit.clone()));
             pio.insert(u64::from(port), DEBUG_EXIT_PORT_LEN, "debug-exit", device)?;
         }
+        let event_loop =
+            EventLoop::new(exit.clone()).map_err(Error::host("cannot create the event loop"))?;
         Ok(Platform {
             pio,
             mmio: Arc::new(Bus::new(AddressSpace::Mmio)),
@@ -187,6 +199,9 @@ impl Platform {
             serial,
             config,
             _serial_interrupt: interrupt,
+            vm: Arc::clone(vm),
+            event_loop: Some(event_loop),
+            virtio: Vec::new(),
         })
     }
 
@@ -213,6 +228,81 @@ impl Platform {
     /// The vCPUs' I/O handler on this platform's buses.
     pub fn io_handler(&self) -> PlatformIo {
         PlatformIo::new(self.pio.clone(), self.mmio.clone(), self.exit.clone())
+    }
+
+    /// Adds a virtio-mmio device, its queue notifications through KVM ioeventfds.
+    /// See [`add_virtio_mmio_with`](Self::add_virtio_mmio_with).
+    pub fn add_virtio_mmio(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        memory: &Arc<GuestMemory>,
+    ) -> Result<VirtioMmioSlot, Error> {
+        self.add_virtio_mmio_with(device, memory, NotifyPath::Ioeventfd)
+    }
+
+    /// Adds a virtio-mmio device on `memory`: picks the next MMIO window (from
+    /// [`VIRTIO_MMIO_BASE`], [`MMIO_WINDOW`] bytes each) and interrupt line, connects
+    /// the interrupt as a KVM irqfd, and has the device served on this platform's I/O
+    /// thread. Queue notifications take `path`. Returns where the device sits, which
+    /// is what a guest must be told (see [`VirtioMmioSlot::kernel_parameter`]).
+    pub fn add_virtio_mmio_with(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        memory: &Arc<GuestMemory>,
+        path: NotifyPath,
+    ) -> Result<VirtioMmioSlot, Error> {
+        let index = self.virtio.len();
+        let irq = *VIRTIO_IRQS.get(index).ok_or_else(|| {
+            Error::Config(format!(
+                "at most {} virtio-mmio devices: every interrupt line for them is taken",
+                VIRTIO_IRQS.len()
+            ))
+        })?;
+        let events = self
+            .event_loop
+            .as_ref()
+            .ok_or_else(|| Error::Config("the platform is running already".into()))?
+            .handle();
+        let slot = VirtioMmioSlot {
+            base: VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW,
+            size: MMIO_WINDOW,
+            irq,
+            device_type: device.device_type(),
+        };
+        let interrupt = Arc::new(
+            EventFdVirtioInterrupt::new().map_err(Error::host("cannot create an eventfd"))?,
+        );
+        self.vm.register_irqfd(interrupt.event(), irq)?;
+        let shortcut: Arc<dyn QueueNotifiers> = match path {
+            NotifyPath::Ioeventfd => Arc::new(VmNotifiers(Arc::clone(&self.vm))),
+            NotifyPath::MmioExit => Arc::new(NoShortcut),
+        };
+        let transport = Arc::new(MmioTransport::new(
+            device,
+            slot.base,
+            Arc::clone(memory),
+            interrupt.clone(),
+            events,
+            shortcut,
+        ));
+        self.mmio
+            .insert(slot.base, slot.size, "virtio-mmio", transport.clone())?;
+        self.virtio.push(VirtioMmioDevice {
+            slot,
+            transport,
+            _interrupt: interrupt,
+        });
+        Ok(slot)
+    }
+
+    /// The virtio-mmio devices added so far, in order.
+    pub fn virtio_devices(&self) -> Vec<VirtioMmioSlot> {
+        self.virtio.iter().map(|device| device.slot).collect()
+    }
+
+    /// The transport of virtio-mmio device `index`, for its counters.
+    pub fn virtio_transport(&self, index: usize) -> Option<&Arc<MmioTransport>> {
+        self.virtio.get(index).map(|device| &device.transport)
     }
 }
 
@@ -307,8 +397,11 @@ impl BootedMachine {
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(Error::host("cannot create an eventfd"))?,
         );
-        let mut event_loop = EventLoop::new(platform.exit.clone())
-            .map_err(Error::host("cannot create the event loop"))?;
+        let mut platform = platform;
+        let mut event_loop = platform
+            .event_loop
+            .take()
+            .ok_or_else(|| Error::Config("the platform's event loop is gone".into()))?;
         let terminal = if platform.config.stdin_to_serial {
             event_loop
                 .add_serial_input(std::io::stdin(), platform.serial.clone())

@@ -60,38 +60,8 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
         a.jmp(park)?;
         a.set_label(&mut vcpu0)?;
 
-        // IDT entry 0x24 -> handler (64-bit interrupt gate, selector 0x08).
-        a.lea(rdi, ptr(idt))?;
-        a.add(rdi, 0x24 * 16)?;
-        a.lea(rax, ptr(handler))?;
-        a.mov(word_ptr(rdi), ax)?;
-        a.mov(word_ptr(rdi + 2), 0x08u32)?;
-        a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
-        a.shr(rax, 16)?;
-        a.mov(word_ptr(rdi + 6), ax)?;
-        a.shr(rax, 16)?;
-        a.mov(dword_ptr(rdi + 8), eax)?;
-        a.lea(rax, ptr(idt))?;
-        a.lea(rdi, ptr(idtr))?;
-        a.mov(qword_ptr(rdi + 2), rax)?;
-        a.lidt(ptr(rdi))?;
-
-        // 8259 PICs: vectors 0x20 / 0x28, cascade on IRQ 2, only IRQ 4 unmasked.
-        for (port, value) in [
-            (0x20u32, 0x11u32),
-            (0xa0, 0x11),
-            (0x21, 0x20),
-            (0xa1, 0x28),
-            (0x21, 0x04),
-            (0xa1, 0x02),
-            (0x21, 0x01),
-            (0xa1, 0x01),
-            (0x21, 0xef),
-            (0xa1, 0xff),
-        ] {
-            a.mov(al, value)?;
-            a.out(port, al)?;
-        }
+        emit_interrupt_gate(a, &mut idt, &mut idtr, &mut handler, 0x24)?;
+        emit_master_pic(a, 4)?;
         // UART: receive-data interrupt on, OUT2 (the IRQ gate on a PC).
         a.mov(dx, COM1 + 1)?;
         a.mov(al, 0x01u32)?;
@@ -145,6 +115,204 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
         a.set_label(&mut idt)?;
         a.db(&[0u8; 256 * 16])
     })
+}
+
+/// Where [`virtio_rng_probe`] puts its queue and buffer in guest RAM.
+pub mod virtio_layout {
+    /// The descriptor table (16-byte aligned).
+    pub const DESC: u64 = 0x30_0000;
+    /// The available ring.
+    pub const AVAIL: u64 = 0x30_1000;
+    /// The used ring.
+    pub const USED: u64 = 0x30_2000;
+    /// The buffer the device fills.
+    pub const BUFFER: u64 = 0x30_3000;
+    /// Bytes asked for.
+    pub const BUFFER_LEN: u32 = 16;
+    /// The port the results are written to, one 32-bit `out` each: the used length,
+    /// the interrupts taken, then the buffer's first 8 bytes as two words.
+    pub const REPORT_PORT: u32 = 0x510;
+    /// The debug exit code of a run that got its bytes.
+    pub const DONE: u32 = 0x10;
+    /// The debug exit code when the device refused FEATURES_OK.
+    pub const FEATURES_REFUSED: u32 = 0x21;
+}
+
+/// A minimal virtio-rng driver over virtio-mmio, for vCPU 0 of a VM with the in-kernel
+/// irqchip and the device at `mmio_base` on ISA line `irq` (below 8): negotiates
+/// `VIRTIO_F_VERSION_1`, sets up queue 0 with 8 entries in its own memory (see
+/// [`virtio_layout`]), offers one device-writable buffer, notifies, waits for the used
+/// ring and for the device's interrupt (its handler counts interrupts and acknowledges
+/// them in the device; a device that never interrupts leaves the guest waiting),
+/// reports to [`virtio_layout::REPORT_PORT`] and ends through the debug
+/// exit port.
+pub fn virtio_rng_probe(load_addr: u64, mmio_base: u64, irq: u8) -> Result<GuestProgram, Error> {
+    use virtio_layout::*;
+    assert!(irq < 8, "the probe programs the master PIC only");
+    GuestProgram::assemble(Bitness::Long64, load_addr, |a| {
+        let mut idt = a.create_label();
+        let mut idtr = a.create_label();
+        let mut handler = a.create_label();
+        let mut interrupts = a.create_label();
+        let mut refused = a.create_label();
+        let mut wait = a.create_label();
+        let mut done = a.create_label();
+
+        let mut vcpu0 = a.create_label();
+        a.test(rdi, rdi)?;
+        a.jz(vcpu0)?;
+        let mut park = a.create_label();
+        a.cli()?;
+        a.set_label(&mut park)?;
+        a.hlt()?;
+        a.jmp(park)?;
+        a.set_label(&mut vcpu0)?;
+
+        emit_interrupt_gate(a, &mut idt, &mut idtr, &mut handler, 0x20 + u32::from(irq))?;
+        emit_master_pic(a, irq)?;
+
+        // Negotiate VIRTIO_F_VERSION_1 (feature bit 32).
+        a.mov(rbx, mmio_base)?;
+        for status in [1u32, 3] {
+            a.mov(dword_ptr(rbx + 0x70), status)?;
+        }
+        a.mov(dword_ptr(rbx + 0x24), 1u32)?;
+        a.mov(dword_ptr(rbx + 0x20), 1u32)?;
+        a.mov(dword_ptr(rbx + 0x70), 0xbu32)?;
+        a.mov(eax, dword_ptr(rbx + 0x70))?;
+        a.test(eax, 8)?;
+        a.jz(refused)?;
+
+        // Queue 0: 8 entries, rings in our memory.
+        a.mov(dword_ptr(rbx + 0x30), 0u32)?;
+        a.mov(dword_ptr(rbx + 0x38), 8u32)?;
+        for (register, addr) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
+            a.mov(dword_ptr(rbx + register), addr as u32)?;
+            a.mov(dword_ptr(rbx + register + 4), 0u32)?;
+        }
+        a.mov(dword_ptr(rbx + 0x44), 1u32)?;
+
+        // One device-writable buffer, made available, then DRIVER_OK and notify.
+        a.mov(rdi, DESC)?;
+        a.mov(rax, BUFFER)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.mov(dword_ptr(rdi + 8), BUFFER_LEN)?;
+        a.mov(word_ptr(rdi + 12), 2u32)?;
+        a.mov(word_ptr(rdi + 14), 0u32)?;
+        a.mov(rdi, AVAIL)?;
+        a.mov(word_ptr(rdi), 0u32)?;
+        a.mov(word_ptr(rdi + 4), 0u32)?;
+        a.mov(word_ptr(rdi + 2), 1u32)?;
+        a.mov(dword_ptr(rbx + 0x70), 0xfu32)?;
+        a.mov(dword_ptr(rbx + 0x50), 0u32)?;
+
+        // Wait for the used ring and its interrupt (which may come after the ring is
+        // seen filled); `sti; hlt` cannot miss the interrupt.
+        let mut sleep = a.create_label();
+        a.mov(rdi, USED)?;
+        a.set_label(&mut wait)?;
+        a.cli()?;
+        a.cmp(word_ptr(rdi + 2), 1)?;
+        a.jne(sleep)?;
+        a.cmp(dword_ptr(interrupts), 0)?;
+        a.jne(done)?;
+        a.set_label(&mut sleep)?;
+        a.sti()?;
+        a.hlt()?;
+        a.jmp(wait)?;
+
+        a.set_label(&mut done)?;
+        a.mov(dx, REPORT_PORT)?;
+        a.mov(eax, dword_ptr(rdi + 8))?;
+        a.out(dx, eax)?;
+        a.mov(eax, dword_ptr(interrupts))?;
+        a.out(dx, eax)?;
+        a.mov(rsi, BUFFER)?;
+        a.mov(eax, dword_ptr(rsi))?;
+        a.out(dx, eax)?;
+        a.mov(eax, dword_ptr(rsi + 4))?;
+        a.out(dx, eax)?;
+        a.mov(dx, DEBUG_EXIT)?;
+        a.mov(al, DONE)?;
+        a.out(dx, al)?;
+        a.hlt()?;
+
+        a.set_label(&mut refused)?;
+        a.mov(dx, DEBUG_EXIT)?;
+        a.mov(al, FEATURES_REFUSED)?;
+        a.out(dx, al)?;
+        a.hlt()?;
+
+        // The interrupt handler: count, acknowledge in the device, end of interrupt.
+        a.set_label(&mut handler)?;
+        a.push(rax)?;
+        a.push(rcx)?;
+        a.add(dword_ptr(interrupts), 1)?;
+        a.mov(rax, mmio_base)?;
+        a.mov(ecx, dword_ptr(rax + 0x60))?;
+        a.mov(dword_ptr(rax + 0x64), ecx)?;
+        a.mov(al, 0x20u32)?;
+        a.out(0x20u32, al)?;
+        a.pop(rcx)?;
+        a.pop(rax)?;
+        a.iretq()?;
+
+        a.set_label(&mut interrupts)?;
+        a.dd(&[0])?;
+        a.set_label(&mut idtr)?;
+        a.dw(&[256 * 16 - 1])?;
+        a.dq(&[0])?;
+        a.set_label(&mut idt)?;
+        a.db(&[0u8; 256 * 16])
+    })
+}
+
+/// Emits: IDT entry `vector` -> `handler` (a 64-bit interrupt gate, selector 0x08) in
+/// the 256-entry table at `idt`, and `lidt` of the descriptor at `idtr`. Clobbers RAX
+/// and RDI.
+fn emit_interrupt_gate(
+    a: &mut CodeAssembler,
+    idt: &mut CodeLabel,
+    idtr: &mut CodeLabel,
+    handler: &mut CodeLabel,
+    vector: u32,
+) -> Result<(), IcedError> {
+    a.lea(rdi, ptr(*idt))?;
+    a.add(rdi, (vector * 16) as i32)?;
+    a.lea(rax, ptr(*handler))?;
+    a.mov(word_ptr(rdi), ax)?;
+    a.mov(word_ptr(rdi + 2), 0x08u32)?;
+    a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
+    a.shr(rax, 16)?;
+    a.mov(word_ptr(rdi + 6), ax)?;
+    a.shr(rax, 16)?;
+    a.mov(dword_ptr(rdi + 8), eax)?;
+    a.lea(rax, ptr(*idt))?;
+    a.lea(rdi, ptr(*idtr))?;
+    a.mov(qword_ptr(rdi + 2), rax)?;
+    a.lidt(ptr(rdi))
+}
+
+/// Emits: the 8259 PICs at vectors 0x20 and 0x28, the cascade on IRQ 2, and only
+/// master line `irq` unmasked. Clobbers AL.
+fn emit_master_pic(a: &mut CodeAssembler, irq: u8) -> Result<(), IcedError> {
+    let mask = 0xffu32 & !(1u32 << irq);
+    for (port, value) in [
+        (0x20u32, 0x11u32),
+        (0xa0, 0x11),
+        (0x21, 0x20),
+        (0xa1, 0x28),
+        (0x21, 0x04),
+        (0xa1, 0x02),
+        (0x21, 0x01),
+        (0xa1, 0x01),
+        (0x21, mask),
+        (0xa1, 0xff),
+    ] {
+        a.mov(al, value)?;
+        a.out(port, al)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ const VENDOR: u32 = 0x4b4d_564b;
 pub struct TransportCounters {
     refused_writes: AtomicU64,
     bad_notifies: AtomicU64,
+    notifies: AtomicU64,
 }
 
 impl TransportCounters {
@@ -74,6 +75,12 @@ impl TransportCounters {
     /// Notifications of a queue that does not exist or is not live.
     pub fn bad_notifies(&self) -> u64 {
         self.bad_notifies.load(Ordering::Relaxed)
+    }
+
+    /// Notifications of a live queue that reached the transport as register writes
+    /// (none do when the hypervisor's shortcut, an ioeventfd, takes them).
+    pub fn notifies(&self) -> u64 {
+        self.notifies.load(Ordering::Relaxed)
     }
 }
 
@@ -424,6 +431,7 @@ impl MmioTransport {
         let live = state.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.fault.is_set();
         match state.notifiers.get(queue as usize) {
             Some(Some(notifier)) if live => {
+                self.counters.notifies.fetch_add(1, Ordering::Relaxed);
                 let _ = notifier.write(1);
             }
             _ => {
