@@ -16,11 +16,12 @@
 //!   machine enforced.
 //! - [`queue`]: descriptor chains checked (loops, bounds, directions) before any device
 //!   sees them, and queues served with notification suppression in both directions.
-//! - Devices: [`Rng`].
+//! - Devices: [`Block`], [`Rng`].
 //!
 //! Whatever the driver writes, the device answers with an error, a dropped request or
 //! `DEVICE_NEEDS_RESET`, counts it, and the VMM goes on serving everything else.
 
+mod block;
 mod device;
 mod interrupt;
 mod mmio;
@@ -28,6 +29,7 @@ mod notify;
 pub mod queue;
 mod rng;
 
+pub use block::{Block, BlockError, SECTOR_SIZE};
 pub use device::{
     ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters, VirtioDevice,
 };

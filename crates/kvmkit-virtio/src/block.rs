@@ -1,0 +1,549 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-blk on a raw image file or block device.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::queue::{serve_on_notify, Buffer, Chain, ChainError, Served};
+use crate::{ActivateError, Activation, GuestMemory, QueueCounters, VirtioDevice};
+
+/// Bytes in a sector, as virtio-blk counts.
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+/// Bytes moved between the file and guest memory per system call.
+const CHUNK: usize = 128 << 10;
+/// The most segments one discard or write-zeroes request may carry.
+const MAX_RANGES: u32 = 32;
+/// The request header: type, reserved, sector.
+const HEADER_LEN: usize = 16;
+/// One discard or write-zeroes range: sector, sectors, flags.
+const RANGE_LEN: usize = 16;
+/// Write-zeroes flag: the device may unmap (punch a hole).
+const WRITE_ZEROES_UNMAP: u32 = 1;
+
+/// What can go wrong while opening a disk.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockError {
+    /// The image cannot be opened.
+    #[error("cannot open the disk image {path}")]
+    Open {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image's size cannot be read.
+    #[error("cannot read the size of the disk image {path}")]
+    Size {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A virtio block device: read, write, flush (`fdatasync`), get-id, discard and
+/// write-zeroes (`fallocate`), on one queue, every sector range checked against the
+/// capacity. A read-only disk advertises `VIRTIO_BLK_F_RO` and fails writes with
+/// `IOERR`.
+#[derive(Debug)]
+pub struct Block {
+    file: Arc<File>,
+    capacity: u64,
+    readonly: bool,
+    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    config: Vec<u8>,
+    counters: Arc<QueueCounters>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Block {
+    /// Opens the raw image or block device at `path`, read-only or read-write.
+    pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
+        let name = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: name.clone(),
+                source,
+            })?;
+        let size = disk_size(&file).map_err(|source| BlockError::Size {
+            path: name.clone(),
+            source,
+        })?;
+        Ok(Self::with_file(file, size, readonly, name.as_bytes()))
+    }
+
+    /// A disk on `file` of `size` bytes (whole sectors count), with `id` (its first
+    /// 20 bytes) as its serial.
+    pub fn with_file(file: File, size: u64, readonly: bool, id: &[u8]) -> Self {
+        let capacity = size / SECTOR_SIZE;
+        let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+        let len = id.len().min(serial.len());
+        serial[..len].copy_from_slice(&id[id.len() - len..]);
+        Block {
+            file: Arc::new(file),
+            capacity,
+            readonly,
+            id: serial,
+            config: config_space(capacity),
+            counters: Arc::default(),
+            generation: Arc::default(),
+        }
+    }
+
+    /// The capacity in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+fn disk_size(file: &File) -> io::Result<u64> {
+    use std::io::Seek;
+    // A block device's metadata length is 0; seeking to the end works for both.
+    let mut file = file;
+    file.seek(io::SeekFrom::End(0))
+}
+
+/// virtio_blk_config: capacity, seg_max, blk_size, and the discard and write-zeroes
+/// limits, little-endian at their offsets.
+fn config_space(capacity: u64) -> Vec<u8> {
+    let mut config = vec![0u8; 60];
+    let mut put =
+        |offset: usize, bytes: &[u8]| config[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(0, &capacity.to_le_bytes());
+    put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+    put(36, &u32::MAX.to_le_bytes()); // max_discard_sectors
+    put(40, &MAX_RANGES.to_le_bytes()); // max_discard_seg
+    put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+    put(48, &u32::MAX.to_le_bytes()); // max_write_zeroes_sectors
+    put(52, &MAX_RANGES.to_le_bytes()); // max_write_zeroes_seg
+    put(56, &[1]); // write_zeroes_may_unmap
+    config
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let mut features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if self.readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        features
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start < self.config.len() {
+            let len = data.len().min(self.config.len() - start);
+            data[..len].copy_from_slice(&self.config[start..start + len]);
+        }
+    }
+
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let position = activation.queues.iter().position(|q| q.index == 0);
+        let queue = position
+            .map(|i| activation.queues.swap_remove(i))
+            .ok_or(ActivateError::MissingQueue(0))?;
+        let mut disk = Disk {
+            file: Arc::clone(&self.file),
+            capacity: self.capacity,
+            readonly: self.readonly,
+            id: self.id,
+            scratch: vec![0u8; CHUNK],
+        };
+        serve_on_notify(
+            &activation,
+            queue,
+            Arc::clone(&self.counters),
+            Arc::clone(&self.generation),
+            move |memory, chain| disk.serve(memory, chain),
+        )
+    }
+
+    fn reset(&mut self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn counters(&self) -> Vec<Arc<QueueCounters>> {
+        vec![Arc::clone(&self.counters)]
+    }
+}
+
+/// The disk as the I/O thread serves it.
+struct Disk {
+    file: Arc<File>,
+    capacity: u64,
+    readonly: bool,
+    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    scratch: Vec<u8>,
+}
+
+/// A request's failure, with the status the driver gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    IoError,
+    Unsupported,
+}
+
+impl Failure {
+    fn status(self) -> u8 {
+        match self {
+            Failure::IoError => VIRTIO_BLK_S_IOERR as u8,
+            Failure::Unsupported => VIRTIO_BLK_S_UNSUPP as u8,
+        }
+    }
+}
+
+impl Disk {
+    fn serve(&mut self, memory: &GuestMemory, chain: Result<Chain, ChainError>) -> Served {
+        let dropped = Served {
+            written: 0,
+            bytes: 0,
+            failed: true,
+        };
+        let Ok(chain) = chain else { return dropped };
+        // The status byte is the last byte of the last device-writable buffer; without
+        // one the request cannot even be answered.
+        let Some(status) = status_byte(&chain.writable) else {
+            return dropped;
+        };
+        let data_in = Segments::new(&chain.writable, status.len_before);
+        let mut readable = Segments::new(&chain.readable, total(&chain.readable));
+        let result = read_header(memory, &mut readable)
+            .and_then(|(kind, sector)| self.execute(memory, kind, sector, readable, data_in));
+        let (status_value, written, bytes, failed) = match result {
+            Ok(done) => (VIRTIO_BLK_S_OK as u8, done.written, done.bytes, false),
+            Err(failure) => (failure.status(), 0, 0, true),
+        };
+        if memory.write_obj(status_value, status.addr).is_err() {
+            return dropped;
+        }
+        Served {
+            written: (written + 1) as u32,
+            bytes,
+            failed,
+        }
+    }
+
+    fn execute(
+        &mut self,
+        memory: &GuestMemory,
+        kind: u32,
+        sector: u64,
+        data_out: Segments,
+        data_in: Segments,
+    ) -> Result<Done, Failure> {
+        match kind {
+            // Data the wrong way round (device-readable buffers to read into, or
+            // device-writable ones to write from) is refused, as is no data at all.
+            VIRTIO_BLK_T_IN if data_out.len != 0 || data_in.len == 0 => Err(Failure::IoError),
+            VIRTIO_BLK_T_OUT if data_in.len != 0 || data_out.len == 0 => Err(Failure::IoError),
+            VIRTIO_BLK_T_IN => self.read(memory, sector, data_in),
+            VIRTIO_BLK_T_OUT => self.write(memory, sector, data_out),
+            VIRTIO_BLK_T_FLUSH => {
+                self.file.sync_data().map_err(|_| Failure::IoError)?;
+                Ok(Done::default())
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let len = (data_in.len as usize).min(self.id.len());
+                let id = self.id;
+                data_in.write(memory, &id[..len])?;
+                Ok(Done {
+                    written: len as u64,
+                    bytes: 0,
+                })
+            }
+            VIRTIO_BLK_T_DISCARD => self.ranges(memory, data_out, false),
+            VIRTIO_BLK_T_WRITE_ZEROES => self.ranges(memory, data_out, true),
+            _ => Err(Failure::Unsupported),
+        }
+    }
+
+    /// The byte offset of `sectors` sectors from `sector`, checked against the disk.
+    fn range(&self, sector: u64, bytes: u64) -> Result<u64, Failure> {
+        if bytes % SECTOR_SIZE != 0 {
+            return Err(Failure::IoError);
+        }
+        let end = sector
+            .checked_add(bytes / SECTOR_SIZE)
+            .ok_or(Failure::IoError)?;
+        if end > self.capacity {
+            return Err(Failure::IoError);
+        }
+        Ok(sector * SECTOR_SIZE)
+    }
+
+    fn read(&mut self, memory: &GuestMemory, sector: u64, into: Segments) -> Result<Done, Failure> {
+        let mut offset = self.range(sector, into.len)?;
+        let mut done = 0u64;
+        for (addr, len) in into.chunks(CHUNK) {
+            let chunk = &mut self.scratch[..len];
+            self.file
+                .read_exact_at(chunk, offset)
+                .map_err(|_| Failure::IoError)?;
+            memory
+                .write_slice(chunk, addr)
+                .map_err(|_| Failure::IoError)?;
+            offset += len as u64;
+            done += len as u64;
+        }
+        Ok(Done {
+            written: done,
+            bytes: done,
+        })
+    }
+
+    fn write(
+        &mut self,
+        memory: &GuestMemory,
+        sector: u64,
+        from: Segments,
+    ) -> Result<Done, Failure> {
+        if self.readonly {
+            return Err(Failure::IoError);
+        }
+        let mut offset = self.range(sector, from.len)?;
+        let mut done = 0u64;
+        for (addr, len) in from.chunks(CHUNK) {
+            let chunk = &mut self.scratch[..len];
+            memory
+                .read_slice(chunk, addr)
+                .map_err(|_| Failure::IoError)?;
+            self.file
+                .write_all_at(chunk, offset)
+                .map_err(|_| Failure::IoError)?;
+            offset += len as u64;
+            done += len as u64;
+        }
+        Ok(Done {
+            written: 0,
+            bytes: done,
+        })
+    }
+
+    /// Discard (punch holes) or write zeroes over each range the request lists.
+    fn ranges(
+        &mut self,
+        memory: &GuestMemory,
+        from: Segments,
+        zeroes: bool,
+    ) -> Result<Done, Failure> {
+        if self.readonly {
+            return Err(Failure::IoError);
+        }
+        if from.len == 0
+            || from.len % RANGE_LEN as u64 != 0
+            || from.len / RANGE_LEN as u64 > u64::from(MAX_RANGES)
+        {
+            return Err(Failure::IoError);
+        }
+        let mut bytes = vec![0u8; from.len as usize];
+        from.read(memory, &mut bytes)?;
+        let mut done = 0u64;
+        for range in bytes.chunks_exact(RANGE_LEN) {
+            let sector = u64::from_le_bytes(range[..8].try_into().expect("8 bytes"));
+            let sectors = u32::from_le_bytes(range[8..12].try_into().expect("4 bytes"));
+            let flags = u32::from_le_bytes(range[12..16].try_into().expect("4 bytes"));
+            let len = u64::from(sectors) * SECTOR_SIZE;
+            let offset = self.range(sector, len)?;
+            let unmap = !zeroes || flags & WRITE_ZEROES_UNMAP != 0;
+            self.deallocate(offset, len, unmap)?;
+            done += len;
+        }
+        Ok(Done {
+            written: 0,
+            bytes: done,
+        })
+    }
+
+    fn deallocate(&self, offset: u64, len: u64, punch: bool) -> Result<(), Failure> {
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        let modes = if punch {
+            [
+                keep | libc::FALLOC_FL_PUNCH_HOLE,
+                keep | libc::FALLOC_FL_PUNCH_HOLE,
+            ]
+        } else {
+            [
+                keep | libc::FALLOC_FL_ZERO_RANGE,
+                keep | libc::FALLOC_FL_PUNCH_HOLE,
+            ]
+        };
+        for mode in modes {
+            // SAFETY: fallocate on a descriptor this device owns; it changes the file,
+            // never this process's memory.
+            let ret = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    mode,
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if ret == 0 {
+                return Ok(());
+            }
+        }
+        Err(Failure::IoError)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Done {
+    /// Bytes written into device-writable buffers, status byte not included.
+    written: u64,
+    /// Bytes moved between guest memory and the disk.
+    bytes: u64,
+}
+
+/// Where the status byte goes, and the writable bytes before it.
+struct StatusByte {
+    addr: GuestAddress,
+    len_before: u64,
+}
+
+fn status_byte(writable: &[Buffer]) -> Option<StatusByte> {
+    let last = writable.iter().rev().find(|b| b.len > 0)?;
+    Some(StatusByte {
+        addr: GuestAddress(last.addr.0 + u64::from(last.len) - 1),
+        len_before: total(writable) - 1,
+    })
+}
+
+fn total(buffers: &[Buffer]) -> u64 {
+    buffers.iter().map(|b| u64::from(b.len)).sum()
+}
+
+/// The first `len` bytes of a list of buffers, from a byte offset into them.
+#[derive(Debug, Clone)]
+struct Segments<'a> {
+    buffers: &'a [Buffer],
+    skip: u64,
+    len: u64,
+}
+
+impl<'a> Segments<'a> {
+    fn new(buffers: &'a [Buffer], len: u64) -> Self {
+        Segments {
+            buffers,
+            skip: 0,
+            len,
+        }
+    }
+
+    /// Drops the first `n` bytes.
+    fn advance(&mut self, n: u64) {
+        self.skip += n;
+        self.len -= n;
+    }
+
+    /// (address, length) pieces of at most `max` bytes, in order.
+    fn chunks(&self, max: usize) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
+        let mut skip = self.skip;
+        let mut left = self.len;
+        self.buffers.iter().flat_map(move |buffer| {
+            let len = u64::from(buffer.len);
+            let start = skip.min(len);
+            skip -= start;
+            let take = (len - start).min(left);
+            left -= take;
+            let base = buffer.addr.0 + start;
+            (0..take.div_ceil(max as u64)).map(move |n| {
+                let offset = n * max as u64;
+                (
+                    GuestAddress(base + offset),
+                    (take - offset).min(max as u64) as usize,
+                )
+            })
+        })
+    }
+
+    fn read(&self, memory: &GuestMemory, into: &mut [u8]) -> Result<(), Failure> {
+        let mut at = 0;
+        for (addr, len) in self.chunks(usize::MAX) {
+            let len = len.min(into.len() - at);
+            memory
+                .read_slice(&mut into[at..at + len], addr)
+                .map_err(|_| Failure::IoError)?;
+            at += len;
+        }
+        if at == into.len() {
+            Ok(())
+        } else {
+            Err(Failure::IoError)
+        }
+    }
+
+    fn write(&self, memory: &GuestMemory, from: &[u8]) -> Result<(), Failure> {
+        let mut at = 0;
+        for (addr, len) in self.chunks(usize::MAX) {
+            let len = len.min(from.len() - at);
+            if len == 0 {
+                break;
+            }
+            memory
+                .write_slice(&from[at..at + len], addr)
+                .map_err(|_| Failure::IoError)?;
+            at += len;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the 16-byte header from the start of the readable bytes and moves past it.
+fn read_header(memory: &GuestMemory, readable: &mut Segments) -> Result<(u32, u64), Failure> {
+    if readable.len < HEADER_LEN as u64 {
+        return Err(Failure::IoError);
+    }
+    let header = Segments {
+        len: HEADER_LEN as u64,
+        ..readable.clone()
+    };
+    let mut bytes = [0u8; HEADER_LEN];
+    header.read(memory, &mut bytes)?;
+    readable.advance(HEADER_LEN as u64);
+    let kind = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    let sector = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+    Ok((kind, sector))
+}
