@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvmkit::devices::{BusDevice, SerialOutput, ShutdownReason};
-use kvmkit::guest_asm::programs::{self, virtio_layout};
-use kvmkit::virtio_devices::Rng;
+use kvmkit::guest_asm::programs::{self, virtio_layout, VirtioBuffer};
+use kvmkit::virtio_devices::{Block, GuestMemory, Rng, VirtioDevice};
 use kvmkit::{MachineBuilder, NotifyPath, Platform, PlatformConfig, VmOutcome, VIRTIO_MMIO_BASE};
+use vm_memory::{Bytes, GuestAddress};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -32,10 +33,16 @@ impl BusDevice for Report {
     }
 }
 
-/// Runs the rng probe guest against a virtio-rng device notified through `path`;
-/// returns the outcome, the reported values and the notifications that reached the
+/// Runs `requests` through the virtio driver guest against `device`, notified through
+/// `path`; returns the outcome, the reported values (each used length, then the
+/// interrupt count), the guest memory, and the notifications that reached the
 /// transport as MMIO writes.
-fn run_rng_probe(path: NotifyPath) -> (VmOutcome, Vec<u32>, u64) {
+fn drive(
+    device: Box<dyn VirtioDevice>,
+    path: NotifyPath,
+    prepare: impl FnOnce(&GuestMemory),
+    requests: &[Vec<VirtioBuffer>],
+) -> (VmOutcome, Vec<u32>, Arc<GuestMemory>, u64) {
     let machine = MachineBuilder::new()
         .memory_mib(16)
         .irqchip(true)
@@ -45,8 +52,9 @@ fn run_rng_probe(path: NotifyPath) -> (VmOutcome, Vec<u32>, u64) {
         .with_serial_output(SerialOutput::Sink)
         .with_debug_exit_port(Some(0xf4));
     let mut platform = Platform::new(machine.vm(), config).unwrap();
+    let memory = Arc::clone(machine.ram().shared_memory());
     let slot = platform
-        .add_virtio_mmio_with(Box::new(Rng::new()), machine.ram().shared_memory(), path)
+        .add_virtio_mmio_with(device, &memory, path)
         .unwrap();
     let report = Arc::new(Report::default());
     platform
@@ -59,14 +67,15 @@ fn run_rng_probe(path: NotifyPath) -> (VmOutcome, Vec<u32>, u64) {
         )
         .unwrap();
     let transport = platform.virtio_transport(0).unwrap().clone();
-    let guest = programs::virtio_rng_probe(0x10_0000, slot.base, slot.irq as u8).unwrap();
+    prepare(&memory);
+    let guest = programs::virtio_driver(0x10_0000, slot.base, slot.irq as u8, requests).unwrap();
     let watchdog = watchdog(&platform);
 
     let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
     drop(watchdog);
 
     let values = report.0.lock().unwrap().clone();
-    (outcome, values, transport.counters().notifies())
+    (outcome, values, memory, transport.counters().notifies())
 }
 
 /// Ends the VM with SIGALRM's outcome if it runs past PATIENCE; dropping the sender
@@ -82,28 +91,44 @@ fn watchdog(platform: &Platform) -> std::sync::mpsc::Sender<()> {
     disarm
 }
 
-fn check_rng_probe(outcome: VmOutcome, values: &[u32]) {
+fn buffer(addr: u64, len: u32, writable: bool) -> VirtioBuffer {
+    VirtioBuffer {
+        addr,
+        len,
+        writable,
+    }
+}
+
+const RNG_BUFFER: u64 = 0x40_0000;
+
+fn rng_request() -> Vec<Vec<VirtioBuffer>> {
+    vec![vec![buffer(RNG_BUFFER, 16, true)]]
+}
+
+fn check_rng(outcome: VmOutcome, values: &[u32], memory: &GuestMemory) {
     assert_eq!(
         outcome,
         VmOutcome::DebugExit(virtio_layout::DONE),
         "{values:x?}"
     );
-    let [used_len, interrupts, low, high] = values else {
-        panic!("the guest reported {values:x?}");
-    };
-    assert_eq!(*used_len, virtio_layout::BUFFER_LEN);
-    assert!(
-        *interrupts >= 1,
-        "the used-buffer interrupt never reached the guest"
-    );
-    assert_ne!((*low, *high), (0, 0), "the buffer was not filled");
+    assert_eq!(values, [16, 1], "used length, interrupts");
+    let mut bytes = [0u8; 16];
+    memory
+        .read_slice(&mut bytes, GuestAddress(RNG_BUFFER))
+        .unwrap();
+    assert_ne!(bytes, [0u8; 16], "the buffer was not filled");
 }
 
 #[test]
 fn a_guest_driver_gets_random_bytes_with_notifications_through_an_ioeventfd() {
-    let (outcome, values, mmio_notifies) = run_rng_probe(NotifyPath::Ioeventfd);
+    let (outcome, values, memory, mmio_notifies) = drive(
+        Box::new(Rng::new()),
+        NotifyPath::Ioeventfd,
+        |_| {},
+        &rng_request(),
+    );
 
-    check_rng_probe(outcome, &values);
+    check_rng(outcome, &values, &memory);
     assert_eq!(
         mmio_notifies, 0,
         "the ioeventfd should have taken the notification"
@@ -112,10 +137,90 @@ fn a_guest_driver_gets_random_bytes_with_notifications_through_an_ioeventfd() {
 
 #[test]
 fn a_guest_driver_gets_random_bytes_with_notifications_through_mmio_exits() {
-    let (outcome, values, mmio_notifies) = run_rng_probe(NotifyPath::MmioExit);
+    let (outcome, values, memory, mmio_notifies) = drive(
+        Box::new(Rng::new()),
+        NotifyPath::MmioExit,
+        |_| {},
+        &rng_request(),
+    );
 
-    check_rng_probe(outcome, &values);
+    check_rng(outcome, &values, &memory);
     assert_eq!(mmio_notifies, 1);
+}
+
+const HEADERS: u64 = 0x41_0000;
+const STATUS: u64 = 0x41_1000;
+const WRITTEN: u64 = 0x42_0000;
+const READ: u64 = 0x43_0000;
+
+fn blk_header(memory: &GuestMemory, at: u64, kind: u32, sector: u64) {
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&kind.to_le_bytes());
+    bytes[8..].copy_from_slice(&sector.to_le_bytes());
+    memory.write_slice(&bytes, GuestAddress(at)).unwrap();
+}
+
+#[test]
+fn a_guest_driver_writes_reads_and_flushes_sectors_of_an_image_file() {
+    let path = std::env::temp_dir().join(format!("kvmkit-guest-blk-{}", std::process::id()));
+    let image: Vec<u8> = (0..16u8).flat_map(|n| [n + 1; 512]).collect();
+    std::fs::write(&path, &image).unwrap();
+    let disk = Block::open(&path, false).unwrap();
+    // Write sector 1, read sector 3, flush.
+    let requests = vec![
+        vec![
+            buffer(HEADERS, 16, false),
+            buffer(WRITTEN, 512, false),
+            buffer(STATUS, 1, true),
+        ],
+        vec![
+            buffer(HEADERS + 16, 16, false),
+            buffer(READ, 512, true),
+            buffer(STATUS + 1, 1, true),
+        ],
+        vec![buffer(HEADERS + 32, 16, false), buffer(STATUS + 2, 1, true)],
+    ];
+
+    let (outcome, values, memory, _) = drive(
+        Box::new(disk),
+        NotifyPath::Ioeventfd,
+        |memory| {
+            blk_header(memory, HEADERS, 1, 1);
+            blk_header(memory, HEADERS + 16, 0, 3);
+            blk_header(memory, HEADERS + 32, 4, 0);
+            memory
+                .write_slice(&[0x5a; 512], GuestAddress(WRITTEN))
+                .unwrap();
+            memory
+                .write_slice(&[0xee; 3], GuestAddress(STATUS))
+                .unwrap();
+        },
+        &requests,
+    );
+
+    assert_eq!(
+        outcome,
+        VmOutcome::DebugExit(virtio_layout::DONE),
+        "{values:x?}"
+    );
+    assert_eq!(values, [1, 513, 1, 3], "used lengths, interrupts");
+    let mut status = [0u8; 3];
+    memory
+        .read_slice(&mut status, GuestAddress(STATUS))
+        .unwrap();
+    assert_eq!(status, [0, 0, 0], "VIRTIO_BLK_S_OK for each request");
+    let mut read = vec![0u8; 512];
+    memory.read_slice(&mut read, GuestAddress(READ)).unwrap();
+    assert_eq!(read, vec![4u8; 512], "sector 3 as the image has it");
+    let after = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        after[512..1024],
+        [0x5a; 512],
+        "sector 1 as the guest wrote it"
+    );
+    assert_eq!(after[..512], image[..512]);
+    assert_eq!(after[1024..], image[1024..]);
 }
 
 #[test]

@@ -117,7 +117,7 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
     })
 }
 
-/// Where [`virtio_rng_probe`] puts its queue and buffer in guest RAM.
+/// Where [`virtio_driver`] puts its queue in guest RAM, and how it reports.
 pub mod virtio_layout {
     /// The descriptor table (16-byte aligned).
     pub const DESC: u64 = 0x30_0000;
@@ -125,38 +125,56 @@ pub mod virtio_layout {
     pub const AVAIL: u64 = 0x30_1000;
     /// The used ring.
     pub const USED: u64 = 0x30_2000;
-    /// The buffer the device fills.
-    pub const BUFFER: u64 = 0x30_3000;
-    /// Bytes asked for.
-    pub const BUFFER_LEN: u32 = 16;
-    /// The port the results are written to, one 32-bit `out` each: the used length,
-    /// the interrupts taken, then the buffer's first 8 bytes as two words.
+    /// Entries in the queue: the longest chain a request may have.
+    pub const QUEUE_SIZE: u32 = 8;
+    /// The port the results are written to, one 32-bit `out` each: the used length of
+    /// each request in order, then the interrupts taken.
     pub const REPORT_PORT: u32 = 0x510;
-    /// The debug exit code of a run that got its bytes.
+    /// The debug exit code of a run whose requests all completed.
     pub const DONE: u32 = 0x10;
     /// The debug exit code when the device refused FEATURES_OK.
     pub const FEATURES_REFUSED: u32 = 0x21;
 }
 
-/// A minimal virtio-rng driver over virtio-mmio, for vCPU 0 of a VM with the in-kernel
-/// irqchip and the device at `mmio_base` on ISA line `irq` (below 8): negotiates
-/// `VIRTIO_F_VERSION_1`, sets up queue 0 with 8 entries in its own memory (see
-/// [`virtio_layout`]), offers one device-writable buffer, notifies, waits for the used
-/// ring and for the device's interrupt (its handler counts interrupts and acknowledges
-/// them in the device; a device that never interrupts leaves the guest waiting),
-/// reports to [`virtio_layout::REPORT_PORT`] and ends through the debug
-/// exit port.
-pub fn virtio_rng_probe(load_addr: u64, mmio_base: u64, irq: u8) -> Result<GuestProgram, Error> {
+/// One buffer of a request a [`virtio_driver`] makes: its guest-physical address,
+/// length, and whether the device writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioBuffer {
+    /// Guest-physical address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable (else device-readable).
+    pub writable: bool,
+}
+
+/// A minimal virtio driver over virtio-mmio, for vCPU 0 of a VM with the in-kernel
+/// irqchip and a device at `mmio_base` on ISA line `irq` (below 8). It negotiates
+/// `VIRTIO_F_VERSION_1`, sets up queue 0 with [`virtio_layout::QUEUE_SIZE`] entries in
+/// its own memory, then for each request in turn builds its descriptor chain from
+/// `requests`, makes it available, notifies, and waits (with `sti; hlt`) until the
+/// used ring has it and the device's interrupt came (the handler counts interrupts and
+/// acknowledges them in the device). Then it reports each used length and the
+/// interrupt count to [`virtio_layout::REPORT_PORT`] and ends through the debug exit
+/// port. What the buffers hold (a request header, data to write) is whatever is in
+/// guest memory there.
+pub fn virtio_driver(
+    load_addr: u64,
+    mmio_base: u64,
+    irq: u8,
+    requests: &[Vec<VirtioBuffer>],
+) -> Result<GuestProgram, Error> {
     use virtio_layout::*;
-    assert!(irq < 8, "the probe programs the master PIC only");
+    assert!(irq < 8, "the driver programs the master PIC only");
+    assert!(requests
+        .iter()
+        .all(|r| !r.is_empty() && r.len() <= QUEUE_SIZE as usize));
     GuestProgram::assemble(Bitness::Long64, load_addr, |a| {
         let mut idt = a.create_label();
         let mut idtr = a.create_label();
         let mut handler = a.create_label();
         let mut interrupts = a.create_label();
         let mut refused = a.create_label();
-        let mut wait = a.create_label();
-        let mut done = a.create_label();
 
         let mut vcpu0 = a.create_label();
         a.test(rdi, rdi)?;
@@ -183,54 +201,30 @@ pub fn virtio_rng_probe(load_addr: u64, mmio_base: u64, irq: u8) -> Result<Guest
         a.test(eax, 8)?;
         a.jz(refused)?;
 
-        // Queue 0: 8 entries, rings in our memory.
+        // Queue 0 in our memory, then DRIVER_OK.
         a.mov(dword_ptr(rbx + 0x30), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x38), 8u32)?;
+        a.mov(dword_ptr(rbx + 0x38), QUEUE_SIZE)?;
         for (register, addr) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
             a.mov(dword_ptr(rbx + register), addr as u32)?;
             a.mov(dword_ptr(rbx + register + 4), 0u32)?;
         }
         a.mov(dword_ptr(rbx + 0x44), 1u32)?;
-
-        // One device-writable buffer, made available, then DRIVER_OK and notify.
-        a.mov(rdi, DESC)?;
-        a.mov(rax, BUFFER)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.mov(dword_ptr(rdi + 8), BUFFER_LEN)?;
-        a.mov(word_ptr(rdi + 12), 2u32)?;
-        a.mov(word_ptr(rdi + 14), 0u32)?;
         a.mov(rdi, AVAIL)?;
-        a.mov(word_ptr(rdi), 0u32)?;
-        a.mov(word_ptr(rdi + 4), 0u32)?;
-        a.mov(word_ptr(rdi + 2), 1u32)?;
+        a.mov(dword_ptr(rdi), 0u32)?;
         a.mov(dword_ptr(rbx + 0x70), 0xfu32)?;
-        a.mov(dword_ptr(rbx + 0x50), 0u32)?;
 
-        // Wait for the used ring and its interrupt (which may come after the ring is
-        // seen filled); `sti; hlt` cannot miss the interrupt.
-        let mut sleep = a.create_label();
-        a.mov(rdi, USED)?;
-        a.set_label(&mut wait)?;
-        a.cli()?;
-        a.cmp(word_ptr(rdi + 2), 1)?;
-        a.jne(sleep)?;
-        a.cmp(dword_ptr(interrupts), 0)?;
-        a.jne(done)?;
-        a.set_label(&mut sleep)?;
-        a.sti()?;
-        a.hlt()?;
-        a.jmp(wait)?;
+        for (n, request) in requests.iter().enumerate() {
+            emit_request(a, request, n as u32 + 1, &mut interrupts)?;
+        }
 
-        a.set_label(&mut done)?;
         a.mov(dx, REPORT_PORT)?;
-        a.mov(eax, dword_ptr(rdi + 8))?;
-        a.out(dx, eax)?;
+        a.mov(rdi, USED)?;
+        for n in 0..requests.len() {
+            let slot = (n as u32 % QUEUE_SIZE) as i32;
+            a.mov(eax, dword_ptr(rdi + 8 + 8 * slot))?;
+            a.out(dx, eax)?;
+        }
         a.mov(eax, dword_ptr(interrupts))?;
-        a.out(dx, eax)?;
-        a.mov(rsi, BUFFER)?;
-        a.mov(eax, dword_ptr(rsi))?;
-        a.out(dx, eax)?;
-        a.mov(eax, dword_ptr(rsi + 4))?;
         a.out(dx, eax)?;
         a.mov(dx, DEBUG_EXIT)?;
         a.mov(al, DONE)?;
@@ -265,6 +259,53 @@ pub fn virtio_rng_probe(load_addr: u64, mmio_base: u64, irq: u8) -> Result<Guest
         a.set_label(&mut idt)?;
         a.db(&[0u8; 256 * 16])
     })
+}
+
+/// Emits request number `serial` (1-based): its chain at descriptors 0.., the head in
+/// the available ring, the notify of queue 0 (RBX holds the MMIO base), then the wait
+/// for the used index to reach `serial` and the interrupt count to reach it too.
+fn emit_request(
+    a: &mut CodeAssembler,
+    buffers: &[VirtioBuffer],
+    serial: u32,
+    interrupts: &mut CodeLabel,
+) -> Result<(), IcedError> {
+    use virtio_layout::*;
+    a.mov(rdi, DESC)?;
+    for (index, buffer) in buffers.iter().enumerate() {
+        let entry = 16 * index as i32;
+        let last = index + 1 == buffers.len();
+        let flags = u32::from(!last) | (u32::from(buffer.writable) << 1);
+        a.mov(rax, buffer.addr)?;
+        a.mov(qword_ptr(rdi + entry), rax)?;
+        a.mov(dword_ptr(rdi + entry + 8), buffer.len)?;
+        a.mov(word_ptr(rdi + entry + 12), flags)?;
+        a.mov(
+            word_ptr(rdi + entry + 14),
+            if last { 0 } else { index as u32 + 1 },
+        )?;
+    }
+    a.mov(rdi, AVAIL)?;
+    let slot = ((serial - 1) % QUEUE_SIZE) as i32;
+    a.mov(word_ptr(rdi + 4 + 2 * slot), 0u32)?;
+    a.mov(word_ptr(rdi + 2), serial)?;
+    a.mov(dword_ptr(rbx + 0x50), 0u32)?;
+    // `sti; hlt` cannot miss the interrupt.
+    let mut wait = a.create_label();
+    let mut sleep = a.create_label();
+    let mut done = a.create_label();
+    a.mov(rdi, USED)?;
+    a.set_label(&mut wait)?;
+    a.cli()?;
+    a.cmp(word_ptr(rdi + 2), serial as i32)?;
+    a.jne(sleep)?;
+    a.cmp(dword_ptr(*interrupts), serial as i32)?;
+    a.jae(done)?;
+    a.set_label(&mut sleep)?;
+    a.sti()?;
+    a.hlt()?;
+    a.jmp(wait)?;
+    a.set_label(&mut done)
 }
 
 /// Emits: IDT entry `vector` -> `handler` (a 64-bit interrupt gate, selector 0x08) in
