@@ -321,32 +321,48 @@ impl EventLoop {
     /// Waits for events and runs their handlers until the VM's shutdown is requested or
     /// a handler stops the loop.
     pub fn run(&mut self) -> io::Result<LoopEnd> {
-        let mut events = vec![EpollEvent::default(); 16];
         loop {
-            if let Some(request) = self.shutdown.get() {
-                return Ok(LoopEnd::Requested(request));
-            }
-            let count = match self.epoll.wait(-1, &mut events) {
-                Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            for event in &events[..count] {
-                if event.data() == SHUTDOWN_TOKEN {
-                    continue;
-                }
-                if event.data() == REMOTE_TOKEN {
-                    self.add_remote_sources()?;
-                    continue;
-                }
-                if self.dispatch(event.data())? == Flow::Stop {
-                    return Ok(self
-                        .shutdown
-                        .get()
-                        .map_or(LoopEnd::Stopped, LoopEnd::Requested));
-                }
+            if let Some(end) = self.turn(-1)? {
+                return Ok(end);
             }
         }
+    }
+
+    /// Runs the handlers of the events ready now, without waiting: for a VMM that
+    /// drives the loop from its own, and for tests and fuzzing. Returns how the loop
+    /// would have ended, if it would have.
+    pub fn run_ready(&mut self) -> io::Result<Option<LoopEnd>> {
+        self.turn(0)
+    }
+
+    /// One wait of up to `timeout_ms` (-1: forever) and the handlers of what it found.
+    fn turn(&mut self, timeout_ms: i32) -> io::Result<Option<LoopEnd>> {
+        if let Some(request) = self.shutdown.get() {
+            return Ok(Some(LoopEnd::Requested(request)));
+        }
+        let mut events = [EpollEvent::default(); 16];
+        let count = match self.epoll.wait(timeout_ms, &mut events) {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for event in &events[..count] {
+            if event.data() == SHUTDOWN_TOKEN {
+                continue;
+            }
+            if event.data() == REMOTE_TOKEN {
+                self.add_remote_sources()?;
+                continue;
+            }
+            if self.dispatch(event.data())? == Flow::Stop {
+                return Ok(Some(
+                    self.shutdown
+                        .get()
+                        .map_or(LoopEnd::Stopped, LoopEnd::Requested),
+                ));
+            }
+        }
+        Ok(None)
     }
 
     /// How many times a handler has run: a busy loop shows here.
