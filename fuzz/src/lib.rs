@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use kvmkit_devices::EventLoop;
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, BusDevice, BusError, CmosRtc, DebugExit, EventFdInterrupt,
     SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT,
     CMOS_PORT, CMOS_PORT_LEN, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042,
     I8042_DATA_PORT, SERIAL_PORT_LEN,
 };
-use kvmkit_devices::EventLoop;
 use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
 use kvmkit_virtio::{
     Block, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, Rng, VirtioDevice,
@@ -297,7 +297,11 @@ impl VirtioRig {
         self.write(0x20, 1);
         self.write(0x70, 0xb);
         self.write(0x38, 16);
-        for (register, addr) in [(0x80, VIRTIO_RINGS), (0x90, VIRTIO_RINGS + 0x100), (0xa0, VIRTIO_RINGS + 0x200)] {
+        for (register, addr) in [
+            (0x80, VIRTIO_RINGS),
+            (0x90, VIRTIO_RINGS + 0x100),
+            (0xa0, VIRTIO_RINGS + 0x200),
+        ] {
             self.write(register, addr as u32);
             self.write(register + 4, 0);
         }
@@ -317,7 +321,12 @@ pub fn virtio_mmio(data: &[u8]) {
     let device: Box<dyn VirtioDevice> = if device & 1 == 0 {
         Box::new(Rng::new())
     } else {
-        Box::new(Block::with_file(image(), 64 * 512, device & 2 != 0, b"fuzz"))
+        Box::new(Block::with_file(
+            image(),
+            64 * 512,
+            device & 2 != 0,
+            b"fuzz",
+        ))
     };
     let mut rig = VirtioRig::new(device);
     while ops.len() >= 6 {
@@ -361,7 +370,12 @@ pub fn virtio_blk(data: &[u8]) {
     let (ring, buffers) = rest.split_at(2);
     let file = image();
     let readonly = ring[0] & 0x80 != 0;
-    let block = Block::with_file(file.try_clone().expect("a dup"), SECTORS * 512, readonly, b"fuzz");
+    let block = Block::with_file(
+        file.try_clone().expect("a dup"),
+        SECTORS * 512,
+        readonly,
+        b"fuzz",
+    );
     let mut rig = VirtioRig::new(Box::new(block));
     let memory = Arc::clone(&rig.memory);
     // Descriptors point into the buffer area (or wherever the input says, for the
@@ -380,7 +394,11 @@ pub fn virtio_blk(data: &[u8]) {
     rig.write(0x50, 0);
     rig.settle();
     let size = file.metadata().expect("the image's size").len();
-    assert_eq!(size, SECTORS * 512, "a write went past the end of the image");
+    assert_eq!(
+        size,
+        SECTORS * 512,
+        "a write went past the end of the image"
+    );
 }
 
 /// A 64-sector in-memory image.
