@@ -404,7 +404,7 @@ impl BootedMachine {
             .ok_or_else(|| Error::Config("the platform's event loop is gone".into()))?;
         let terminal = if platform.config.stdin_to_serial {
             event_loop
-                .add_serial_input(std::io::stdin(), platform.serial.clone())
+                .add_console_input(std::io::stdin(), platform.serial.clone())
                 .map_err(Error::host("cannot watch stdin"))?;
             // SAFETY: standard input is never closed by this process.
             let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
@@ -420,7 +420,7 @@ impl BootedMachine {
                 .map_err(Error::host("cannot watch for signals"))?;
         }
         event_loop
-            .add_serial_output(platform.serial.clone())
+            .add_console_output(platform.serial.output().clone())
             .map_err(Error::host("cannot watch the serial output"))?;
         let ended = vcpu_ended.clone();
         // SAFETY: `vcpu_ended` outlives the loop, which is dropped at the end of this
@@ -437,7 +437,7 @@ impl BootedMachine {
         let end = event_loop.run();
         running.stop();
         let vcpus = running.join_all();
-        platform.serial.finish_output();
+        platform.serial.output().finish();
         let end = end.map_err(Error::host("the event loop failed"))?;
         outcome(end, vcpus)
     }

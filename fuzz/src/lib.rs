@@ -216,11 +216,11 @@ pub fn legacy_devices(data: &[u8]) {
                 assert!(taken <= room, "took {taken} bytes with room for {room}");
             }
             _ => {
-                serial.flush_output();
+                serial.output().flush();
             }
         }
     }
-    serial.finish_output();
+    serial.output().finish();
 }
 
 /// An in-memory output that keeps at most 64 KiB, as a test reader would.

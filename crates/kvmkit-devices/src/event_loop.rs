@@ -12,7 +12,7 @@ use std::sync::Arc;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{FlushState, RawTerminal, SerialPort, ShutdownReason, VmShutdown};
+use crate::{ConsoleInput, ConsoleOutput, FlushState, RawTerminal, ShutdownReason, VmShutdown};
 
 /// What a handler tells the loop after it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,35 +236,34 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Feeds what arrives on `input` (stdin, a pipe) to the guest's serial port, as
-    /// much as its receive FIFO takes. While the FIFO is full the loop stops reading
-    /// `input`, and starts again when the guest makes room; at end of file it stops
-    /// watching `input`.
-    pub fn add_serial_input(
+    /// Feeds what arrives on `input` (stdin, a pipe) to a guest console, as much as it
+    /// takes. While the console has no room the loop stops reading `input`, and starts
+    /// again when the guest makes room; at end of file it stops watching `input`.
+    pub fn add_console_input(
         &mut self,
         input: impl AsFd + Send + 'static,
-        serial: Arc<SerialPort>,
+        console: Arc<dyn ConsoleInput>,
     ) -> io::Result<()> {
         let fd = input.as_fd().as_raw_fd();
-        let wake = serial.input_ready().try_clone()?;
+        let wake = console.input_ready().try_clone()?;
         // SAFETY: `input` moves into the handler below, which the loop keeps as long
         // as it watches `fd`, so the descriptor stays open while registered.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         self.add_pausable(borrowed, &wake, move || {
-            forward_input(input.as_fd(), &serial)
+            forward_input(input.as_fd(), &*console)
         })
     }
 
-    /// Writes the serial port's output on this thread, without blocking: when the port
-    /// queues bytes, and again when a destination that was full turns writable.
-    pub fn add_serial_output(&mut self, serial: Arc<SerialPort>) -> io::Result<()> {
-        let ready = serial.output_ready().try_clone()?;
-        let flushing = Arc::clone(&serial);
-        self.add(event_fd(serial.output_ready()), move || {
+    /// Writes a console's output on this thread, without blocking: when bytes are
+    /// queued, and again when a destination that was full turns writable.
+    pub fn add_console_output(&mut self, output: Arc<ConsoleOutput>) -> io::Result<()> {
+        let ready = output.ready().try_clone()?;
+        let flushing = Arc::clone(&output);
+        self.add(event_fd(output.ready()), move || {
             let _ = ready.read();
             flush(&flushing)
         })?;
-        let writable = serial.with_output_fd(|fd| fd.map(|fd| fd.try_clone_to_owned()));
+        let writable = output.with_fd(|fd| fd.map(|fd| fd.try_clone_to_owned()));
         if let Some(fd) = writable.transpose()? {
             // SAFETY: `fd` moves into the handler, which keeps it open while watched.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
@@ -276,7 +275,7 @@ impl EventLoop {
                 None,
                 Box::new(move || {
                     let _owner = &fd;
-                    flush(&serial)
+                    flush(&output)
                 }),
             ) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
@@ -425,19 +424,19 @@ pub fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
 
 const READABLE: EventSet = EventSet::IN.union(EventSet::HANG_UP).union(EventSet::ERROR);
 
-fn flush(serial: &SerialPort) -> Flow {
-    match serial.flush_output() {
+fn flush(output: &ConsoleOutput) -> Flow {
+    match output.flush() {
         FlushState::Closed => Flow::Remove,
         _ => Flow::Continue,
     }
 }
 
-fn forward_input(input: BorrowedFd<'_>, serial: &SerialPort) -> Flow {
+fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
     let mut buffer = [0u8; 64];
-    let room = serial.input_room().min(buffer.len());
+    let room = console.input_room().min(buffer.len());
     if room == 0 {
-        // The guest has not drained its FIFO: leave the bytes in the pipe or tty and
-        // stop watching it until the guest makes room.
+        // The guest has not made room: leave the bytes in the pipe or tty and stop
+        // watching it until the guest does.
         return Flow::Pause;
     }
     // SAFETY: reads at most `room` bytes into `buffer`, which has that many.
@@ -455,8 +454,8 @@ fn forward_input(input: BorrowedFd<'_>, serial: &SerialPort) -> Flow {
             }
         }
         n => {
-            // `room` bytes fit: the FIFO took them all.
-            let _ = serial.enqueue_input(&buffer[..n as usize]);
+            // `room` bytes fit: the console took them all.
+            let _ = console.enqueue_input(&buffer[..n as usize]);
             Flow::Continue
         }
     }
@@ -555,7 +554,7 @@ impl Drop for TerminationSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BusDevice, EventFdInterrupt, SerialOutput};
+    use crate::{BusDevice, EventFdInterrupt, SerialOutput, SerialPort};
     use std::fs::File;
     use std::io::Write;
     use std::os::fd::{FromRawFd, OwnedFd};
@@ -609,7 +608,9 @@ mod tests {
         let (reader, mut writer) = pipe();
         let serial = serial();
         let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
-        event_loop.add_serial_input(reader, serial.clone()).unwrap();
+        event_loop
+            .add_console_input(reader, serial.clone())
+            .unwrap();
         let stop = EventFd::new(0).unwrap();
 
         writer.write_all(b"hi").unwrap();
@@ -630,7 +631,9 @@ mod tests {
         let (reader, mut writer) = pipe();
         let serial = serial();
         let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
-        event_loop.add_serial_input(reader, serial.clone()).unwrap();
+        event_loop
+            .add_console_input(reader, serial.clone())
+            .unwrap();
         let stop = EventFd::new(0).unwrap();
 
         // 100 bytes for a 64-byte FIFO the guest does not drain for 200 ms.
@@ -659,7 +662,9 @@ mod tests {
         let interrupt = Arc::new(EventFdInterrupt::new().unwrap());
         let serial = Arc::new(SerialPort::new(interrupt, SerialOutput::File(writer)).unwrap());
         let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
-        event_loop.add_serial_output(serial.clone()).unwrap();
+        event_loop
+            .add_console_output(serial.output().clone())
+            .unwrap();
         let stop = EventFd::new(0).unwrap();
         let total = 300_000;
 
@@ -674,7 +679,7 @@ mod tests {
         running.join().unwrap();
 
         assert!(received.iter().all(|&b| b == b'y'));
-        assert_eq!(serial.dropped_output(), 0);
+        assert_eq!(serial.output().dropped(), 0);
     }
 
     fn raise_in_this_thread(signal: i32) {

@@ -33,6 +33,7 @@
 
 mod acpi;
 mod bus;
+mod console;
 mod debug_exit;
 mod event_loop;
 mod i8042;
@@ -44,6 +45,7 @@ mod terminal;
 
 pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
+pub use console::{ConsoleInput, ConsoleOutput, FlushState, SerialOutput, OUTPUT_QUEUE_BYTES};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{
     event_fd, EventLoop, Flow, LoopEnd, LoopHandle, TerminationSignals, TERMINATION_SIGNALS,
@@ -53,8 +55,6 @@ pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
 #[cfg(feature = "test-utils")]
 pub use serial::SharedBuffer;
-pub use serial::{
-    FlushState, SerialOutput, SerialPort, COM1_IRQ, COM1_PORT, OUTPUT_QUEUE_BYTES, SERIAL_PORT_LEN,
-};
+pub use serial::{SerialPort, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 pub use shutdown::{ShutdownReason, VmShutdown};
 pub use terminal::RawTerminal;
