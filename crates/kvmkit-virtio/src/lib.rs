@@ -16,12 +16,13 @@
 //!   machine enforced.
 //! - [`queue`]: descriptor chains checked (loops, bounds, directions) before any device
 //!   sees them, and queues served with notification suppression in both directions.
-//! - Devices: [`Block`], [`Rng`].
+//! - Devices: [`Block`], [`Console`], [`Rng`].
 //!
 //! Whatever the driver writes, the device answers with an error, a dropped request or
 //! `DEVICE_NEEDS_RESET`, counts it, and the VMM goes on serving everything else.
 
 mod block;
+mod console;
 mod device;
 mod interrupt;
 mod mmio;
@@ -30,6 +31,7 @@ pub mod queue;
 mod rng;
 
 pub use block::{Block, BlockError, SECTOR_SIZE};
+pub use console::{Console, ConsoleInputPort, CONSOLE_INPUT_BYTES};
 pub use device::{
     ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters, VirtioDevice,
 };

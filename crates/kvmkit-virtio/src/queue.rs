@@ -144,6 +144,17 @@ impl QueueServer {
     pub fn serve(
         &mut self,
         memory: &GuestMemory,
+        serve: impl FnMut(Result<Chain, ChainError>) -> Served,
+    ) -> Result<Progress, BrokenQueue> {
+        self.serve_while(memory, || true, serve)
+    }
+
+    /// As [`serve`](Self::serve), taking a chain only while `has_work` says there is
+    /// something to put in it (a receive queue's buffers wait for input).
+    pub fn serve_while(
+        &mut self,
+        memory: &GuestMemory,
+        mut has_work: impl FnMut() -> bool,
         mut serve: impl FnMut(Result<Chain, ChainError>) -> Served,
     ) -> Result<Progress, BrokenQueue> {
         let budget = self.queue.size();
@@ -152,7 +163,7 @@ impl QueueServer {
             self.queue
                 .disable_notification(memory)
                 .map_err(BrokenQueue)?;
-            while taken < budget {
+            while taken < budget && has_work() {
                 let Some(chain) = self.queue.iter(memory).map_err(BrokenQueue)?.next() else {
                     break;
                 };
@@ -172,9 +183,16 @@ impl QueueServer {
                 .queue
                 .enable_notification(memory)
                 .map_err(BrokenQueue)?;
-            if !more || taken >= budget {
-                let interrupt = self.queue.needs_notification(memory).map_err(BrokenQueue)?;
-                return Ok(Progress { interrupt, more });
+            // Stop when the ring is empty, the budget is spent, or there is nothing to
+            // put in what is left.
+            if !more || taken >= budget || !has_work() {
+                // Nothing used, nothing to tell the driver.
+                let interrupt =
+                    taken > 0 && self.queue.needs_notification(memory).map_err(BrokenQueue)?;
+                return Ok(Progress {
+                    interrupt,
+                    more: more && taken >= budget,
+                });
             }
         }
     }
@@ -212,9 +230,14 @@ pub fn serve_on_notify(
             }
             let mut guard = server.lock().unwrap_or_else(|e| e.into_inner());
             let (server, serve) = &mut *guard;
-            let flow = run_queue(server, &memory, &*interrupt, &fault, |chain| {
-                serve(&memory, chain)
-            });
+            let flow = run_queue(
+                server,
+                &memory,
+                &*interrupt,
+                &fault,
+                || true,
+                |chain| serve(&memory, chain),
+            );
             if flow == Flow::Pause {
                 // Out of budget with chains left: come back after the other sources.
                 let _ = notifier.write(1);
@@ -225,14 +248,18 @@ pub fn serve_on_notify(
         .map_err(ActivateError::Events)
 }
 
-fn run_queue(
+/// Serves `server` once (see [`QueueServer::serve_while`]) and raises what follows: the
+/// used-buffer interrupt if the driver wants it, the fault and a config interrupt if
+/// the rings are broken (`Flow::Remove`), `Flow::Pause` if chains are left for later.
+pub(crate) fn run_queue(
     server: &mut QueueServer,
     memory: &GuestMemory,
     interrupt: &dyn VirtioInterrupt,
     fault: &DeviceFault,
+    has_work: impl FnMut() -> bool,
     serve: impl FnMut(Result<Chain, ChainError>) -> Served,
 ) -> Flow {
-    match server.serve(memory, serve) {
+    match server.serve_while(memory, has_work, serve) {
         Ok(progress) => {
             if progress.interrupt {
                 let _ = interrupt.signal(InterruptKind::UsedBuffer);

@@ -136,7 +136,12 @@ impl Rig {
 
     /// Rings of [`MOCK_SIZE`] entries at [`RINGS`].
     pub fn mock(&self) -> MockSplitQueue<'_, GuestMemory> {
-        MockSplitQueue::create(&*self.memory, GuestAddress(RINGS), MOCK_SIZE)
+        self.mock_at(RINGS)
+    }
+
+    /// Rings of [`MOCK_SIZE`] entries at `addr`, for a second queue.
+    pub fn mock_at(&self, addr: u64) -> MockSplitQueue<'_, GuestMemory> {
+        MockSplitQueue::create(&*self.memory, GuestAddress(addr), MOCK_SIZE)
     }
 
     /// Offers chains whose heads are `heads`, after those offered so far.

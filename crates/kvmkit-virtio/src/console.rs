@@ -1,0 +1,273 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-console (hvc) with one port: output to a [`ConsoleOutput`], input from the
+//! same terminal handling as the serial console ([`ConsoleInput`]).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, Flow};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::queue::{run_queue, serve_on_notify, Chain, ChainError, QueueServer, Served};
+use crate::{
+    ActivateError, Activation, DeviceFault, GuestMemory, QueueCounters, VirtioDevice,
+    VirtioInterrupt,
+};
+
+/// Host input the console holds for the guest before it stops taking more.
+pub const CONSOLE_INPUT_BYTES: usize = 4096;
+/// The most bytes one transmit request moves to the output.
+const TX_MAX_REQUEST: usize = 64 << 10;
+const QUEUE_SIZE: u16 = 64;
+const RECEIVE: u16 = 0;
+const TRANSMIT: u16 = 1;
+
+/// A virtio console with one port (no `VIRTIO_CONSOLE_F_MULTIPORT`): the guest's
+/// `/dev/hvc0`. Its output goes to a [`ConsoleOutput`] (flushed by the I/O thread,
+/// never blocking); its input comes through [`Console::input`].
+pub struct Console {
+    output: Arc<ConsoleOutput>,
+    input: Arc<ConsoleInputPort>,
+    counters: [Arc<QueueCounters>; 2],
+    generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    /// A console writing to `output`.
+    pub fn new(output: Arc<ConsoleOutput>) -> io::Result<Self> {
+        Ok(Console {
+            output,
+            input: Arc::new(ConsoleInputPort {
+                pending: Mutex::new(VecDeque::new()),
+                ready: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+                receive: Mutex::new(None),
+            }),
+            counters: Default::default(),
+            generation: Arc::default(),
+        })
+    }
+
+    /// The console's input side, to feed host input to (the I/O thread's console
+    /// input source takes it).
+    pub fn input(&self) -> Arc<ConsoleInputPort> {
+        Arc::clone(&self.input)
+    }
+}
+
+/// The receive queue while the device is active.
+struct Receive {
+    server: QueueServer,
+    memory: Arc<GuestMemory>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    fault: Arc<DeviceFault>,
+}
+
+/// A console's input side: host bytes wait here (up to [`CONSOLE_INPUT_BYTES`]) until
+/// the driver offers receive buffers.
+pub struct ConsoleInputPort {
+    pending: Mutex<VecDeque<u8>>,
+    ready: EventFd,
+    receive: Mutex<Option<Receive>>,
+}
+
+impl ConsoleInputPort {
+    fn pending(&self) -> MutexGuard<'_, VecDeque<u8>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves pending input into the driver's receive buffers, as far as both go.
+    fn deliver(&self) -> Flow {
+        let mut receive = self.receive.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rx) = receive.as_mut() else {
+            return Flow::Continue;
+        };
+        let before = self.pending().len();
+        let memory = Arc::clone(&rx.memory);
+        let flow = run_queue(
+            &mut rx.server,
+            &rx.memory,
+            &*rx.interrupt,
+            &rx.fault,
+            || !self.pending().is_empty(),
+            |chain| self.fill(&memory, chain),
+        );
+        if flow == Flow::Remove {
+            *receive = None;
+        }
+        if self.pending().len() < before {
+            let _ = self.ready.write(1);
+        }
+        flow
+    }
+
+    fn fill(&self, memory: &GuestMemory, chain: Result<Chain, ChainError>) -> Served {
+        let failed = Served {
+            written: 0,
+            bytes: 0,
+            failed: true,
+        };
+        let Ok(chain) = chain else { return failed };
+        if !chain.readable.is_empty() || chain.writable.is_empty() {
+            return failed;
+        }
+        let mut pending = self.pending();
+        let mut written = 0usize;
+        for buffer in &chain.writable {
+            let take = (buffer.len as usize).min(pending.len());
+            if take == 0 {
+                break;
+            }
+            let bytes: Vec<u8> = pending.drain(..take).collect();
+            if memory.write_slice(&bytes, buffer.addr).is_err() {
+                return failed;
+            }
+            written += take;
+        }
+        Served {
+            written: written as u32,
+            bytes: written as u64,
+            failed: false,
+        }
+    }
+}
+
+impl ConsoleInput for ConsoleInputPort {
+    fn input_room(&self) -> usize {
+        CONSOLE_INPUT_BYTES - self.pending().len().min(CONSOLE_INPUT_BYTES)
+    }
+
+    fn enqueue_input(&self, input: &[u8]) -> io::Result<usize> {
+        let taken = input.len().min(self.input_room());
+        self.pending().extend(&input[..taken]);
+        self.deliver();
+        Ok(taken)
+    }
+
+    fn input_ready(&self) -> &EventFd {
+        &self.ready
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_CONSOLE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        // cols, rows and max_nr_ports mean nothing without their features.
+        data.fill(0);
+    }
+
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let mut take = |index: u16| {
+            let position = activation.queues.iter().position(|q| q.index == index);
+            position
+                .map(|i| activation.queues.swap_remove(i))
+                .ok_or(ActivateError::MissingQueue(index))
+        };
+        let receive = take(RECEIVE)?;
+        let transmit = take(TRANSMIT)?;
+        let output = Arc::clone(&self.output);
+        let mut scratch = vec![0u8; TX_MAX_REQUEST];
+        serve_on_notify(
+            &activation,
+            transmit,
+            Arc::clone(&self.counters[1]),
+            Arc::clone(&self.generation),
+            move |memory, chain| send(memory, chain, &output, &mut scratch),
+        )?;
+        *self.input.receive.lock().unwrap_or_else(|e| e.into_inner()) = Some(Receive {
+            server: QueueServer::new(receive.queue, Arc::clone(&self.counters[0])),
+            memory: Arc::clone(&activation.memory),
+            interrupt: Arc::clone(&activation.interrupt),
+            fault: Arc::clone(&activation.fault),
+        });
+        // The driver's new receive buffers are the cue to deliver pending input.
+        let input = Arc::clone(&self.input);
+        let generation = Arc::clone(&self.generation);
+        let born = generation.load(Ordering::Acquire);
+        let notifier = Arc::clone(&receive.notifier);
+        activation
+            .events
+            .add(event_fd(&receive.notifier), move || {
+                let _ = notifier.read();
+                if generation.load(Ordering::Acquire) != born {
+                    return Flow::Remove;
+                }
+                match input.deliver() {
+                    Flow::Pause => {
+                        let _ = notifier.write(1);
+                        Flow::Continue
+                    }
+                    flow => flow,
+                }
+            })
+            .map_err(ActivateError::Events)
+    }
+
+    fn reset(&mut self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *self.input.receive.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn counters(&self) -> Vec<Arc<QueueCounters>> {
+        self.counters.to_vec()
+    }
+}
+
+/// Moves a transmit chain's bytes to the output (at most TX_MAX_REQUEST of them).
+fn send(
+    memory: &GuestMemory,
+    chain: Result<Chain, ChainError>,
+    output: &ConsoleOutput,
+    scratch: &mut [u8],
+) -> Served {
+    let failed = Served {
+        written: 0,
+        bytes: 0,
+        failed: true,
+    };
+    let Ok(chain) = chain else { return failed };
+    if !chain.writable.is_empty() {
+        return failed;
+    }
+    let mut sent = 0usize;
+    for buffer in &chain.readable {
+        let len = (buffer.len as usize).min(TX_MAX_REQUEST - sent);
+        if len == 0 {
+            break;
+        }
+        if memory.read_slice(&mut scratch[..len], buffer.addr).is_err() {
+            return failed;
+        }
+        output.push(&scratch[..len]);
+        sent += len;
+    }
+    Served {
+        written: 0,
+        bytes: sent as u64,
+        failed: false,
+    }
+}
