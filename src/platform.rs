@@ -16,12 +16,11 @@ use kvmkit_devices::{
     ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT,
     DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
 };
-use kvmkit_devices::{LoopEnd, RawTerminal};
+use kvmkit_devices::{ConsoleInput, ConsoleOutput, LoopEnd, RawTerminal};
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
-
 use kvmkit_virtio::{
-    EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers, VirtioDevice,
-    MMIO_WINDOW,
+    Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
+    VirtioDevice, MMIO_WINDOW,
 };
 
 use crate::virtio::{VirtioMmioDevice, VmNotifiers};
@@ -96,7 +95,8 @@ impl IoHandler for PlatformIo {
 pub struct PlatformConfig {
     /// Where COM1's output goes.
     pub serial_output: SerialOutput,
-    /// Feed the VMM's stdin to COM1 (in raw mode when it is a terminal).
+    /// Feed the VMM's stdin to the console (in raw mode when it is a terminal): COM1,
+    /// or the virtio console once one is added.
     pub stdin_to_serial: bool,
     /// Turn SIGINT, SIGTERM, SIGHUP and SIGQUIT into an orderly stop
     /// ([`VmOutcome::Signal`]) and SIGTSTP into a suspend with the terminal restored.
@@ -159,6 +159,10 @@ pub struct Platform {
     /// Taken by `run_on`, which makes the calling thread the I/O thread.
     event_loop: Option<EventLoop>,
     virtio: Vec<VirtioMmioDevice>,
+    /// The virtio console's input, which takes stdin instead of COM1.
+    console_input: Option<Arc<dyn ConsoleInput>>,
+    /// Console outputs besides COM1's, flushed once more when the VM ends.
+    console_outputs: Vec<Arc<ConsoleOutput>>,
 }
 
 impl Platform {
@@ -202,6 +206,8 @@ impl Platform {
             vm: Arc::clone(vm),
             event_loop: Some(event_loop),
             virtio: Vec::new(),
+            console_input: None,
+            console_outputs: Vec::new(),
         })
     }
 
@@ -293,6 +299,37 @@ impl Platform {
             _interrupt: interrupt,
         });
         Ok(slot)
+    }
+
+    /// Adds a virtio console (`/dev/hvc0` in a Linux guest) writing to `output`; it
+    /// takes the VMM's stdin instead of COM1 when the configuration feeds stdin to the
+    /// console.
+    pub fn add_virtio_console(
+        &mut self,
+        output: SerialOutput,
+        memory: &Arc<GuestMemory>,
+    ) -> Result<VirtioMmioSlot, Error> {
+        let output = Arc::new(
+            ConsoleOutput::new(output).map_err(Error::host("cannot open the console output"))?,
+        );
+        let console =
+            Console::new(Arc::clone(&output)).map_err(Error::host("cannot create an eventfd"))?;
+        let input = console.input();
+        let slot = self.add_virtio_mmio(Box::new(console), memory)?;
+        self.event_loop
+            .as_mut()
+            .ok_or_else(|| Error::Config("the platform is running already".into()))?
+            .add_console_output(Arc::clone(&output))
+            .map_err(Error::host("cannot watch the console output"))?;
+        self.console_outputs.push(output);
+        self.console_input = Some(input);
+        Ok(slot)
+    }
+
+    /// The input of the console that takes the VMM's stdin: the virtio console's once
+    /// one is added (what a test or a VMM feeds other input to).
+    pub fn console_input(&self) -> Option<Arc<dyn ConsoleInput>> {
+        self.console_input.clone()
     }
 
     /// The virtio-mmio devices added so far, in order.
@@ -403,8 +440,12 @@ impl BootedMachine {
             .take()
             .ok_or_else(|| Error::Config("the platform's event loop is gone".into()))?;
         let terminal = if platform.config.stdin_to_serial {
+            let console: Arc<dyn ConsoleInput> = match &platform.console_input {
+                Some(console) => Arc::clone(console),
+                None => platform.serial.clone(),
+            };
             event_loop
-                .add_console_input(std::io::stdin(), platform.serial.clone())
+                .add_console_input(std::io::stdin(), console)
                 .map_err(Error::host("cannot watch stdin"))?;
             // SAFETY: standard input is never closed by this process.
             let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
@@ -438,6 +479,9 @@ impl BootedMachine {
         running.stop();
         let vcpus = running.join_all();
         platform.serial.output().finish();
+        for output in &platform.console_outputs {
+            output.finish();
+        }
         let end = end.map_err(Error::host("the event loop failed"))?;
         outcome(end, vcpus)
     }

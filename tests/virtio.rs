@@ -9,10 +9,13 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvmkit::devices::{BusDevice, SerialOutput, ShutdownReason};
-use kvmkit::guest_asm::programs::{self, virtio_layout, VirtioBuffer};
+use kvmkit::devices::{BusDevice, SerialOutput, SharedBuffer, ShutdownReason};
+use kvmkit::guest_asm::programs::{self, virtio_layout, VirtioBuffer, VirtioRequest};
 use kvmkit::virtio_devices::{Block, GuestMemory, Rng, VirtioDevice};
-use kvmkit::{MachineBuilder, NotifyPath, Platform, PlatformConfig, VmOutcome, VIRTIO_MMIO_BASE};
+use kvmkit::{
+    MachineBuilder, NotifyPath, Platform, PlatformConfig, VirtioMmioSlot, VmOutcome,
+    VIRTIO_MMIO_BASE,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -43,6 +46,29 @@ fn drive(
     prepare: impl FnOnce(&GuestMemory),
     requests: &[Vec<VirtioBuffer>],
 ) -> (VmOutcome, Vec<u32>, Arc<GuestMemory>, u64) {
+    let requests: Vec<VirtioRequest> = requests
+        .iter()
+        .map(|buffers| VirtioRequest {
+            queue: 0,
+            buffers: buffers.clone(),
+        })
+        .collect();
+    drive_with(
+        |platform, memory| platform.add_virtio_mmio_with(device, memory, path).unwrap(),
+        prepare,
+        1,
+        &requests,
+    )
+}
+
+/// As [`drive`], with the device added by `add`, `queues` queues set up, and requests
+/// on any queue.
+fn drive_with(
+    add: impl FnOnce(&mut Platform, &Arc<GuestMemory>) -> VirtioMmioSlot,
+    prepare: impl FnOnce(&GuestMemory),
+    queues: u16,
+    requests: &[VirtioRequest],
+) -> (VmOutcome, Vec<u32>, Arc<GuestMemory>, u64) {
     let machine = MachineBuilder::new()
         .memory_mib(16)
         .irqchip(true)
@@ -53,9 +79,7 @@ fn drive(
         .with_debug_exit_port(Some(0xf4));
     let mut platform = Platform::new(machine.vm(), config).unwrap();
     let memory = Arc::clone(machine.ram().shared_memory());
-    let slot = platform
-        .add_virtio_mmio_with(device, &memory, path)
-        .unwrap();
+    let slot = add(&mut platform, &memory);
     let report = Arc::new(Report::default());
     platform
         .pio()
@@ -68,7 +92,8 @@ fn drive(
         .unwrap();
     let transport = platform.virtio_transport(0).unwrap().clone();
     prepare(&memory);
-    let guest = programs::virtio_driver(0x10_0000, slot.base, slot.irq as u8, requests).unwrap();
+    let guest =
+        programs::virtio_driver(0x10_0000, slot.base, slot.irq as u8, queues, requests).unwrap();
     let watchdog = watchdog(&platform);
 
     let outcome = machine.boot(&guest).unwrap().run_on(platform).unwrap();
@@ -244,4 +269,47 @@ fn devices_get_consecutive_windows_and_their_own_interrupt_lines() {
     assert_eq!(second.base, VIRTIO_MMIO_BASE + 0x1000);
     assert_ne!(first.irq, second.irq);
     assert_eq!(platform.virtio_devices(), vec![first, second]);
+}
+
+#[test]
+fn a_guest_writes_to_the_virtio_console_and_reads_its_input() {
+    let output = SharedBuffer::default();
+    let request = |queue, buffers| VirtioRequest { queue, buffers };
+    // Receive 4 bytes on queue 0, transmit 12 bytes on queue 1.
+    let requests = [
+        request(0, vec![buffer(0x44_0000, 4, true)]),
+        request(1, vec![buffer(0x45_0000, 12, false)]),
+    ];
+    let written = output.clone();
+
+    let (outcome, values, memory, _) = drive_with(
+        |platform, memory| {
+            let slot = platform
+                .add_virtio_console(SerialOutput::Writer(Box::new(written)), memory)
+                .unwrap();
+            let input = platform.console_input().unwrap();
+            assert_eq!(input.enqueue_input(b"abcd").unwrap(), 4);
+            slot
+        },
+        |memory| {
+            memory
+                .write_slice(b"hello, hvc0\n", GuestAddress(0x45_0000))
+                .unwrap()
+        },
+        2,
+        &requests,
+    );
+
+    assert_eq!(
+        outcome,
+        VmOutcome::DebugExit(virtio_layout::DONE),
+        "{values:x?}"
+    );
+    assert_eq!(values, [4, 0, 2], "used lengths, interrupts");
+    let mut received = [0u8; 4];
+    memory
+        .read_slice(&mut received, GuestAddress(0x44_0000))
+        .unwrap();
+    assert_eq!(&received, b"abcd");
+    assert_eq!(output.contents(), b"hello, hvc0\n");
 }

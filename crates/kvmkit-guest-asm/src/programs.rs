@@ -119,12 +119,15 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
 
 /// Where [`virtio_driver`] puts its queue in guest RAM, and how it reports.
 pub mod virtio_layout {
-    /// The descriptor table (16-byte aligned).
+    /// Queue 0's descriptor table (16-byte aligned); queue N's is N * `QUEUE_STRIDE`
+    /// higher, and so are its rings.
     pub const DESC: u64 = 0x30_0000;
-    /// The available ring.
+    /// Queue 0's available ring.
     pub const AVAIL: u64 = 0x30_1000;
-    /// The used ring.
+    /// Queue 0's used ring.
     pub const USED: u64 = 0x30_2000;
+    /// The distance between two queues' tables and rings.
+    pub const QUEUE_STRIDE: u64 = 0x4000;
     /// Entries in the queue: the longest chain a request may have.
     pub const QUEUE_SIZE: u32 = 8;
     /// The port the results are written to, one 32-bit `out` each: the used length of
@@ -134,6 +137,15 @@ pub mod virtio_layout {
     pub const DONE: u32 = 0x10;
     /// The debug exit code when the device refused FEATURES_OK.
     pub const FEATURES_REFUSED: u32 = 0x21;
+}
+
+/// A request a [`virtio_driver`] makes: a descriptor chain on one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioRequest {
+    /// The queue it goes on.
+    pub queue: u16,
+    /// Its buffers, in chain order.
+    pub buffers: Vec<VirtioBuffer>,
 }
 
 /// One buffer of a request a [`virtio_driver`] makes: its guest-physical address,
@@ -150,9 +162,9 @@ pub struct VirtioBuffer {
 
 /// A minimal virtio driver over virtio-mmio, for vCPU 0 of a VM with the in-kernel
 /// irqchip and a device at `mmio_base` on ISA line `irq` (below 8). It negotiates
-/// `VIRTIO_F_VERSION_1`, sets up queue 0 with [`virtio_layout::QUEUE_SIZE`] entries in
-/// its own memory, then for each request in turn builds its descriptor chain from
-/// `requests`, makes it available, notifies, and waits (with `sti; hlt`) until the
+/// `VIRTIO_F_VERSION_1`, sets up `queues` queues with [`virtio_layout::QUEUE_SIZE`]
+/// entries each in its own memory, then for each request in turn builds its descriptor
+/// chain, makes it available on its queue, notifies that queue, and waits (with `sti; hlt`) until the
 /// used ring has it and the device's interrupt came (the handler counts interrupts and
 /// acknowledges them in the device). Then it reports each used length and the
 /// interrupt count to [`virtio_layout::REPORT_PORT`] and ends through the debug exit
@@ -162,13 +174,15 @@ pub fn virtio_driver(
     load_addr: u64,
     mmio_base: u64,
     irq: u8,
-    requests: &[Vec<VirtioBuffer>],
+    queues: u16,
+    requests: &[VirtioRequest],
 ) -> Result<GuestProgram, Error> {
     use virtio_layout::*;
     assert!(irq < 8, "the driver programs the master PIC only");
+    assert!(requests.iter().all(|r| r.queue < queues));
     assert!(requests
         .iter()
-        .all(|r| !r.is_empty() && r.len() <= QUEUE_SIZE as usize));
+        .all(|r| !r.buffers.is_empty() && r.buffers.len() <= QUEUE_SIZE as usize));
     GuestProgram::assemble(Bitness::Long64, load_addr, |a| {
         let mut idt = a.create_label();
         let mut idtr = a.create_label();
@@ -201,26 +215,35 @@ pub fn virtio_driver(
         a.test(eax, 8)?;
         a.jz(refused)?;
 
-        // Queue 0 in our memory, then DRIVER_OK.
-        a.mov(dword_ptr(rbx + 0x30), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x38), QUEUE_SIZE)?;
-        for (register, addr) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
-            a.mov(dword_ptr(rbx + register), addr as u32)?;
-            a.mov(dword_ptr(rbx + register + 4), 0u32)?;
+        // The queues in our memory, then DRIVER_OK.
+        for queue in 0..queues {
+            let offset = u64::from(queue) * QUEUE_STRIDE;
+            a.mov(dword_ptr(rbx + 0x30), u32::from(queue))?;
+            a.mov(dword_ptr(rbx + 0x38), QUEUE_SIZE)?;
+            for (register, addr) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
+                a.mov(dword_ptr(rbx + register), (addr + offset) as u32)?;
+                a.mov(dword_ptr(rbx + register + 4), 0u32)?;
+            }
+            a.mov(dword_ptr(rbx + 0x44), 1u32)?;
+            a.mov(rdi, AVAIL + offset)?;
+            a.mov(dword_ptr(rdi), 0u32)?;
         }
-        a.mov(dword_ptr(rbx + 0x44), 1u32)?;
-        a.mov(rdi, AVAIL)?;
-        a.mov(dword_ptr(rdi), 0u32)?;
         a.mov(dword_ptr(rbx + 0x70), 0xfu32)?;
 
+        // Each request's position in its queue, to find its used entry afterwards.
+        let mut per_queue = vec![0u32; usize::from(queues)];
+        let mut positions = Vec::with_capacity(requests.len());
         for (n, request) in requests.iter().enumerate() {
-            emit_request(a, request, n as u32 + 1, &mut interrupts)?;
+            let count = &mut per_queue[usize::from(request.queue)];
+            *count += 1;
+            positions.push(*count);
+            emit_request(a, request, *count, n as u32 + 1, &mut interrupts)?;
         }
 
         a.mov(dx, REPORT_PORT)?;
-        a.mov(rdi, USED)?;
-        for n in 0..requests.len() {
-            let slot = (n as u32 % QUEUE_SIZE) as i32;
+        for (request, position) in requests.iter().zip(positions) {
+            let slot = ((position - 1) % QUEUE_SIZE) as i32;
+            a.mov(rdi, USED + u64::from(request.queue) * QUEUE_STRIDE)?;
             a.mov(eax, dword_ptr(rdi + 8 + 8 * slot))?;
             a.out(dx, eax)?;
         }
@@ -261,17 +284,21 @@ pub fn virtio_driver(
     })
 }
 
-/// Emits request number `serial` (1-based): its chain at descriptors 0.., the head in
-/// the available ring, the notify of queue 0 (RBX holds the MMIO base), then the wait
-/// for the used index to reach `serial` and the interrupt count to reach it too.
+/// Emits request number `serial` (1-based, over all queues), the `position`th on its
+/// queue: its chain at the queue's descriptors 0.., the head in the available ring, the
+/// notify (RBX holds the MMIO base), then the wait for the queue's used index to reach
+/// `position` and the interrupt count to reach `serial`.
 fn emit_request(
     a: &mut CodeAssembler,
-    buffers: &[VirtioBuffer],
+    request: &VirtioRequest,
+    position: u32,
     serial: u32,
     interrupts: &mut CodeLabel,
 ) -> Result<(), IcedError> {
     use virtio_layout::*;
-    a.mov(rdi, DESC)?;
+    let offset = u64::from(request.queue) * QUEUE_STRIDE;
+    let buffers = &request.buffers;
+    a.mov(rdi, DESC + offset)?;
     for (index, buffer) in buffers.iter().enumerate() {
         let entry = 16 * index as i32;
         let last = index + 1 == buffers.len();
@@ -285,19 +312,19 @@ fn emit_request(
             if last { 0 } else { index as u32 + 1 },
         )?;
     }
-    a.mov(rdi, AVAIL)?;
-    let slot = ((serial - 1) % QUEUE_SIZE) as i32;
+    a.mov(rdi, AVAIL + offset)?;
+    let slot = ((position - 1) % QUEUE_SIZE) as i32;
     a.mov(word_ptr(rdi + 4 + 2 * slot), 0u32)?;
-    a.mov(word_ptr(rdi + 2), serial)?;
-    a.mov(dword_ptr(rbx + 0x50), 0u32)?;
+    a.mov(word_ptr(rdi + 2), position)?;
+    a.mov(dword_ptr(rbx + 0x50), u32::from(request.queue))?;
     // `sti; hlt` cannot miss the interrupt.
     let mut wait = a.create_label();
     let mut sleep = a.create_label();
     let mut done = a.create_label();
-    a.mov(rdi, USED)?;
+    a.mov(rdi, USED + offset)?;
     a.set_label(&mut wait)?;
     a.cli()?;
-    a.cmp(word_ptr(rdi + 2), serial as i32)?;
+    a.cmp(word_ptr(rdi + 2), position as i32)?;
     a.jne(sleep)?;
     a.cmp(dword_ptr(*interrupts), serial as i32)?;
     a.jae(done)?;
