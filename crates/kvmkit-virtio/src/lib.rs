@@ -16,7 +16,7 @@
 //!   machine enforced.
 //! - [`queue`]: descriptor chains checked (loops, bounds, directions) before any device
 //!   sees them, and queues served with notification suppression in both directions.
-//! - Devices: [`Block`], [`Console`], [`Rng`].
+//! - Devices: [`Block`], [`Console`], [`Net`] (on a [`Tap`]), [`Rng`].
 //!
 //! Whatever the driver writes, the device answers with an error, a dropped request or
 //! `DEVICE_NEEDS_RESET`, counts it, and the VMM goes on serving everything else.
@@ -26,6 +26,7 @@ mod console;
 mod device;
 mod interrupt;
 mod mmio;
+mod net;
 mod notify;
 pub mod queue;
 mod rng;
@@ -37,5 +38,6 @@ pub use device::{
 };
 pub use interrupt::{DeviceFault, EventFdVirtioInterrupt, InterruptKind, VirtioInterrupt};
 pub use mmio::{MmioTransport, TransportCounters, MMIO_WINDOW, QUEUE_NOTIFY};
+pub use net::{Net, Tap, TapError, NET_HEADER_LEN};
 pub use notify::{NoShortcut, QueueNotifiers};
 pub use rng::{Rng, RNG_MAX_REQUEST};

@@ -1,0 +1,393 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-net on a tap device.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvmkit_devices::Flow;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::Bytes;
+
+use crate::queue::{run_queue, serve_on_notify, Chain, ChainError, QueueServer, Served};
+use crate::{
+    ActivateError, Activation, DeviceFault, GuestMemory, QueueCounters, VirtioDevice,
+    VirtioInterrupt,
+};
+
+/// The virtio-net header with `VIRTIO_F_VERSION_1` (`virtio_net_hdr_v1`), which the
+/// tap reads and writes in front of every frame too.
+pub const NET_HEADER_LEN: usize = 12;
+/// The largest frame with its header: a 64 KiB packet plus Ethernet and VLAN headers.
+const MAX_PACKET: usize = NET_HEADER_LEN + 65535 + 18;
+const QUEUE_SIZE: u16 = 256;
+const RECEIVE: u16 = 0;
+const TRANSMIT: u16 = 1;
+
+/// What can go wrong while opening a tap.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TapError {
+    /// `/dev/net/tun` cannot be opened.
+    #[error("cannot open /dev/net/tun (is the tun module loaded, and are you root?)")]
+    Open(#[source] io::Error),
+    /// The name is too long for an interface.
+    #[error("tap name {0:?} is longer than 15 bytes")]
+    Name(String),
+    /// An ioctl on the tap failed.
+    #[error("{op} on tap {name} failed")]
+    Ioctl {
+        /// The ioctl.
+        op: &'static str,
+        /// The tap's name.
+        name: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A tap device opened for a virtio-net backend: frames with a 12-byte virtio-net
+/// header in front (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), non-blocking.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Opens (creating it if it does not exist) the tap `name`.
+    pub fn open(name: &str) -> Result<Self, TapError> {
+        if name.len() >= libc::IFNAMSIZ {
+            return Err(TapError::Name(name.into()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)?;
+        // SAFETY: ifreq is plain data; all-zero is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+            *slot = byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let tap = Tap {
+            file,
+            name: name.into(),
+        };
+        // SAFETY: TUNSETIFF reads and writes the ifreq it is given, which lives for
+        // the call.
+        tap.ioctl("TUNSETIFF", unsafe {
+            libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETIFF, &mut request)
+        })?;
+        let header_len = NET_HEADER_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        tap.ioctl("TUNSETVNETHDRSZ", unsafe {
+            libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len)
+        })?;
+        Ok(tap)
+    }
+
+    fn ioctl(&self, op: &'static str, ret: libc::c_int) -> Result<(), TapError> {
+        if ret < 0 {
+            return Err(TapError::Ioctl {
+                op,
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the offloads the tap may hand the guest (`TUN_F_*`): what the negotiated
+    /// features allow, none when the guest takes no offload.
+    pub fn set_offloads(&self, offloads: u32) -> Result<(), TapError> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        self.ioctl("TUNSETOFFLOAD", unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(offloads),
+            )
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// A virtio network device on a [`Tap`]: receive (queue 0) and transmit (queue 1),
+/// both driven by the I/O thread, with the MAC address in the configuration space.
+/// A frame that does not fit the tap's queue is dropped and counted; a frame from the
+/// tap waits (and the tap is not read) until the driver offers a receive buffer.
+pub struct Net {
+    tap: Arc<Tap>,
+    mac: [u8; 6],
+    counters: [Arc<QueueCounters>; 2],
+    generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("tap", &self.tap.name)
+            .field("mac", &self.mac)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// A network device with address `mac` on `tap`.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        Net {
+            tap: Arc::new(tap),
+            mac,
+            counters: Default::default(),
+            generation: Arc::default(),
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_NET_F_MAC)
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start < self.mac.len() {
+            let len = data.len().min(self.mac.len() - start);
+            data[..len].copy_from_slice(&self.mac[start..start + len]);
+        }
+    }
+
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let mut take = |index: u16| {
+            let position = activation.queues.iter().position(|q| q.index == index);
+            position
+                .map(|i| activation.queues.swap_remove(i))
+                .ok_or(ActivateError::MissingQueue(index))
+        };
+        let receive = take(RECEIVE)?;
+        let transmit = take(TRANSMIT)?;
+        // No offload is offered, so the tap must hand over whole, checksummed frames.
+        self.tap
+            .set_offloads(0)
+            .map_err(|e| ActivateError::Events(io::Error::other(e)))?;
+        let tap = Arc::clone(&self.tap);
+        let mut frame = vec![0u8; MAX_PACKET];
+        serve_on_notify(
+            &activation,
+            transmit,
+            Arc::clone(&self.counters[1]),
+            Arc::clone(&self.generation),
+            move |memory, chain| send(memory, chain, &tap, &mut frame),
+        )?;
+        let receiver = Arc::new(Mutex::new(Receiver {
+            server: QueueServer::new(receive.queue, Arc::clone(&self.counters[0])),
+            memory: Arc::clone(&activation.memory),
+            interrupt: Arc::clone(&activation.interrupt),
+            fault: Arc::clone(&activation.fault),
+            tap: Arc::clone(&self.tap),
+            pending: RefCell::new(VecDeque::new()),
+            frame: vec![0u8; MAX_PACKET],
+        }));
+        // The tap is read while the driver has receive buffers; without them it is
+        // left unread (paused) until the driver notifies the receive queue.
+        let generation = Arc::clone(&self.generation);
+        let born = generation.load(Ordering::Acquire);
+        activation
+            .events
+            .add_pausable(self.tap.as_fd(), &receive.notifier, move || {
+                if generation.load(Ordering::Acquire) != born {
+                    return Flow::Remove;
+                }
+                let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+                receiver.receive()
+            })
+            .map_err(ActivateError::Events)
+    }
+
+    fn reset(&mut self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn counters(&self) -> Vec<Arc<QueueCounters>> {
+        self.counters.to_vec()
+    }
+}
+
+/// Writes a transmit chain's frame (header included) to the tap.
+fn send(
+    memory: &GuestMemory,
+    chain: Result<Chain, ChainError>,
+    tap: &Tap,
+    frame: &mut [u8],
+) -> Served {
+    let failed = Served {
+        written: 0,
+        bytes: 0,
+        failed: true,
+    };
+    let Ok(chain) = chain else { return failed };
+    if !chain.writable.is_empty() {
+        return failed;
+    }
+    let mut len = 0usize;
+    for buffer in &chain.readable {
+        let take = buffer.len as usize;
+        if len + take > frame.len()
+            || memory
+                .read_slice(&mut frame[len..len + take], buffer.addr)
+                .is_err()
+        {
+            return failed;
+        }
+        len += take;
+    }
+    if len <= NET_HEADER_LEN {
+        return failed;
+    }
+    // A full tap queue drops the frame, as a congested link would.
+    match (&tap.file).write(&frame[..len]) {
+        Ok(_) => Served {
+            written: 0,
+            bytes: (len - NET_HEADER_LEN) as u64,
+            failed: false,
+        },
+        Err(_) => failed,
+    }
+}
+
+/// The receive side, on the I/O thread.
+struct Receiver {
+    server: QueueServer,
+    memory: Arc<GuestMemory>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    fault: Arc<DeviceFault>,
+    tap: Arc<Tap>,
+    /// A frame read from the tap that no receive buffer has taken yet.
+    pending: RefCell<VecDeque<Vec<u8>>>,
+    frame: Vec<u8>,
+}
+
+impl Receiver {
+    /// Moves frames from the tap into receive buffers until either runs out; pauses
+    /// the tap while a frame waits for a buffer.
+    fn receive(&mut self) -> Flow {
+        loop {
+            if self.pending.get_mut().is_empty() {
+                match (&self.tap.file).read(&mut self.frame) {
+                    Ok(len) if len > NET_HEADER_LEN => {
+                        let frame = self.frame[..len].to_vec();
+                        self.pending.get_mut().push_back(frame);
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // WouldBlock: the tap is empty. Anything else: the tap went away.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Continue,
+                    Err(_) => return Flow::Remove,
+                }
+            }
+            let Receiver {
+                server,
+                memory,
+                interrupt,
+                fault,
+                pending,
+                ..
+            } = self;
+            let flow = run_queue(
+                server,
+                memory,
+                &**interrupt,
+                fault,
+                || !pending.borrow().is_empty(),
+                |chain| deliver(memory, chain, &mut pending.borrow_mut()),
+            );
+            match flow {
+                Flow::Remove => return Flow::Remove,
+                // Out of receive buffers with a frame waiting: wait for the driver.
+                _ if !self.pending.get_mut().is_empty() => return Flow::Pause,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Puts the first pending frame into a receive chain, with `num_buffers` set to 1.
+fn deliver(
+    memory: &GuestMemory,
+    chain: Result<Chain, ChainError>,
+    pending: &mut VecDeque<Vec<u8>>,
+) -> Served {
+    let failed = Served {
+        written: 0,
+        bytes: 0,
+        failed: true,
+    };
+    let Ok(chain) = chain else { return failed };
+    let room: u64 = chain.writable.iter().map(|b| u64::from(b.len)).sum();
+    let Some(frame) = pending.front_mut() else {
+        return failed;
+    };
+    if !chain.readable.is_empty() || room < frame.len() as u64 {
+        // A buffer too small for the frame: the frame is dropped with it.
+        pending.pop_front();
+        return failed;
+    }
+    frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+    let mut at = 0;
+    for buffer in &chain.writable {
+        let take = (buffer.len as usize).min(frame.len() - at);
+        if take == 0 {
+            break;
+        }
+        if memory
+            .write_slice(&frame[at..at + take], buffer.addr)
+            .is_err()
+        {
+            pending.pop_front();
+            return failed;
+        }
+        at += take;
+    }
+    let len = frame.len();
+    pending.pop_front();
+    Served {
+        written: len as u32,
+        bytes: (len - NET_HEADER_LEN) as u64,
+        failed: false,
+    }
+}
