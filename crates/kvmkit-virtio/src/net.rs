@@ -279,14 +279,15 @@ fn send(
     if len <= NET_HEADER_LEN {
         return failed;
     }
-    // A full tap queue drops the frame, as a congested link would.
+    // A tap takes a frame whole or not at all; a full tap queue drops it, as a
+    // congested link would.
     match (&tap.file).write(&frame[..len]) {
-        Ok(_) => Served {
+        Ok(written) if written == len => Served {
             written: 0,
             bytes: (len - NET_HEADER_LEN) as u64,
             failed: false,
         },
-        Err(_) => failed,
+        Ok(_) | Err(_) => failed,
     }
 }
 
