@@ -20,7 +20,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use crate::queue::{serve_on_notify, Buffer, Chain, ChainError, Served};
 use crate::{ActivateError, Activation, GuestMemory, QueueCounters, VirtioDevice};
@@ -236,7 +237,7 @@ impl Failure {
 }
 
 impl Disk {
-    fn serve(&mut self, memory: &GuestMemory, chain: Result<Chain, ChainError>) -> Served {
+    fn serve(&mut self, memory: &GuestMemory, chain: Result<&Chain, ChainError>) -> Served {
         let dropped = Served {
             written: 0,
             bytes: 0,
@@ -318,13 +319,31 @@ impl Disk {
         let mut offset = self.range(sector, into.len)?;
         let mut done = 0u64;
         for (addr, len) in into.chunks(CHUNK) {
-            let chunk = &mut self.scratch[..len];
-            self.file
-                .read_exact_at(chunk, offset)
-                .map_err(|_| Failure::IoError)?;
-            memory
-                .write_slice(chunk, addr)
-                .map_err(|_| Failure::IoError)?;
+            match memory.get_slice(addr, len) {
+                // Straight from the file into guest memory.
+                Ok(slice) => {
+                    let guard = slice.ptr_guard_mut();
+                    let fd = self.file.as_raw_fd();
+                    transfer(len, offset, |at, count, position| {
+                        // SAFETY: `at + count <= len`, so the kernel writes only inside
+                        // the `len` bytes of guest RAM `guard` points at, which stay
+                        // mapped while `memory` lives; no Rust reference is made to
+                        // memory the guest shares.
+                        unsafe { libc::pread(fd, guard.as_ptr().add(at).cast(), count, position) }
+                    })?;
+                    slice.bitmap().mark_dirty(0, len);
+                }
+                // A buffer across two memory regions goes through the scratch buffer.
+                Err(_) => {
+                    let chunk = &mut self.scratch[..len];
+                    self.file
+                        .read_exact_at(chunk, offset)
+                        .map_err(|_| Failure::IoError)?;
+                    memory
+                        .write_slice(chunk, addr)
+                        .map_err(|_| Failure::IoError)?;
+                }
+            }
             offset += len as u64;
             done += len as u64;
         }
@@ -346,13 +365,28 @@ impl Disk {
         let mut offset = self.range(sector, from.len)?;
         let mut done = 0u64;
         for (addr, len) in from.chunks(CHUNK) {
-            let chunk = &mut self.scratch[..len];
-            memory
-                .read_slice(chunk, addr)
-                .map_err(|_| Failure::IoError)?;
-            self.file
-                .write_all_at(chunk, offset)
-                .map_err(|_| Failure::IoError)?;
+            match memory.get_slice(addr, len) {
+                // Straight from guest memory into the file.
+                Ok(slice) => {
+                    let guard = slice.ptr_guard();
+                    let fd = self.file.as_raw_fd();
+                    transfer(len, offset, |at, count, position| {
+                        // SAFETY: as for reads; the kernel only reads this guest RAM.
+                        // The guest may change it meanwhile, which changes what is
+                        // written, as on hardware.
+                        unsafe { libc::pwrite(fd, guard.as_ptr().add(at).cast(), count, position) }
+                    })?;
+                }
+                Err(_) => {
+                    let chunk = &mut self.scratch[..len];
+                    memory
+                        .read_slice(chunk, addr)
+                        .map_err(|_| Failure::IoError)?;
+                    self.file
+                        .write_all_at(chunk, offset)
+                        .map_err(|_| Failure::IoError)?;
+                }
+            }
             offset += len as u64;
             done += len as u64;
         }
@@ -427,6 +461,28 @@ impl Disk {
         }
         Err(Failure::IoError)
     }
+}
+
+/// Moves `len` bytes at file `offset` with `call(at, count, position)` (a `pread` or
+/// `pwrite` of the bytes from `at` on, returning what the system call returns), going
+/// on where a short transfer stopped; an error or no progress (the end of the file)
+/// fails the request.
+fn transfer(
+    len: usize,
+    offset: u64,
+    mut call: impl FnMut(usize, usize, libc::off_t) -> isize,
+) -> Result<(), Failure> {
+    let mut at = 0;
+    while at < len {
+        let position = libc::off_t::try_from(offset + at as u64).map_err(|_| Failure::IoError)?;
+        match call(at, len - at, position) {
+            0 => return Err(Failure::IoError),
+            moved if moved > 0 => at += moved as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return Err(Failure::IoError),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Clone, Copy)]

@@ -114,7 +114,7 @@ impl ConsoleInputPort {
         flow
     }
 
-    fn fill(&self, memory: &GuestMemory, chain: Result<Chain, ChainError>) -> Served {
+    fn fill(&self, memory: &GuestMemory, chain: Result<&Chain, ChainError>) -> Served {
         let failed = Served {
             written: 0,
             bytes: 0,
@@ -240,7 +240,7 @@ impl VirtioDevice for Console {
 /// Moves a transmit chain's bytes to the output (at most TX_MAX_REQUEST of them).
 fn send(
     memory: &GuestMemory,
-    chain: Result<Chain, ChainError>,
+    chain: Result<&Chain, ChainError>,
     output: &ConsoleOutput,
     scratch: &mut [u8],
 ) -> Served {

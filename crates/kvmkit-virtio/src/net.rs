@@ -251,7 +251,7 @@ impl VirtioDevice for Net {
 /// Writes a transmit chain's frame (header included) to the tap.
 fn send(
     memory: &GuestMemory,
-    chain: Result<Chain, ChainError>,
+    chain: Result<&Chain, ChainError>,
     tap: &Tap,
     frame: &mut [u8],
 ) -> Served {
@@ -350,7 +350,7 @@ impl Receiver {
 /// Puts the first pending frame into a receive chain, with `num_buffers` set to 1.
 fn deliver(
     memory: &GuestMemory,
-    chain: Result<Chain, ChainError>,
+    chain: Result<&Chain, ChainError>,
     pending: &mut VecDeque<Vec<u8>>,
 ) -> Served {
     let failed = Served {

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use kvmkit_devices::{event_fd, Flow};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemory as _, Permissions};
+use vm_memory::Permissions;
+use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _};
 
 use crate::{ActivateError, VirtioInterrupt};
 use crate::{Activation, ActiveQueue, DeviceFault, GuestMemory, InterruptKind, QueueCounters};
@@ -63,6 +64,18 @@ pub fn parse_chain(
     chain: DescriptorChain<&GuestMemory>,
 ) -> Result<Chain, ChainError> {
     let mut parsed = Chain::default();
+    parse_chain_into(memory, chain, &mut parsed)?;
+    Ok(parsed)
+}
+
+/// As [`parse_chain`], into `parsed` (cleared first), reusing its allocations.
+pub fn parse_chain_into(
+    memory: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    parsed: &mut Chain,
+) -> Result<(), ChainError> {
+    parsed.readable.clear();
+    parsed.writable.clear();
     let mut last: Option<Descriptor> = None;
     for descriptor in chain {
         let buffer = Buffer {
@@ -75,8 +88,7 @@ pub fn parse_chain(
             Permissions::Read
         };
         let in_memory = buffer.addr.0.checked_add(u64::from(buffer.len)).is_some()
-            && (buffer.len == 0
-                || memory.check_range(buffer.addr, buffer.len as usize, permission));
+            && (buffer.len == 0 || in_ram(memory, buffer, permission));
         if !in_memory {
             return Err(ChainError::OutOfMemory {
                 addr: buffer.addr.0,
@@ -93,9 +105,21 @@ pub fn parse_chain(
         last = Some(descriptor);
     }
     match last {
-        Some(descriptor) if !descriptor.has_next() => Ok(parsed),
+        Some(descriptor) if !descriptor.has_next() => Ok(()),
         _ => Err(ChainError::Truncated),
     }
+}
+
+/// Whether `buffer` lies in guest RAM: within one region (the common case, checked
+/// with one lookup), or across adjacent ones.
+fn in_ram(memory: &GuestMemory, buffer: Buffer, permission: Permissions) -> bool {
+    if let Some(region) = memory.find_region(buffer.addr) {
+        let offset = buffer.addr.0 - region.start_addr().0;
+        if offset + u64::from(buffer.len) <= region.len() {
+            return true;
+        }
+    }
+    vm_memory::GuestMemory::check_range(memory, buffer.addr, buffer.len as usize, permission)
 }
 
 /// What serving one chain came to.
@@ -123,6 +147,8 @@ pub struct Progress {
 pub struct QueueServer {
     queue: Queue,
     counters: Arc<QueueCounters>,
+    /// The chain being served, its buffers' allocation reused chain after chain.
+    chain: Chain,
 }
 
 /// The driver broke the queue itself (its rings): the device needs a reset.
@@ -133,7 +159,11 @@ pub struct BrokenQueue(#[source] pub virtio_queue::Error);
 impl QueueServer {
     /// Serves `queue`, counting into `counters`.
     pub fn new(queue: Queue, counters: Arc<QueueCounters>) -> Self {
-        QueueServer { queue, counters }
+        QueueServer {
+            queue,
+            counters,
+            chain: Chain::default(),
+        }
     }
 
     /// Takes every chain the driver made available and hands it to `serve`, putting
@@ -144,7 +174,7 @@ impl QueueServer {
     pub fn serve(
         &mut self,
         memory: &GuestMemory,
-        serve: impl FnMut(Result<Chain, ChainError>) -> Served,
+        serve: impl FnMut(Result<&Chain, ChainError>) -> Served,
     ) -> Result<Progress, BrokenQueue> {
         self.serve_while(memory, || true, serve)
     }
@@ -155,7 +185,7 @@ impl QueueServer {
         &mut self,
         memory: &GuestMemory,
         mut has_work: impl FnMut() -> bool,
-        mut serve: impl FnMut(Result<Chain, ChainError>) -> Served,
+        mut serve: impl FnMut(Result<&Chain, ChainError>) -> Served,
     ) -> Result<Progress, BrokenQueue> {
         let budget = self.queue.size();
         let mut taken = 0u16;
@@ -169,7 +199,8 @@ impl QueueServer {
                 };
                 taken += 1;
                 let head = chain.head_index();
-                let served = serve(parse_chain(memory, chain));
+                let parsed = parse_chain_into(memory, chain, &mut self.chain);
+                let served = serve(parsed.map(|()| &self.chain));
                 if served.failed {
                     self.counters.add_error();
                 } else {
@@ -213,7 +244,7 @@ pub fn serve_on_notify(
     active: ActiveQueue,
     counters: Arc<QueueCounters>,
     generation: Arc<AtomicU64>,
-    serve: impl FnMut(&GuestMemory, Result<Chain, ChainError>) -> Served + Send + 'static,
+    serve: impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served + Send + 'static,
 ) -> Result<(), ActivateError> {
     let memory = Arc::clone(&activation.memory);
     let interrupt = Arc::clone(&activation.interrupt);
@@ -257,7 +288,7 @@ pub(crate) fn run_queue(
     interrupt: &dyn VirtioInterrupt,
     fault: &DeviceFault,
     has_work: impl FnMut() -> bool,
-    serve: impl FnMut(Result<Chain, ChainError>) -> Served,
+    serve: impl FnMut(Result<&Chain, ChainError>) -> Served,
 ) -> Flow {
     match server.serve_while(memory, has_work, serve) {
         Ok(progress) => {

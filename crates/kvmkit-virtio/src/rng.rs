@@ -76,7 +76,7 @@ impl VirtioDevice for Rng {
 }
 
 /// Fills the chain's writable buffers with random bytes, up to the request cap.
-fn fill(memory: &GuestMemory, chain: Result<Chain, ChainError>, scratch: &mut [u8]) -> Served {
+fn fill(memory: &GuestMemory, chain: Result<&Chain, ChainError>, scratch: &mut [u8]) -> Served {
     let failed = Served {
         written: 0,
         bytes: 0,

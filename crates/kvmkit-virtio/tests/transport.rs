@@ -130,7 +130,7 @@ fn an_avail_index_jumping_past_the_queue_size_makes_the_device_need_a_reset() {
     rig.negotiate(version_1());
     rig.setup_queue(0, &mock, 16);
     rig.driver_ok();
-    mock.avail().idx().store(100);
+    mock.set_avail_idx(100);
     rig.write(QUEUE_NOTIFY, 0);
 
     assert!(rig.wait_interrupt(), "the config-change interrupt");

@@ -21,7 +21,6 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_VERSION_1,
 };
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -110,7 +109,7 @@ impl Rig {
     }
 
     /// Sets queue `index` up with the rings of `mock`.
-    pub fn setup_queue(&self, index: u32, mock: &MockSplitQueue<GuestMemory>, size: u32) {
+    pub fn setup_queue(&self, index: u32, mock: &Rings, size: u32) {
         self.write(QUEUE_SEL, index);
         self.write(QUEUE_NUM, size);
         for (offset, addr) in [
@@ -134,26 +133,33 @@ impl Rig {
         );
     }
 
-    /// Rings of [`MOCK_SIZE`] entries at [`RINGS`].
-    pub fn mock(&self) -> MockSplitQueue<'_, GuestMemory> {
+    /// Zeroed rings of [`MOCK_SIZE`] entries at [`RINGS`].
+    pub fn mock(&self) -> Rings {
         self.mock_at(RINGS)
     }
 
-    /// Rings of [`MOCK_SIZE`] entries at `addr`, for a second queue.
-    pub fn mock_at(&self, addr: u64) -> MockSplitQueue<'_, GuestMemory> {
-        MockSplitQueue::create(&*self.memory, GuestAddress(addr), MOCK_SIZE)
+    /// Zeroed rings of [`MOCK_SIZE`] entries at `addr`, for a second queue.
+    pub fn mock_at(&self, addr: u64) -> Rings {
+        self.memory
+            .write_slice(&[0u8; 0x400], GuestAddress(addr))
+            .unwrap();
+        Rings {
+            memory: Arc::clone(&self.memory),
+            desc: GuestAddress(addr),
+            avail: GuestAddress(addr + 16 * u64::from(MOCK_SIZE)),
+            used: GuestAddress(addr + 16 * u64::from(MOCK_SIZE) + 0x100),
+        }
     }
 
     /// Offers chains whose heads are `heads`, after those offered so far.
-    pub fn offer(&self, mock: &MockSplitQueue<GuestMemory>, heads: &[u16]) {
-        let start = mock.avail().idx().load();
+    pub fn offer(&self, mock: &Rings, heads: &[u16]) {
+        let start = mock.avail_idx();
         for (n, head) in heads.iter().enumerate() {
-            let slot = (start as usize + n) % usize::from(MOCK_SIZE);
-            mock.avail().ring().ref_at(slot).unwrap().store(*head);
+            let slot = (u64::from(start) + n as u64) % u64::from(MOCK_SIZE);
+            let at = GuestAddress(mock.avail.0 + 4 + 2 * slot);
+            self.memory.write_obj(*head, at).unwrap();
         }
-        mock.avail()
-            .idx()
-            .store(start.wrapping_add(heads.len() as u16));
+        mock.set_avail_idx(start.wrapping_add(heads.len() as u16));
     }
 
     /// Waits for the device's interrupt; false after PATIENCE.
@@ -162,21 +168,14 @@ impl Rig {
     }
 
     /// Used ring entries so far: (head, length).
-    pub fn used(&self, mock: &MockSplitQueue<GuestMemory>) -> Vec<(u32, u32)> {
-        let count = mock.used().idx().load() as usize;
-        (0..count)
+    pub fn used(&self, mock: &Rings) -> Vec<(u32, u32)> {
+        let count: u16 = self.memory.read_obj(GuestAddress(mock.used.0 + 2)).unwrap();
+        (0..u64::from(count))
             .map(|n| {
-                let elem = mock
-                    .used()
-                    .ring()
-                    .ref_at(n % usize::from(MOCK_SIZE))
-                    .unwrap()
-                    .load();
-                let bytes: [u8; 8] = vm_memory::ByteValued::as_slice(&elem).try_into().unwrap();
-                (
-                    u32::from_le_bytes(bytes[..4].try_into().unwrap()),
-                    u32::from_le_bytes(bytes[4..].try_into().unwrap()),
-                )
+                let at = mock.used.0 + 4 + 8 * (n % u64::from(MOCK_SIZE));
+                let head: u32 = self.memory.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = self.memory.read_obj(GuestAddress(at + 4)).unwrap();
+                (head, len)
             })
             .collect()
     }
@@ -187,6 +186,56 @@ impl Rig {
             .read_slice(&mut data, GuestAddress(addr))
             .unwrap();
         data
+    }
+}
+
+/// A split queue's descriptor table and rings in guest memory, laid out by the test
+/// (each in room of its own), as a driver would.
+pub struct Rings {
+    memory: Arc<GuestMemory>,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+}
+
+impl Rings {
+    /// The descriptor table, to store descriptors in.
+    pub fn desc_table(&self) -> &Self {
+        self
+    }
+
+    /// Stores descriptor `index`.
+    pub fn store(
+        &self,
+        index: u16,
+        descriptor: RawDescriptor,
+    ) -> Result<(), vm_memory::GuestMemoryError> {
+        let at = GuestAddress(self.desc.0 + 16 * u64::from(index));
+        self.memory.write_obj(descriptor, at)
+    }
+
+    pub fn desc_table_addr(&self) -> GuestAddress {
+        self.desc
+    }
+
+    pub fn avail_addr(&self) -> GuestAddress {
+        self.avail
+    }
+
+    pub fn used_addr(&self) -> GuestAddress {
+        self.used
+    }
+
+    pub fn avail_idx(&self) -> u16 {
+        self.memory
+            .read_obj(GuestAddress(self.avail.0 + 2))
+            .unwrap()
+    }
+
+    pub fn set_avail_idx(&self, idx: u16) {
+        self.memory
+            .write_obj(idx, GuestAddress(self.avail.0 + 2))
+            .unwrap();
     }
 }
 

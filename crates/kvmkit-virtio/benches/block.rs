@@ -1,0 +1,272 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-blk's request path against the system calls it makes, on the same file in
+//! the same run: 4 KiB random reads (`pread`) and 64 KiB sequential writes (`pwrite`),
+//! in batches of one notification each. The device side is timed from the notify to
+//! the last completion: the transport's notify, the I/O thread's event loop turn, the
+//! rings and chain checks, the file I/O straight to and from guest memory, the status
+//! bytes, the used ring and the interrupt. Writing the requests into guest memory is
+//! the driver's work and is not timed; neither is making the sector list on the other
+//! side.
+//!
+//! ```text
+//! cargo bench -p kvmkit-virtio --bench block
+//! ```
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kvmkit_devices::{BusDevice, EventLoop, VmShutdown};
+use kvmkit_virtio::{Block, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+const DISK: u64 = 64 << 20;
+const QUEUE: u16 = 256;
+const RINGS: u64 = 0x1_0000;
+const HEADERS: u64 = 0x4_0000;
+const STATUS: u64 = 0x3_0000;
+const DATA: u64 = 0x10_0000;
+
+/// A block device driven from this thread: the event loop is turned by hand.
+struct Device {
+    memory: Arc<GuestMemory>,
+    transport: MmioTransport,
+    event_loop: EventLoop,
+    avail: GuestAddress,
+    used_ring: GuestAddress,
+    /// Requests offered and completed so far (the rings' free-running index).
+    used: u16,
+}
+
+impl Device {
+    fn new(file: File) -> Self {
+        let memory = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap());
+        let event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        let transport = MmioTransport::new(
+            Box::new(Block::with_file(file, DISK, false, b"bench")),
+            0xd000_0000,
+            Arc::clone(&memory),
+            Arc::new(EventFdVirtioInterrupt::new().unwrap()),
+            event_loop.handle(),
+            Arc::new(NoShortcut),
+        );
+        // The table and rings each in room of their own (fresh memory is zeroed).
+        let desc = GuestAddress(RINGS);
+        let avail = GuestAddress(RINGS + 0x1000);
+        let used_ring = GuestAddress(RINGS + 0x2000);
+        let device = Device {
+            memory,
+            transport,
+            event_loop,
+            avail,
+            used_ring,
+            used: 0,
+        };
+        for status in [1, 3] {
+            device.write(0x70, status);
+        }
+        device.write(0x24, 1);
+        device.write(0x20, 1);
+        device.write(0x70, 0xb);
+        device.write(0x38, u32::from(QUEUE));
+        for (register, addr) in [(0x80, desc), (0x90, avail), (0xa0, used_ring)] {
+            device.write(register, addr.0 as u32);
+            device.write(register + 4, 0);
+        }
+        device.write(0x44, 1);
+        device.write(0x70, 0xf);
+        device
+    }
+
+    fn write(&self, offset: u64, value: u32) {
+        self.transport.write(offset, &value.to_le_bytes());
+    }
+
+    /// Lays out `count` requests on `len`-byte data buffers (device-writable for
+    /// reads): header, data, status, as chains starting at descriptor 3n.
+    fn chains(&self, count: u16, len: u32, read: bool) {
+        let data_flags = if read { VRING_DESC_F_WRITE } else { 0 };
+        let store = |index: u16, addr, len, flags: u32, next| {
+            let descriptor = RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next));
+            let at = GuestAddress(RINGS + 16 * u64::from(index));
+            self.memory.write_obj(descriptor, at).unwrap();
+        };
+        for n in 0..count {
+            let base = 3 * n;
+            let data = DATA + u64::from(n) * u64::from(len);
+            store(
+                base,
+                HEADERS + 16 * u64::from(n),
+                16,
+                VRING_DESC_F_NEXT,
+                base + 1,
+            );
+            store(
+                base + 1,
+                data,
+                len,
+                data_flags | VRING_DESC_F_NEXT,
+                base + 2,
+            );
+            store(base + 2, STATUS + u64::from(n), 1, VRING_DESC_F_WRITE, 0);
+        }
+    }
+
+    /// Runs one batch: a request of `kind` at each sector of `sectors`, one notify;
+    /// returns the time from the notify to the last completion (the driver's work of
+    /// writing the requests is not the device's).
+    fn batch(&mut self, kind: u32, sectors: &[u64]) -> Duration {
+        let start = self.used;
+        for (n, sector) in sectors.iter().enumerate() {
+            let mut header = [0u8; 16];
+            header[..4].copy_from_slice(&kind.to_le_bytes());
+            header[8..].copy_from_slice(&sector.to_le_bytes());
+            self.memory
+                .write_slice(&header, GuestAddress(HEADERS + 16 * n as u64))
+                .unwrap();
+            let slot = (u64::from(start) + n as u64) % u64::from(QUEUE);
+            let at = self.avail.unchecked_add(4 + 2 * slot);
+            self.memory.write_obj(3 * n as u16, at).unwrap();
+        }
+        let target = start.wrapping_add(sectors.len() as u16);
+        self.memory
+            .write_obj(target, self.avail.unchecked_add(2))
+            .unwrap();
+        let start_time = Instant::now();
+        self.write(0x50, 0);
+        let used_idx = self.used_ring.unchecked_add(2);
+        while self.memory.read_obj::<u16>(used_idx).unwrap() != target {
+            self.event_loop.run_ready().unwrap();
+        }
+        let elapsed = start_time.elapsed();
+        assert_eq!(
+            self.transport.status() & 0x40,
+            0,
+            "the device needs a reset"
+        );
+        self.used = target;
+        elapsed
+    }
+}
+
+/// A scratch disk image, written through once so that both sides read the page cache.
+fn image() -> (File, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("kvmkit-bench-blk-{}", std::process::id()));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    for n in 0..DISK >> 20 {
+        file.write_all_at(&chunk, n << 20).unwrap();
+    }
+    (file, path)
+}
+
+/// Pseudo-random 4 KiB-aligned sectors, the same for both sides.
+fn random_sectors(count: usize, seed: u64) -> Vec<u64> {
+    let mut state = seed | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % (DISK / 4096)) * 8
+        })
+        .collect()
+}
+
+fn block(c: &mut Criterion) {
+    const READS: u16 = 64;
+    const WRITES: u16 = 16;
+    let (file, path) = image();
+    let mut device = Device::new(file.try_clone().unwrap());
+    let mut group = c.benchmark_group("virtio_blk");
+
+    device.chains(READS, 4096, true);
+    let mut seed = 1;
+    group.bench_function("random_read_4k_x64/kvmkit", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    seed += 1;
+                    device.batch(0, &random_sectors(usize::from(READS), seed))
+                })
+                .sum()
+        })
+    });
+    let mut buffer = vec![0u8; 4096];
+    group.bench_function("random_read_4k_x64/pread", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    seed += 1;
+                    let sectors = random_sectors(usize::from(READS), seed);
+                    let start = Instant::now();
+                    for sector in sectors {
+                        file.read_exact_at(&mut buffer, sector * 512).unwrap();
+                    }
+                    start.elapsed()
+                })
+                .sum()
+        })
+    });
+
+    device.chains(WRITES, 64 << 10, false);
+    let mut next = 0u64;
+    group.bench_function("sequential_write_64k_x16/kvmkit", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let sectors = sequential_sectors(&mut next, WRITES);
+                    device.batch(1, &sectors)
+                })
+                .sum()
+        })
+    });
+    let data = vec![0xa5u8; 64 << 10];
+    group.bench_function("sequential_write_64k_x16/pwrite", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let sectors = sequential_sectors(&mut next, WRITES);
+                    let start = Instant::now();
+                    for sector in sectors {
+                        file.write_all_at(&data, sector * 512).unwrap();
+                    }
+                    start.elapsed()
+                })
+                .sum()
+        })
+    });
+    group.finish();
+    std::fs::remove_file(path).unwrap();
+}
+
+/// The next `count` 64 KiB extents from `next` on, wrapping before the disk's end.
+fn sequential_sectors(next: &mut u64, count: u16) -> Vec<u64> {
+    let sectors = (0..u64::from(count))
+        .map(|n| (*next + n * 128) % (DISK / 512 - 128))
+        .collect();
+    *next += u64::from(count) * 128;
+    sectors
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = block
+}
+criterion_main!(benches);
