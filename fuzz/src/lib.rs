@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use kvmkit_devices::ConsoleOutput;
 use kvmkit_devices::EventLoop;
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, BusDevice, BusError, CmosRtc, DebugExit, EventFdInterrupt,
@@ -23,7 +24,8 @@ use kvmkit_devices::{
 };
 use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
 use kvmkit_virtio::{
-    Block, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, Rng, VirtioDevice,
+    Block, Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, Rng,
+    VirtioDevice,
 };
 use std::fs::File;
 use vm_memory::GuestAddress;
@@ -312,7 +314,8 @@ impl VirtioRig {
 
 /// The driver's side of a virtio-mmio device as a stream: register writes and reads of
 /// any offset and width, guest memory scribbled (rings included), notifications, and
-/// the I/O thread's turns, against an rng or a block device. Nothing may panic, and the
+/// the I/O thread's turns, against an rng, a block device (read-write or read-only) or
+/// a console. Nothing may panic, and the
 /// device is either serving or says it needs a reset.
 pub fn virtio_mmio(data: &[u8]) {
     let Some((&device, mut ops)) = data.split_first() else {
