@@ -161,7 +161,9 @@ fn exit_latency_probe_takes_one_userspace_exit_per_iteration_of_each_class() {
         ExitClass::MmioRead => ExitReason::MmioRead,
         ExitClass::Hlt => ExitReason::Hlt,
         // In-kernel classes reach userspace only to fetch the next batch size.
-        ExitClass::Ioeventfd | ExitClass::CpuidInKernel => ExitReason::PioRead,
+        ExitClass::Ioeventfd | ExitClass::VirtioNotify | ExitClass::CpuidInKernel => {
+            ExitReason::PioRead
+        }
     };
     for class in ExitClass::ALL {
         let mut vm = LatencyVm::new(class).unwrap_or_else(|e| panic!("{class}: {e}"));

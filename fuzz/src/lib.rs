@@ -321,15 +321,16 @@ pub fn virtio_mmio(data: &[u8]) {
     let Some((&device, mut ops)) = data.split_first() else {
         return;
     };
-    let device: Box<dyn VirtioDevice> = if device & 1 == 0 {
-        Box::new(Rng::new())
-    } else {
-        Box::new(Block::with_file(
-            image(),
-            64 * 512,
-            device & 2 != 0,
-            b"fuzz",
-        ))
+    let device: Box<dyn VirtioDevice> = match device % 4 {
+        0 => Box::new(Rng::new()),
+        1 | 2 => {
+            let readonly = device % 4 == 2;
+            Box::new(Block::with_file(image(), 64 * 512, readonly, b"fuzz"))
+        }
+        _ => {
+            let output = ConsoleOutput::new(SerialOutput::Sink).expect("an eventfd");
+            Box::new(Console::new(Arc::new(output)).expect("an eventfd"))
+        }
     };
     let mut rig = VirtioRig::new(device);
     while ops.len() >= 6 {

@@ -48,6 +48,9 @@ const STACK_TOP: u64 = 0x8_0000;
 const EXIT_PORT: u16 = 0x80;
 /// The port an ioeventfd is registered on.
 const IOEVENTFD_PORT: u16 = 0x88;
+/// A virtio-mmio queue notify register (in its window above MMIO_ADDR), with an
+/// ioeventfd matching queue 0 as kvmkit's platform registers it.
+const VIRTIO_NOTIFY_ADDR: u64 = MMIO_ADDR + 0x1000 + kvmkit_virtio::QUEUE_NOTIFY;
 /// The port the in-kernel classes read their batch size from.
 const BATCH_PORT: u16 = 0x8a;
 /// An address in the 32-bit MMIO hole.
@@ -70,6 +73,9 @@ pub enum ExitClass {
     Hlt,
     /// `out` to a port with an ioeventfd: KVM signals the eventfd in the kernel.
     Ioeventfd,
+    /// A virtio queue notification: a 32-bit MMIO write of the queue index to the
+    /// notify register, which an ioeventfd with that datamatch takes in the kernel.
+    VirtioNotify,
     /// `cpuid`: KVM answers in the kernel and re-enters the guest.
     CpuidInKernel,
     /// `out` to a port, through the device stack: [`PlatformIo`] and a port [`Bus`]
@@ -81,13 +87,14 @@ pub enum ExitClass {
 
 impl ExitClass {
     /// Every class, in the order tables print them.
-    pub const ALL: [ExitClass; 9] = [
+    pub const ALL: [ExitClass; 10] = [
         ExitClass::PioWrite,
         ExitClass::PioRead,
         ExitClass::MmioWrite,
         ExitClass::MmioRead,
         ExitClass::Hlt,
         ExitClass::Ioeventfd,
+        ExitClass::VirtioNotify,
         ExitClass::CpuidInKernel,
         ExitClass::PioWriteDevice,
         ExitClass::MmioWriteDevice,
@@ -102,6 +109,7 @@ impl ExitClass {
             ExitClass::MmioRead => "mmio_read",
             ExitClass::Hlt => "hlt",
             ExitClass::Ioeventfd => "ioeventfd",
+            ExitClass::VirtioNotify => "virtio_notify",
             ExitClass::CpuidInKernel => "cpuid_in_kernel",
             ExitClass::PioWriteDevice => "pio_write_device",
             ExitClass::MmioWriteDevice => "mmio_write_device",
@@ -110,7 +118,10 @@ impl ExitClass {
 
     /// Whether the exit is handled in the kernel, never reaching userspace.
     pub fn in_kernel(self) -> bool {
-        matches!(self, ExitClass::Ioeventfd | ExitClass::CpuidInKernel)
+        matches!(
+            self,
+            ExitClass::Ioeventfd | ExitClass::VirtioNotify | ExitClass::CpuidInKernel
+        )
     }
 
     /// Whether kvmkit's side goes through the device buses.
@@ -141,6 +152,10 @@ impl ExitClass {
                 ExitClass::Ioeventfd => in_kernel_batch(a, |a| {
                     a.mov(dx, u32::from(IOEVENTFD_PORT))?;
                     a.out(dx, al)
+                })?,
+                ExitClass::VirtioNotify => in_kernel_batch(a, |a| {
+                    a.mov(rdi, VIRTIO_NOTIFY_ADDR)?;
+                    a.mov(dword_ptr(rdi), 0u32)
                 })?,
                 ExitClass::CpuidInKernel => in_kernel_batch(a, |a| {
                     a.xor(eax, eax)?;
@@ -308,7 +323,7 @@ struct Baseline {
 }
 
 impl Baseline {
-    fn new(ram: &GuestRam, ioeventfd: Option<&EventFd>) -> Result<Self, Error> {
+    fn new(ram: &GuestRam, ioeventfd: Option<(&EventFd, ExitClass)>) -> Result<Self, Error> {
         let kvm = Kvm::new().map_err(baseline_error("open /dev/kvm"))?;
         let vm = kvm.create_vm().map_err(baseline_error("KVM_CREATE_VM"))?;
         vm.set_tss_address(0xfffb_d000)
@@ -326,10 +341,18 @@ impl Baseline {
             unsafe { vm.set_user_memory_region(memslot) }
                 .map_err(baseline_error("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        if let Some(event) = ioeventfd {
-            let port = IoEventAddress::Pio(u64::from(IOEVENTFD_PORT));
-            vm.register_ioevent(event, &port, NoDatamatch)
-                .map_err(baseline_error("KVM_IOEVENTFD"))?;
+        if let Some((event, class)) = ioeventfd {
+            let registered = match class {
+                ExitClass::VirtioNotify => {
+                    vm.register_ioevent(event, &IoEventAddress::Mmio(VIRTIO_NOTIFY_ADDR), 0u32)
+                }
+                _ => vm.register_ioevent(
+                    event,
+                    &IoEventAddress::Pio(u64::from(IOEVENTFD_PORT)),
+                    NoDatamatch,
+                ),
+            };
+            registered.map_err(baseline_error("KVM_IOEVENTFD"))?;
         }
         let vcpu = vm
             .create_vcpu(0)
@@ -376,21 +399,23 @@ impl LatencyVm {
                 load_addr: program.load_addr(),
                 source,
             })?;
-        let ioeventfd = if class == ExitClass::Ioeventfd {
-            let event =
-                EventFd::new(libc::EFD_NONBLOCK).map_err(host_error("cannot create an eventfd"))?;
-            vm.register_ioeventfd(
-                &event,
-                IoEventAddress::Pio(u64::from(IOEVENTFD_PORT)),
-                NoDatamatch,
-            )?;
-            Some(event)
-        } else {
-            None
+        let ioeventfd = match class {
+            ExitClass::Ioeventfd | ExitClass::VirtioNotify => {
+                let event = EventFd::new(libc::EFD_NONBLOCK)
+                    .map_err(host_error("cannot create an eventfd"))?;
+                if class == ExitClass::VirtioNotify {
+                    vm.register_ioeventfd(&event, IoEventAddress::Mmio(VIRTIO_NOTIFY_ADDR), 0u32)?;
+                } else {
+                    let port = IoEventAddress::Pio(u64::from(IOEVENTFD_PORT));
+                    vm.register_ioeventfd(&event, port, NoDatamatch)?;
+                }
+                Some(event)
+            }
+            _ => None,
         };
         let vcpu = vm.create_vcpu(0)?;
         vcpu.enter_mode(ram.memory(), CpuMode::Long, CODE_ADDR, STACK_TOP)?;
-        let baseline = Baseline::new(&ram, ioeventfd.as_ref())?;
+        let baseline = Baseline::new(&ram, ioeventfd.as_ref().map(|event| (event, class)))?;
         let mut latency_vm = LatencyVm {
             class,
             handler: LatencyHandler {
