@@ -348,3 +348,45 @@ fn a_reset_and_a_second_activation_serve_the_queue_again() {
     let _ = VIRTIO_CONFIG_S_DRIVER_OK;
     let _ = VIRTIO_CONFIG_S_DRIVER;
 }
+
+#[test]
+fn with_event_idx_the_device_interrupts_only_when_the_driver_asks_and_says_where_to_notify() {
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    use vm_memory::{Bytes, GuestAddress};
+    let rig = rng_rig();
+    let mock = rig.mock();
+    let size = u64::from(MOCK_SIZE);
+    let used_event = GuestAddress(mock.avail_addr().0 + 4 + 2 * size);
+    let avail_event = GuestAddress(mock.used_addr().0 + 4 + 8 * size);
+    for n in 0..2 {
+        let buffer = desc(0x2_0000 + 0x100 * u64::from(n), 8, WRITE, 0);
+        mock.desc_table().store(n, buffer).unwrap();
+    }
+    rig.negotiate(version_1() | (1 << VIRTIO_RING_F_EVENT_IDX));
+    rig.setup_queue(0, &mock, u32::from(MOCK_SIZE));
+    rig.driver_ok();
+
+    // The driver wants an interrupt only once the used index passes 5.
+    rig.memory.write_obj(5u16, used_event).unwrap();
+    rig.offer(&mock, &[0]);
+    rig.write(QUEUE_NOTIFY, 0);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while rig.used(&mock).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let quiet = !wait_readable(rig.interrupt.event(), std::time::Duration::from_millis(200));
+    // Now it wants one for the next buffer used.
+    rig.memory.write_obj(1u16, used_event).unwrap();
+    rig.offer(&mock, &[1]);
+    rig.write(QUEUE_NOTIFY, 0);
+    let interrupted = rig.wait_interrupt();
+
+    assert_eq!(rig.used(&mock), vec![(0, 8), (1, 8)]);
+    assert!(quiet, "an interrupt the driver did not ask for");
+    assert!(interrupted, "no interrupt where the driver asked for one");
+    let next: u16 = rig.memory.read_obj(avail_event).unwrap();
+    assert_eq!(
+        next, 2,
+        "the device asks to be notified of the next available entry"
+    );
+}
