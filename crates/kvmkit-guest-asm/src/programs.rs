@@ -50,15 +50,7 @@ pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
         let mut idle = a.create_label();
         let mut print = a.create_label();
 
-        let mut vcpu0 = a.create_label();
-        a.test(rdi, rdi)?;
-        a.jz(vcpu0)?;
-        let mut park = a.create_label();
-        a.cli()?;
-        a.set_label(&mut park)?;
-        a.hlt()?;
-        a.jmp(park)?;
-        a.set_label(&mut vcpu0)?;
+        emit_park_other_vcpus(a)?;
 
         emit_interrupt_gate(a, &mut idt, &mut idtr, &mut handler, 0x24)?;
         emit_master_pic(a, 4)?;
@@ -190,15 +182,7 @@ pub fn virtio_driver(
         let mut interrupts = a.create_label();
         let mut refused = a.create_label();
 
-        let mut vcpu0 = a.create_label();
-        a.test(rdi, rdi)?;
-        a.jz(vcpu0)?;
-        let mut park = a.create_label();
-        a.cli()?;
-        a.set_label(&mut park)?;
-        a.hlt()?;
-        a.jmp(park)?;
-        a.set_label(&mut vcpu0)?;
+        emit_park_other_vcpus(a)?;
 
         emit_interrupt_gate(a, &mut idt, &mut idtr, &mut handler, 0x20 + u32::from(irq))?;
         emit_master_pic(a, irq)?;
@@ -333,6 +317,20 @@ fn emit_request(
     a.hlt()?;
     a.jmp(wait)?;
     a.set_label(&mut done)
+}
+
+/// Emits: vCPUs other than 0 (RDI = their index, as `kvmkit::MachineBuilder` sets)
+/// halt with interrupts off, for good; vCPU 0 goes on.
+fn emit_park_other_vcpus(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut vcpu0 = a.create_label();
+    let mut park = a.create_label();
+    a.test(rdi, rdi)?;
+    a.jz(vcpu0)?;
+    a.cli()?;
+    a.set_label(&mut park)?;
+    a.hlt()?;
+    a.jmp(park)?;
+    a.set_label(&mut vcpu0)
 }
 
 /// Emits: IDT entry `vector` -> `handler` (a 64-bit interrupt gate, selector 0x08) in

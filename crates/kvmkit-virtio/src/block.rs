@@ -182,10 +182,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        let position = activation.queues.iter().position(|q| q.index == 0);
-        let queue = position
-            .map(|i| activation.queues.swap_remove(i))
-            .ok_or(ActivateError::MissingQueue(0))?;
+        let queue = activation.take_queue(0)?;
         let mut disk = Disk {
             file: Arc::clone(&self.file),
             capacity: self.capacity,
@@ -238,16 +235,13 @@ impl Failure {
 
 impl Disk {
     fn serve(&mut self, memory: &GuestMemory, chain: Result<&Chain, ChainError>) -> Served {
-        let dropped = Served {
-            written: 0,
-            bytes: 0,
-            failed: true,
+        let Ok(chain) = chain else {
+            return Served::FAILED;
         };
-        let Ok(chain) = chain else { return dropped };
         // The status byte is the last byte of the last device-writable buffer; without
         // one the request cannot even be answered.
         let Some(status) = status_byte(&chain.writable) else {
-            return dropped;
+            return Served::FAILED;
         };
         let data_in = Segments::new(&chain.writable, status.len_before);
         let mut readable = Segments::new(&chain.readable, total(&chain.readable));
@@ -258,7 +252,7 @@ impl Disk {
             Err(failure) => (failure.status(), 0, 0, true),
         };
         if memory.write_obj(status_value, status.addr).is_err() {
-            return dropped;
+            return Served::FAILED;
         }
         Served {
             written: (written + 1) as u32,

@@ -115,14 +115,11 @@ impl ConsoleInputPort {
     }
 
     fn fill(&self, memory: &GuestMemory, chain: Result<&Chain, ChainError>) -> Served {
-        let failed = Served {
-            written: 0,
-            bytes: 0,
-            failed: true,
+        let Ok(chain) = chain else {
+            return Served::FAILED;
         };
-        let Ok(chain) = chain else { return failed };
         if !chain.readable.is_empty() || chain.writable.is_empty() {
-            return failed;
+            return Served::FAILED;
         }
         let mut pending = self.pending();
         let mut written = 0usize;
@@ -133,15 +130,11 @@ impl ConsoleInputPort {
             }
             let bytes: Vec<u8> = pending.drain(..take).collect();
             if memory.write_slice(&bytes, buffer.addr).is_err() {
-                return failed;
+                return Served::FAILED;
             }
             written += take;
         }
-        Served {
-            written: written as u32,
-            bytes: written as u64,
-            failed: false,
-        }
+        Served::done(written as u32, written as u64)
     }
 }
 
@@ -181,14 +174,8 @@ impl VirtioDevice for Console {
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        let mut take = |index: u16| {
-            let position = activation.queues.iter().position(|q| q.index == index);
-            position
-                .map(|i| activation.queues.swap_remove(i))
-                .ok_or(ActivateError::MissingQueue(index))
-        };
-        let receive = take(RECEIVE)?;
-        let transmit = take(TRANSMIT)?;
+        let receive = activation.take_queue(RECEIVE)?;
+        let transmit = activation.take_queue(TRANSMIT)?;
         let output = Arc::clone(&self.output);
         let mut scratch = vec![0u8; TX_MAX_REQUEST];
         serve_on_notify(
@@ -244,14 +231,11 @@ fn send(
     output: &ConsoleOutput,
     scratch: &mut [u8],
 ) -> Served {
-    let failed = Served {
-        written: 0,
-        bytes: 0,
-        failed: true,
+    let Ok(chain) = chain else {
+        return Served::FAILED;
     };
-    let Ok(chain) = chain else { return failed };
     if !chain.writable.is_empty() {
-        return failed;
+        return Served::FAILED;
     }
     let mut sent = 0usize;
     for buffer in &chain.readable {
@@ -260,14 +244,10 @@ fn send(
             break;
         }
         if memory.read_slice(&mut scratch[..len], buffer.addr).is_err() {
-            return failed;
+            return Served::FAILED;
         }
         output.push(&scratch[..len]);
         sent += len;
     }
-    Served {
-        written: 0,
-        bytes: sent as u64,
-        failed: false,
-    }
+    Served::done(0, sent as u64)
 }

@@ -62,6 +62,16 @@ pub struct Activation {
     pub events: LoopHandle,
 }
 
+impl Activation {
+    /// Takes queue `index` out of the activation, or says the driver did not set it up.
+    pub fn take_queue(&mut self, index: u16) -> Result<ActiveQueue, ActivateError> {
+        let position = self.queues.iter().position(|q| q.index == index);
+        position
+            .map(|i| self.queues.swap_remove(i))
+            .ok_or(ActivateError::MissingQueue(index))
+    }
+}
+
 /// One queue the driver set up.
 #[non_exhaustive]
 pub struct ActiveQueue {

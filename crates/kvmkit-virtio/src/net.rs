@@ -193,14 +193,8 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        let mut take = |index: u16| {
-            let position = activation.queues.iter().position(|q| q.index == index);
-            position
-                .map(|i| activation.queues.swap_remove(i))
-                .ok_or(ActivateError::MissingQueue(index))
-        };
-        let receive = take(RECEIVE)?;
-        let transmit = take(TRANSMIT)?;
+        let receive = activation.take_queue(RECEIVE)?;
+        let transmit = activation.take_queue(TRANSMIT)?;
         // No offload is offered, so the tap must hand over whole, checksummed frames.
         self.tap
             .set_offloads(0)
@@ -255,14 +249,11 @@ fn send(
     tap: &Tap,
     frame: &mut [u8],
 ) -> Served {
-    let failed = Served {
-        written: 0,
-        bytes: 0,
-        failed: true,
+    let Ok(chain) = chain else {
+        return Served::FAILED;
     };
-    let Ok(chain) = chain else { return failed };
     if !chain.writable.is_empty() {
-        return failed;
+        return Served::FAILED;
     }
     let mut len = 0usize;
     for buffer in &chain.readable {
@@ -272,22 +263,18 @@ fn send(
                 .read_slice(&mut frame[len..len + take], buffer.addr)
                 .is_err()
         {
-            return failed;
+            return Served::FAILED;
         }
         len += take;
     }
     if len <= NET_HEADER_LEN {
-        return failed;
+        return Served::FAILED;
     }
     // A tap takes a frame whole or not at all; a full tap queue drops it, as a
     // congested link would.
     match (&tap.file).write(&frame[..len]) {
-        Ok(written) if written == len => Served {
-            written: 0,
-            bytes: (len - NET_HEADER_LEN) as u64,
-            failed: false,
-        },
-        Ok(_) | Err(_) => failed,
+        Ok(written) if written == len => Served::done(0, (len - NET_HEADER_LEN) as u64),
+        Ok(_) | Err(_) => Served::FAILED,
     }
 }
 
@@ -353,20 +340,17 @@ fn deliver(
     chain: Result<&Chain, ChainError>,
     pending: &mut VecDeque<Vec<u8>>,
 ) -> Served {
-    let failed = Served {
-        written: 0,
-        bytes: 0,
-        failed: true,
+    let Ok(chain) = chain else {
+        return Served::FAILED;
     };
-    let Ok(chain) = chain else { return failed };
     let room: u64 = chain.writable.iter().map(|b| u64::from(b.len)).sum();
     let Some(frame) = pending.front_mut() else {
-        return failed;
+        return Served::FAILED;
     };
     if !chain.readable.is_empty() || room < frame.len() as u64 {
         // A buffer too small for the frame: the frame is dropped with it.
         pending.pop_front();
-        return failed;
+        return Served::FAILED;
     }
     frame[10..12].copy_from_slice(&1u16.to_le_bytes());
     let mut at = 0;
@@ -380,15 +364,11 @@ fn deliver(
             .is_err()
         {
             pending.pop_front();
-            return failed;
+            return Served::FAILED;
         }
         at += take;
     }
     let len = frame.len();
     pending.pop_front();
-    Served {
-        written: len as u32,
-        bytes: (len - NET_HEADER_LEN) as u64,
-        failed: false,
-    }
+    Served::done(len as u32, (len - NET_HEADER_LEN) as u64)
 }

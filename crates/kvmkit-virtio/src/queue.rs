@@ -133,6 +133,24 @@ pub struct Served {
     pub failed: bool,
 }
 
+impl Served {
+    /// A request refused or failed with nothing written back.
+    pub const FAILED: Served = Served {
+        written: 0,
+        bytes: 0,
+        failed: true,
+    };
+
+    /// A request done: `written` bytes into its writable buffers, `bytes` moved.
+    pub fn done(written: u32, bytes: u64) -> Self {
+        Served {
+            written,
+            bytes,
+            failed: false,
+        }
+    }
+}
+
 /// What one call of [`QueueServer::serve`] left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {

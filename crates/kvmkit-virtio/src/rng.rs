@@ -52,10 +52,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        let position = activation.queues.iter().position(|q| q.index == 0);
-        let queue = position
-            .map(|i| activation.queues.swap_remove(i))
-            .ok_or(ActivateError::MissingQueue(0))?;
+        let queue = activation.take_queue(0)?;
         let mut scratch = vec![0u8; RNG_MAX_REQUEST];
         serve_on_notify(
             &activation,
@@ -77,14 +74,11 @@ impl VirtioDevice for Rng {
 
 /// Fills the chain's writable buffers with random bytes, up to the request cap.
 fn fill(memory: &GuestMemory, chain: Result<&Chain, ChainError>, scratch: &mut [u8]) -> Served {
-    let failed = Served {
-        written: 0,
-        bytes: 0,
-        failed: true,
+    let Ok(chain) = chain else {
+        return Served::FAILED;
     };
-    let Ok(chain) = chain else { return failed };
     if !chain.readable.is_empty() || chain.writable.is_empty() {
-        return failed;
+        return Served::FAILED;
     }
     let mut written = 0usize;
     for buffer in &chain.writable {
@@ -102,11 +96,7 @@ fn fill(memory: &GuestMemory, chain: Result<&Chain, ChainError>, scratch: &mut [
         }
         written += len;
     }
-    Served {
-        written: written as u32,
-        bytes: written as u64,
-        failed: false,
-    }
+    Served::done(written as u32, written as u64)
 }
 
 fn getrandom(buffer: &mut [u8]) -> std::io::Result<()> {
