@@ -9,8 +9,8 @@ use std::sync::Arc;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::x86::PAGE_TABLES_END;
 use kvmkit_vcpu::{
-    CpuMode, EventFd, Hypervisor, IoHandler, Vcpu, VcpuHandle, VcpuOutcome, VcpuThread,
-    VcpuThreadConfig, Vm,
+    CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, Vcpu, VcpuHandle,
+    VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -133,6 +133,7 @@ pub struct MachineBuilder {
     irqchip: bool,
     kvm_path: PathBuf,
     pin_vcpus: bool,
+    log_dirty: bool,
 }
 
 impl Default for MachineBuilder {
@@ -144,6 +145,7 @@ impl Default for MachineBuilder {
             irqchip: false,
             kvm_path: PathBuf::from(Hypervisor::DEFAULT_PATH),
             pin_vcpus: false,
+            log_dirty: false,
         }
     }
 }
@@ -187,6 +189,13 @@ impl MachineBuilder {
         self
     }
 
+    /// Log the pages the guest writes (`KVM_MEM_LOG_DIRTY_PAGES`), for
+    /// [`RunningMachine::dirty_pages`].
+    pub fn log_dirty_pages(mut self, enabled: bool) -> Self {
+        self.log_dirty = enabled;
+        self
+    }
+
     /// Opens the KVM device at `path` instead of `/dev/kvm`.
     pub fn kvm_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.kvm_path = path.into();
@@ -212,7 +221,12 @@ impl MachineBuilder {
         let layout = MemoryLayout::x86_64(memory_size)?;
         let ram = GuestRam::new(&layout, &self.memory_config)?;
         let vm = Arc::new(Vm::new(&hypervisor)?);
-        vm.register_memory(ram.shared_memory())?;
+        let options = if self.log_dirty {
+            MemslotOptions::default().logging_dirty_pages()
+        } else {
+            MemslotOptions::default()
+        };
+        vm.register_memory_with(ram.shared_memory(), options)?;
         if self.irqchip {
             vm.create_irqchip()?;
             vm.create_pit()?;
@@ -390,6 +404,17 @@ impl RunningMachine {
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// The pages of memslot `slot` (guest RAM region `slot`) written since the last
+    /// call: those the guest wrote (KVM's dirty log) and those devices wrote (the
+    /// memory's own bitmap). Needs [`MachineBuilder::log_dirty_pages`].
+    pub fn dirty_pages(&self, slot: u32) -> Result<DirtyBitmap, Error> {
+        let mut pages = self.vm.dirty_pages(slot)?;
+        if let Some(written) = self.ram.take_written_pages(slot as usize) {
+            pages.include(&written);
+        }
+        Ok(pages)
     }
 
     /// The vCPU threads, for kick, pause, resume, stop and exit counts.

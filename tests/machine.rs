@@ -266,3 +266,67 @@ fn dropping_a_running_machine_stops_its_vcpus_before_guest_ram_goes() {
         }
     }
 }
+
+/// Counts port writes.
+#[derive(Default)]
+struct Writes(std::sync::atomic::AtomicU64);
+
+impl IoHandler for Writes {
+    fn pio_write(&self, _port: u16, _data: &[u8]) -> IoAction {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        IoAction::Continue
+    }
+}
+
+#[test]
+fn dirty_pages_are_the_pages_the_guest_wrote_and_the_pages_devices_wrote() {
+    use vm_memory::{Bytes, GuestAddress};
+    const GUEST_PAGE: u64 = 0x40_0000;
+    const DEVICE_PAGE: u64 = 0x50_0000;
+    let guest = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+        let mut idle = a.create_label();
+        a.mov(rdi, GUEST_PAGE)?;
+        a.mov(qword_ptr(rdi), 1i32)?;
+        a.mov(dx, 0x80u32)?;
+        a.out(dx, al)?;
+        a.set_label(&mut idle)?;
+        a.pause()?;
+        a.jmp(idle)
+    })
+    .unwrap();
+    let machine = MachineBuilder::new()
+        .memory_mib(16)
+        .log_dirty_pages(true)
+        .build()
+        .unwrap();
+    let writes = Arc::new(Writes::default());
+    let running = machine.boot(&guest).unwrap().start(writes.clone()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while writes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never wrote"
+        );
+        std::thread::yield_now();
+    }
+
+    // What a device does: a write through vm-memory, which KVM never sees.
+    running
+        .ram()
+        .memory()
+        .write_obj(7u64, GuestAddress(DEVICE_PAGE))
+        .unwrap();
+    let first: Vec<u64> = running.dirty_pages(0).unwrap().dirty_pages().collect();
+    let second = running.dirty_pages(0).unwrap();
+    running.stop();
+    running.wait().unwrap();
+
+    assert!(first.contains(&GUEST_PAGE), "the guest's page: {first:x?}");
+    assert!(
+        first.contains(&DEVICE_PAGE),
+        "the device's page: {first:x?}"
+    );
+    assert!(!second
+        .dirty_pages()
+        .any(|p| p == GUEST_PAGE || p == DEVICE_PAGE));
+}

@@ -48,5 +48,5 @@ pub use error::{Conflict, Error};
 pub use host::KsmScanning;
 pub use host::{HugePagePool, KsmCounters};
 pub use layout::{MemoryLayout, RegionSpec, X86_MMIO_HOLE_END, X86_MMIO_HOLE_START};
-pub use ram::{GuestRam, RamRegion};
+pub use ram::{GuestMemory, GuestRam, RamRegion, DIRTY_PAGE_SIZE};
 pub use report::{MemoryReport, RegionReport, VmFlags};

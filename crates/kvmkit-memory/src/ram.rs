@@ -6,12 +6,23 @@
 use std::io;
 use std::sync::Arc;
 
+use std::num::NonZeroUsize;
+
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::host_page_size;
 use crate::report::MemoryReport;
 use crate::{Backing, Error, MemoryConfig, MemoryLayout, RegionSpec};
+
+/// Guest RAM as devices see it: vm-memory's mmap-backed memory with a dirty bitmap, in
+/// which every write through vm-memory (a device filling a buffer) marks its 4 KiB
+/// page, beside what the hypervisor logs for the guest's own writes.
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
+
+/// The page size the dirty bitmap counts in, as KVM's dirty log does.
+pub const DIRTY_PAGE_SIZE: usize = 4096;
 
 /// One mapped region of guest RAM: where it is in the guest and in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +43,7 @@ pub struct RamRegion {
 /// KSM-merged pages as it frees the others, with no unmerging copy first.
 #[derive(Debug)]
 pub struct GuestRam {
-    memory: Arc<GuestMemoryMmap>,
+    memory: Arc<GuestMemory>,
     regions: Vec<RamRegion>,
     backing: Backing,
     config: MemoryConfig,
@@ -54,7 +65,7 @@ impl GuestRam {
             });
             mapped.push(region);
         }
-        let memory = Arc::new(GuestMemoryMmap::from_regions(mapped)?);
+        let memory = Arc::new(GuestMemory::from_regions(mapped)?);
         let ram = GuestRam {
             memory,
             regions,
@@ -85,14 +96,22 @@ impl GuestRam {
     }
 
     /// The memory as vm-memory sees it, for device emulation.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestMemory {
         &self.memory
     }
 
     /// The memory in the `Arc` that owns its mappings, for whoever must keep them
     /// mapped beyond this `GuestRam`: a hypervisor's memslots, a device thread.
-    pub fn shared_memory(&self) -> &Arc<GuestMemoryMmap> {
+    pub fn shared_memory(&self) -> &Arc<GuestMemory> {
         &self.memory
+    }
+
+    /// The pages of region `index` written through vm-memory (by devices) since the
+    /// last call, as a bitmap of 4 KiB pages (bit `i` of word `w` is page `64w + i`),
+    /// cleared as it is read; `None` for a region that does not exist.
+    pub fn take_written_pages(&self, index: usize) -> Option<Vec<u64>> {
+        let region = vm_memory::GuestMemoryBackend::iter(&*self.memory).nth(index)?;
+        Some(region.bitmap().get_and_reset())
     }
 
     /// The mapped regions, sorted by guest-physical address.
@@ -126,7 +145,7 @@ fn map_region(
     spec: &RegionSpec,
     backing: &Backing,
     config: &MemoryConfig,
-) -> Result<GuestRegionMmap, Error> {
+) -> Result<GuestRegionMmap<AtomicBitmap>, Error> {
     let map_error = |source: io::Error| Error::Map {
         guest_addr: spec.guest_addr,
         size: spec.size,
@@ -135,7 +154,8 @@ fn map_region(
     };
     let size = usize::try_from(spec.size)
         .map_err(|_| map_error(io::Error::from_raw_os_error(libc::ENOMEM)))?;
-    let mut builder = MmapRegionBuilder::new(size)
+    let page = NonZeroUsize::new(DIRTY_PAGE_SIZE).expect("a page is not empty");
+    let mut builder = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, page))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(backing.mmap_flags(config.reserve))
         .with_hugetlbfs(backing.hugepage_size().is_some());
@@ -269,6 +289,23 @@ mod tests {
             .read_obj::<u32>(GuestAddress(crate::X86_MMIO_HOLE_START));
 
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn writes_through_vm_memory_mark_their_pages_until_taken() {
+        let layout = MemoryLayout::x86_64(MIB).unwrap();
+        let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
+
+        ram.memory().write_obj(1u8, GuestAddress(0x5000)).unwrap();
+        ram.memory()
+            .write_slice(&[2u8; 0x1800], GuestAddress(0x8800))
+            .unwrap();
+        let written = ram.take_written_pages(0).unwrap();
+        let again = ram.take_written_pages(0).unwrap();
+
+        assert_eq!(written[0], (1 << 5) | (1 << 8) | (1 << 9));
+        assert!(again.iter().all(|&w| w == 0));
+        assert!(ram.take_written_pages(1).is_none());
     }
 
     #[test]

@@ -73,6 +73,14 @@ impl DirtyBitmap {
     pub fn words(&self) -> &[u64] {
         &self.bits
     }
+
+    /// Adds the pages of another bitmap of the same slot (the pages devices wrote,
+    /// from the memory's own dirty bitmap): the union is what migration must copy.
+    pub fn include(&mut self, words: &[u64]) {
+        for (mine, theirs) in self.bits.iter_mut().zip(words) {
+            *mine |= theirs;
+        }
+    }
 }
 
 /// One guest-memory region registered with KVM, as [`Vm::memslots`] describes it.

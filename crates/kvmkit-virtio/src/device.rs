@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use kvmkit_devices::LoopHandle;
 use virtio_queue::Queue;
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{DeviceFault, VirtioInterrupt};
 
-/// The guest memory devices read and write.
-pub type GuestMemory = GuestMemoryMmap;
+/// The guest memory devices read and write: with a dirty bitmap that their writes
+/// mark, so that migration sees the pages devices wrote beside the ones the guest did.
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
 
 /// A virtio device behind a transport.
 ///

@@ -86,8 +86,9 @@ fn input_waits_for_receive_buffers_and_then_fills_them() {
     assert_eq!(c.rig.used(&rx), vec![(0, 3)]);
     assert_eq!(c.rig.read_bytes(0x3_0000, 3), b"ls\n");
     assert_eq!(c.input.input_room(), CONSOLE_INPUT_BYTES);
+    // Signalled right after the interrupt, on the I/O thread.
     assert!(
-        c.input.input_ready().read().is_ok(),
+        wait_readable(c.input.input_ready(), PATIENCE),
         "room was made: input may flow"
     );
 }
