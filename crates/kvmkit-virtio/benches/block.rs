@@ -16,142 +16,65 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kvmkit_devices::{BusDevice, EventLoop, VmShutdown};
-use kvmkit_virtio::{Block, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut};
+
+mod common;
+use common::Driven;
+use kvmkit_virtio::Block;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 const DISK: u64 = 64 << 20;
-const QUEUE: u16 = 256;
-const RINGS: u64 = 0x1_0000;
 const HEADERS: u64 = 0x4_0000;
 const STATUS: u64 = 0x3_0000;
 const DATA: u64 = 0x10_0000;
 
-/// A block device driven from this thread: the event loop is turned by hand.
-struct Device {
-    memory: Arc<GuestMemory>,
-    transport: MmioTransport,
-    event_loop: EventLoop,
-    avail: GuestAddress,
-    used_ring: GuestAddress,
-    /// Requests offered and completed so far (the rings' free-running index).
-    used: u16,
-}
+/// A block device driven from this thread, its requests laid out as chains of
+/// header, data and status starting at descriptor 3n.
+struct Device(Driven);
 
 impl Device {
     fn new(file: File) -> Self {
-        let memory = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap());
-        let event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
-        let transport = MmioTransport::new(
-            Box::new(Block::with_file(file, DISK, false, b"bench")),
-            0xd000_0000,
-            Arc::clone(&memory),
-            Arc::new(EventFdVirtioInterrupt::new().unwrap()),
-            event_loop.handle(),
-            Arc::new(NoShortcut),
-        );
-        // The table and rings each in room of their own (fresh memory is zeroed).
-        let desc = GuestAddress(RINGS);
-        let avail = GuestAddress(RINGS + 0x1000);
-        let used_ring = GuestAddress(RINGS + 0x2000);
-        let device = Device {
-            memory,
-            transport,
-            event_loop,
-            avail,
-            used_ring,
-            used: 0,
-        };
-        for status in [1, 3] {
-            device.write(0x70, status);
-        }
-        device.write(0x24, 1);
-        device.write(0x20, 1);
-        device.write(0x70, 0xb);
-        device.write(0x38, u32::from(QUEUE));
-        for (register, addr) in [(0x80, desc), (0x90, avail), (0xa0, used_ring)] {
-            device.write(register, addr.0 as u32);
-            device.write(register + 4, 0);
-        }
-        device.write(0x44, 1);
-        device.write(0x70, 0xf);
-        device
-    }
-
-    fn write(&self, offset: u64, value: u32) {
-        self.transport.write(offset, &value.to_le_bytes());
+        let block = Block::with_file(file, DISK, false, b"bench");
+        Device(Driven::new(Box::new(block), 1, 0))
     }
 
     /// Lays out `count` requests on `len`-byte data buffers (device-writable for
-    /// reads): header, data, status, as chains starting at descriptor 3n.
+    /// reads).
     fn chains(&self, count: u16, len: u32, read: bool) {
         let data_flags = if read { VRING_DESC_F_WRITE } else { 0 };
-        let store = |index: u16, addr, len, flags: u32, next| {
-            let descriptor = RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next));
-            let at = GuestAddress(RINGS + 16 * u64::from(index));
-            self.memory.write_obj(descriptor, at).unwrap();
-        };
         for n in 0..count {
             let base = 3 * n;
             let data = DATA + u64::from(n) * u64::from(len);
-            store(
-                base,
-                HEADERS + 16 * u64::from(n),
-                16,
-                VRING_DESC_F_NEXT,
-                base + 1,
-            );
-            store(
+            let header = HEADERS + 16 * u64::from(n);
+            self.0
+                .store(0, base, header, 16, VRING_DESC_F_NEXT, base + 1);
+            self.0.store(
+                0,
                 base + 1,
                 data,
                 len,
                 data_flags | VRING_DESC_F_NEXT,
                 base + 2,
             );
-            store(base + 2, STATUS + u64::from(n), 1, VRING_DESC_F_WRITE, 0);
+            self.0
+                .store(0, base + 2, STATUS + u64::from(n), 1, VRING_DESC_F_WRITE, 0);
         }
     }
 
     /// Runs one batch: a request of `kind` at each sector of `sectors`, one notify;
-    /// returns the time from the notify to the last completion (the driver's work of
-    /// writing the requests is not the device's).
+    /// returns the device's time.
     fn batch(&mut self, kind: u32, sectors: &[u64]) -> Duration {
-        let start = self.used;
         for (n, sector) in sectors.iter().enumerate() {
             let mut header = [0u8; 16];
             header[..4].copy_from_slice(&kind.to_le_bytes());
             header[8..].copy_from_slice(&sector.to_le_bytes());
-            self.memory
-                .write_slice(&header, GuestAddress(HEADERS + 16 * n as u64))
-                .unwrap();
-            let slot = (u64::from(start) + n as u64) % u64::from(QUEUE);
-            let at = self.avail.unchecked_add(4 + 2 * slot);
-            self.memory.write_obj(3 * n as u16, at).unwrap();
+            let at = GuestAddress(HEADERS + 16 * n as u64);
+            self.0.memory.write_slice(&header, at).unwrap();
         }
-        let target = start.wrapping_add(sectors.len() as u16);
-        self.memory
-            .write_obj(target, self.avail.unchecked_add(2))
-            .unwrap();
-        let start_time = Instant::now();
-        self.write(0x50, 0);
-        let used_idx = self.used_ring.unchecked_add(2);
-        while self.memory.read_obj::<u16>(used_idx).unwrap() != target {
-            self.event_loop.run_ready().unwrap();
-        }
-        let elapsed = start_time.elapsed();
-        assert_eq!(
-            self.transport.status() & 0x40,
-            0,
-            "the device needs a reset"
-        );
-        self.used = target;
-        elapsed
+        self.0.run(0, (0..sectors.len() as u16).map(|n| 3 * n))
     }
 }
 
