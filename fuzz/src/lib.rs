@@ -24,10 +24,11 @@ use kvmkit_devices::{
 };
 use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
 use kvmkit_virtio::{
-    Block, Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, Rng,
-    VirtioDevice,
+    Block, Console, DatagramBackend, EventFdVirtioInterrupt, GuestMemory, MmioTransport, Net,
+    NoShortcut, Rng, VirtioDevice,
 };
 use std::fs::File;
+use std::os::unix::net::UnixDatagram;
 use vm_memory::GuestAddress;
 
 /// A user's `--memory` text: parsing never panics, what parses prints back to the same
@@ -292,22 +293,28 @@ impl VirtioRig {
 
     /// A spec-following setup of queue 0 (16 entries at VIRTIO_RINGS), up to DRIVER_OK.
     fn set_up_queue(&self) {
+        self.set_up_queues(1);
+    }
+
+    /// A spec-following setup of `count` queues of 16 entries, queue N's table and
+    /// rings at VIRTIO_RINGS + N * 0x400, up to DRIVER_OK.
+    fn set_up_queues(&self, count: u32) {
         for status in [1, 3] {
             self.write(0x70, status);
         }
         self.write(0x24, 1);
         self.write(0x20, 1);
         self.write(0x70, 0xb);
-        self.write(0x38, 16);
-        for (register, addr) in [
-            (0x80, VIRTIO_RINGS),
-            (0x90, VIRTIO_RINGS + 0x100),
-            (0xa0, VIRTIO_RINGS + 0x200),
-        ] {
-            self.write(register, addr as u32);
-            self.write(register + 4, 0);
+        for queue in 0..count {
+            let base = VIRTIO_RINGS + 0x400 * u64::from(queue);
+            self.write(0x30, queue);
+            self.write(0x38, 16);
+            for (register, addr) in [(0x80, base), (0x90, base + 0x100), (0xa0, base + 0x200)] {
+                self.write(register, addr as u32);
+                self.write(register + 4, 0);
+            }
+            self.write(0x44, 1);
         }
-        self.write(0x44, 1);
         self.write(0x70, 0xf);
     }
 }
@@ -405,6 +412,60 @@ pub fn virtio_blk(data: &[u8]) {
     );
 }
 
+/// virtio-net's frame handling: the input holds both queues' descriptor tables and
+/// buffers, the chains offered on each, and frames arriving from the backend (a
+/// datagram socket); the device moves what it can both ways. Nothing may panic, no
+/// frame sent to the backend may be larger than a frame can be, and no chain may be
+/// used with more bytes than it holds.
+pub fn virtio_net(data: &[u8]) {
+    if data.len() < 2 * 16 * 16 + 4 {
+        return;
+    }
+    let (tables, rest) = data.split_at(2 * 16 * 16);
+    let (offers, rest) = rest.split_at(4);
+    let (device_end, peer) = UnixDatagram::pair().expect("a socket pair");
+    peer.set_nonblocking(true).expect("non-blocking");
+    let backend = DatagramBackend::new(device_end).expect("non-blocking");
+    let mut rig = VirtioRig::new(Box::new(Net::new(backend, [0x52, 0x54, 0, 0, 0, 1])));
+    let memory = Arc::clone(&rig.memory);
+    // Queue 0 (receive) at VIRTIO_RINGS, queue 1 (transmit) at VIRTIO_RINGS + 0x400.
+    for queue in 0..2u64 {
+        let table = &tables[queue as usize * 256..(queue as usize + 1) * 256];
+        let _ = vm_memory::Bytes::write_slice(
+            &*memory,
+            table,
+            GuestAddress(VIRTIO_RINGS + queue * 0x400),
+        );
+    }
+    let buffers = &rest[..rest.len().min(0x1_0000)];
+    let _ = vm_memory::Bytes::write_slice(&*memory, buffers, GuestAddress(VIRTIO_BUFFERS));
+    // Frames from the backend: the same bytes, cut into up to four datagrams.
+    for chunk in buffers.chunks(buffers.len() / 4 + 1).take(4) {
+        let _ = peer.send(chunk);
+    }
+    rig.set_up_queues(2);
+    for queue in 0..2u64 {
+        let count = u16::from(offers[queue as usize * 2] % 17);
+        let first = offers[queue as usize * 2 + 1];
+        let avail = VIRTIO_RINGS + queue * 0x400 + 0x100;
+        for slot in 0..count {
+            let head = u16::from(first.wrapping_add(slot as u8)) % 16;
+            let _ = vm_memory::Bytes::write_obj(
+                &*memory,
+                head,
+                GuestAddress(avail + 4 + 2 * u64::from(slot)),
+            );
+        }
+        let _ = vm_memory::Bytes::write_obj(&*memory, count, GuestAddress(avail + 2));
+        rig.write(0x50, queue as u32);
+    }
+    rig.settle();
+    let mut frame = vec![0u8; 1 << 17];
+    while let Ok(len) = peer.recv(&mut frame) {
+        assert!(len <= 65535 + 12 + 18, "a {len}-byte frame went out");
+    }
+}
+
 /// A 64-sector in-memory image.
 fn image() -> File {
     // SAFETY: a NUL-terminated name; memfd_create returns a new descriptor or -1.
@@ -459,6 +520,11 @@ mod tests {
     #[test]
     fn virtio_mmio_corpus_replays_clean() {
         replay("virtio_mmio", super::virtio_mmio);
+    }
+
+    #[test]
+    fn virtio_net_corpus_replays_clean() {
+        replay("virtio_net", super::virtio_net);
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl EventLoop {
 
     /// As [`add`](Self::add), for a source whose handler may return [`Flow::Pause`]:
     /// the loop then stops watching `fd` until `wake` is signalled (the loop reads
-    /// `wake` itself).
+    /// `wake` itself), and then runs the handler at once and watches `fd` again.
     pub fn add_pausable(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -378,12 +378,15 @@ impl EventLoop {
             if let Some(wake) = &source.wake {
                 let _ = wake.read();
             }
-            if source.paused {
-                source.paused = false;
-                let event = EpollEvent::new(source.events, token & !WAKE_BIT);
-                self.epoll.ctl(ControlOperation::Add, source.fd, event)?;
+            if !source.paused {
+                return Ok(Flow::Continue);
             }
-            return Ok(Flow::Continue);
+            // Watch the descriptor again, and run the handler now: what it paused for
+            // may be work it already holds (a frame read before the pause), which no
+            // readiness of the descriptor would bring back.
+            source.paused = false;
+            let event = EpollEvent::new(source.events, token & !WAKE_BIT);
+            self.epoll.ctl(ControlOperation::Add, source.fd, event)?;
         }
         if source.paused {
             return Ok(Flow::Continue);
@@ -777,6 +780,7 @@ mod tests {
         running.join().unwrap();
 
         assert_eq!(paused_runs, 1);
+        // The wake runs the handler (which pauses again): exactly one more run.
         assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 2);
         drop(owned);
     }

@@ -38,6 +38,6 @@ pub use device::{
 };
 pub use interrupt::{DeviceFault, EventFdVirtioInterrupt, InterruptKind, VirtioInterrupt};
 pub use mmio::{MmioTransport, TransportCounters, MMIO_WINDOW, QUEUE_NOTIFY};
-pub use net::{Net, Tap, TapError, NET_HEADER_LEN};
+pub use net::{DatagramBackend, Net, NetBackend, Tap, TapError, NET_HEADER_LEN};
 pub use notify::{NoShortcut, QueueNotifiers};
 pub use rng::{Rng, RNG_MAX_REQUEST};

@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -136,12 +137,73 @@ impl AsFd for Tap {
     }
 }
 
-/// A virtio network device on a [`Tap`]: receive (queue 0) and transmit (queue 1),
+/// Where a virtio-net device's frames go to and come from: a [`Tap`], or anything that
+/// moves whole frames (each with the 12-byte virtio-net header in front) without
+/// blocking, such as a datagram socket to a user-space switch.
+pub trait NetBackend: AsFd + Send + Sync {
+    /// Sends one frame whole; `WouldBlock` when the backend is full.
+    fn send(&self, frame: &[u8]) -> io::Result<usize>;
+    /// Receives one frame into `buffer`; `WouldBlock` when none waits.
+    fn receive(&self, buffer: &mut [u8]) -> io::Result<usize>;
+    /// Sets the offloads the backend may hand the guest (`TUN_F_*`); a backend that
+    /// never offloads has nothing to set.
+    fn set_offloads(&self, offloads: u32) -> io::Result<()> {
+        let _ = offloads;
+        Ok(())
+    }
+}
+
+impl NetBackend for Tap {
+    fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        (&self.file).write(frame)
+    }
+
+    fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        (&self.file).read(buffer)
+    }
+
+    fn set_offloads(&self, offloads: u32) -> io::Result<()> {
+        Tap::set_offloads(self, offloads).map_err(io::Error::other)
+    }
+}
+
+/// A backend of whole frames over a Unix datagram socket (non-blocking): each
+/// datagram is one frame with its virtio-net header. For tests, fuzzing, and a VMM
+/// that connects guests to a user-space switch.
+#[derive(Debug)]
+pub struct DatagramBackend(UnixDatagram);
+
+impl DatagramBackend {
+    /// The backend on `socket`, made non-blocking.
+    pub fn new(socket: UnixDatagram) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(DatagramBackend(socket))
+    }
+}
+
+impl AsFd for DatagramBackend {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl NetBackend for DatagramBackend {
+    fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.0.send(frame)
+    }
+
+    fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buffer)
+    }
+}
+
+/// A virtio network device on a [`NetBackend`] (a [`Tap`], usually): receive (queue 0)
+/// and transmit (queue 1),
 /// both driven by the I/O thread, with the MAC address in the configuration space.
 /// A frame that does not fit the tap's queue is dropped and counted; a frame from the
 /// tap waits (and the tap is not read) until the driver offers a receive buffer.
 pub struct Net {
-    tap: Arc<Tap>,
+    tap: Arc<dyn NetBackend>,
     mac: [u8; 6],
     counters: [Arc<QueueCounters>; 2],
     generation: Arc<AtomicU64>,
@@ -150,17 +212,17 @@ pub struct Net {
 impl std::fmt::Debug for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Net")
-            .field("tap", &self.tap.name)
             .field("mac", &self.mac)
             .finish_non_exhaustive()
     }
 }
 
 impl Net {
-    /// A network device with address `mac` on `tap`.
-    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+    /// A network device with address `mac` on `backend`.
+    pub fn new(backend: impl NetBackend + 'static, mac: [u8; 6]) -> Self {
+        let tap: Arc<dyn NetBackend> = Arc::new(backend);
         Net {
-            tap: Arc::new(tap),
+            tap,
             mac,
             counters: Default::default(),
             generation: Arc::default(),
@@ -196,9 +258,7 @@ impl VirtioDevice for Net {
         let receive = activation.take_queue(RECEIVE)?;
         let transmit = activation.take_queue(TRANSMIT)?;
         // No offload is offered, so the tap must hand over whole, checksummed frames.
-        self.tap
-            .set_offloads(0)
-            .map_err(|e| ActivateError::Events(io::Error::other(e)))?;
+        self.tap.set_offloads(0).map_err(ActivateError::Events)?;
         let tap = Arc::clone(&self.tap);
         let mut frame = vec![0u8; MAX_PACKET];
         serve_on_notify(
@@ -206,7 +266,7 @@ impl VirtioDevice for Net {
             transmit,
             Arc::clone(&self.counters[1]),
             Arc::clone(&self.generation),
-            move |memory, chain| send(memory, chain, &tap, &mut frame),
+            move |memory, chain| send(memory, chain, &*tap, &mut frame),
         )?;
         let receiver = Arc::new(Mutex::new(Receiver {
             server: QueueServer::new(receive.queue, Arc::clone(&self.counters[0])),
@@ -246,7 +306,7 @@ impl VirtioDevice for Net {
 fn send(
     memory: &GuestMemory,
     chain: Result<&Chain, ChainError>,
-    tap: &Tap,
+    tap: &dyn NetBackend,
     frame: &mut [u8],
 ) -> Served {
     let Ok(chain) = chain else {
@@ -272,7 +332,7 @@ fn send(
     }
     // A tap takes a frame whole or not at all; a full tap queue drops it, as a
     // congested link would.
-    match (&tap.file).write(&frame[..len]) {
+    match tap.send(&frame[..len]) {
         Ok(written) if written == len => Served::done(0, (len - NET_HEADER_LEN) as u64),
         Ok(_) | Err(_) => Served::FAILED,
     }
@@ -284,7 +344,7 @@ struct Receiver {
     memory: Arc<GuestMemory>,
     interrupt: Arc<dyn VirtioInterrupt>,
     fault: Arc<DeviceFault>,
-    tap: Arc<Tap>,
+    tap: Arc<dyn NetBackend>,
     /// A frame read from the tap that no receive buffer has taken yet.
     pending: RefCell<VecDeque<Vec<u8>>>,
     frame: Vec<u8>,
@@ -296,7 +356,7 @@ impl Receiver {
     fn receive(&mut self) -> Flow {
         loop {
             if self.pending.get_mut().is_empty() {
-                match (&self.tap.file).read(&mut self.frame) {
+                match self.tap.receive(&mut self.frame) {
                     Ok(len) if len > NET_HEADER_LEN => {
                         let frame = self.frame[..len].to_vec();
                         self.pending.get_mut().push_back(frame);
