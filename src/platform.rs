@@ -7,7 +7,7 @@
 //! knows no devices): [`PlatformIo`] implements the vCPU's [`IoHandler`] on the
 //! device buses, and the serial interrupt's event fd becomes a KVM irqfd.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use kvmkit_devices::{
@@ -16,7 +16,7 @@ use kvmkit_devices::{
     ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT,
     DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
 };
-use kvmkit_devices::{ConsoleInput, ConsoleOutput, LoopEnd, RawTerminal};
+use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, LoopEnd, RawTerminal};
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
 use kvmkit_virtio::{
     Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
@@ -422,7 +422,7 @@ impl BootedMachine {
     /// Runs the machine on `platform`: one thread per vCPU and the calling thread as
     /// the I/O thread, until a device, a signal or a vCPU ends the VM. Then every vCPU
     /// is stopped and joined and the terminal restored, and one outcome returned.
-    pub fn run_on(self, platform: Platform) -> Result<VmOutcome, Error> {
+    pub fn run_on(self, mut platform: Platform) -> Result<VmOutcome, Error> {
         let signals = if platform.config.handle_signals {
             let blocked =
                 TerminationSignals::block().map_err(Error::host("cannot block signals"))?;
@@ -434,7 +434,6 @@ impl BootedMachine {
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(Error::host("cannot create an eventfd"))?,
         );
-        let mut platform = platform;
         let mut event_loop = platform
             .event_loop
             .take()
@@ -464,11 +463,8 @@ impl BootedMachine {
             .add_console_output(platform.serial.output().clone())
             .map_err(Error::host("cannot watch the serial output"))?;
         let ended = vcpu_ended.clone();
-        // SAFETY: `vcpu_ended` outlives the loop, which is dropped at the end of this
-        // function; the handler holds a clone of it too.
-        let ended_fd = unsafe { BorrowedFd::borrow_raw(vcpu_ended.as_raw_fd()) };
         event_loop
-            .add(ended_fd, move || {
+            .add(event_fd(&vcpu_ended), move || {
                 let _ = ended.read();
                 Flow::Stop
             })
