@@ -10,13 +10,13 @@
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
+use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, LoopEnd, RawTerminal};
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, Flow,
     SerialOutput, SerialPort, ShutdownReason, TerminationSignals, VmShutdown,
     ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT,
     DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
 };
-use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, LoopEnd, RawTerminal};
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
 use kvmkit_virtio::{
     Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
