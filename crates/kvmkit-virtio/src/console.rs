@@ -9,14 +9,16 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, Flow};
+use kvmkit_devices::{ConsoleInput, ConsoleOutput, Flow};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::queue::{run_queue, serve_on_notify, Chain, ChainError, QueueServer, Served};
+use crate::queue::{
+    run_queue, serve_on_notify, watch_notifier, Chain, ChainError, QueueServer, Served,
+};
 use crate::{
     ActivateError, Activation, DeviceFault, GuestMemory, QueueCounters, VirtioDevice,
     VirtioInterrupt,
@@ -194,24 +196,9 @@ impl VirtioDevice for Console {
         // The driver's new receive buffers are the cue to deliver pending input.
         let input = Arc::clone(&self.input);
         let generation = Arc::clone(&self.generation);
-        let born = generation.load(Ordering::Acquire);
-        let notifier = Arc::clone(&receive.notifier);
-        activation
-            .events
-            .add(event_fd(&receive.notifier), move || {
-                let _ = notifier.read();
-                if generation.load(Ordering::Acquire) != born {
-                    return Flow::Remove;
-                }
-                match input.deliver() {
-                    Flow::Pause => {
-                        let _ = notifier.write(1);
-                        Flow::Continue
-                    }
-                    flow => flow,
-                }
-            })
-            .map_err(ActivateError::Events)
+        watch_notifier(&activation, &receive.notifier, generation, move || {
+            input.deliver()
+        })
     }
 
     fn reset(&mut self) {

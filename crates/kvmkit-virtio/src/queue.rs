@@ -5,13 +5,14 @@
 //! them in the used ring, with notification suppression in both directions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvmkit_devices::{event_fd, Flow};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::Permissions;
 use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::{ActivateError, VirtioInterrupt};
 use crate::{Activation, ActiveQueue, DeviceFault, GuestMemory, InterruptKind, QueueCounters};
@@ -267,32 +268,46 @@ pub fn serve_on_notify(
     let memory = Arc::clone(&activation.memory);
     let interrupt = Arc::clone(&activation.interrupt);
     let fault = Arc::clone(&activation.fault);
+    let mut server = QueueServer::new(active.queue, counters);
+    let mut serve = serve;
+    watch_notifier(activation, &active.notifier, generation, move || {
+        run_queue(
+            &mut server,
+            &memory,
+            &*interrupt,
+            &fault,
+            || true,
+            |chain| serve(&memory, chain),
+        )
+    })
+}
+
+/// Runs `work` on the I/O thread each time `notifier` (a queue's notification) is
+/// signalled, until the device is reset (`generation` moves on) or `work` returns
+/// [`Flow::Remove`]. Work that returns [`Flow::Pause`] (chains left when its budget ran
+/// out) is run again after the loop's other sources.
+pub(crate) fn watch_notifier(
+    activation: &Activation,
+    notifier: &Arc<EventFd>,
+    generation: Arc<AtomicU64>,
+    mut work: impl FnMut() -> Flow + Send + 'static,
+) -> Result<(), ActivateError> {
     let born = generation.load(Ordering::Acquire);
-    let notifier = Arc::clone(&active.notifier);
-    let server = Mutex::new((QueueServer::new(active.queue, counters), serve));
+    let handler_notifier = Arc::clone(notifier);
     activation
         .events
-        .add(event_fd(&active.notifier), move || {
-            let _ = notifier.read();
+        .add(event_fd(notifier), move || {
+            let _ = handler_notifier.read();
             if generation.load(Ordering::Acquire) != born {
                 return Flow::Remove;
             }
-            let mut guard = server.lock().unwrap_or_else(|e| e.into_inner());
-            let (server, serve) = &mut *guard;
-            let flow = run_queue(
-                server,
-                &memory,
-                &*interrupt,
-                &fault,
-                || true,
-                |chain| serve(&memory, chain),
-            );
-            if flow == Flow::Pause {
-                // Out of budget with chains left: come back after the other sources.
-                let _ = notifier.write(1);
-                return Flow::Continue;
+            match work() {
+                Flow::Pause => {
+                    let _ = handler_notifier.write(1);
+                    Flow::Continue
+                }
+                flow => flow,
             }
-            flow
         })
         .map_err(ActivateError::Events)
 }
