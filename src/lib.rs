@@ -10,10 +10,12 @@
 //! | `kvmkit-vcpu` | [`vcpu`] | VM and vCPU control on KVM: memslots, CPU modes, typed exits, vCPU threads |
 //! | `kvmkit-devices` | [`devices`] | PIO/MMIO bus, legacy devices, the I/O event loop, no KVM dependency |
 //! | `kvmkit-virtio` | [`virtio_devices`] | the virtio-mmio transport and virtio devices, no KVM dependency |
+//! | `kvmkit-boot` | [`boot`] | Linux boot: bzImage, ELF, PVH, initrd, command line, e820, ACPI and MP tables, no KVM dependency |
 //! | `kvmkit-guest-asm` | `guest_asm` (feature `guest-asm`) | small x86 guest programs from readable assembly |
 //!
 //! This facade adds the composition layer: a [`MachineBuilder`] that puts guest memory,
-//! a VM and its vCPUs together and boots [`GuestCode`] on them, and the [`platform`]
+//! a VM and its vCPUs together and boots a [`BootImage`] (a program, or a Linux
+//! kernel with [`LinuxBoot`]) on them, and the [`platform`]
 //! that connects the devices to the vCPUs and runs the I/O thread.
 //!
 //! ```
@@ -42,14 +44,14 @@ mod machine;
 pub mod platform;
 mod virtio;
 
+pub use kvmkit_boot as boot;
+pub use kvmkit_boot::{BootImage, LinuxBoot};
 pub use kvmkit_devices as devices;
 #[cfg(feature = "guest-asm")]
 pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
 pub use kvmkit_virtio as virtio_devices;
-pub use machine::{
-    BootedMachine, Error, GuestCode, Machine, MachineBuilder, RawProgram, RunningMachine,
-};
+pub use machine::{BootedMachine, Error, Machine, MachineBuilder, RawProgram, RunningMachine};
 pub use platform::{Platform, PlatformConfig, PlatformIo, VmOutcome};
 pub use virtio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

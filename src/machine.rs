@@ -6,16 +6,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kvmkit_boot::{
+    load_program, BootEntry, BootError, BootImage, DeviceKind, EntryMode, EntryProtocol,
+    PhysicalLayout,
+};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::x86::PAGE_TABLES_END;
 use kvmkit_vcpu::{
     CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, Vcpu, VcpuHandle,
     VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm,
 };
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestMemoryBackend;
 
-/// Bytes of stack each vCPU gets, below the program's load address.
-const STACK_PER_VCPU: u64 = 0x1000;
+use crate::Platform;
 
 /// What can go wrong while building or running a [`Machine`].
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum Error {
     /// KVM refused an operation, or a vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] kvmkit_vcpu::Error),
+    /// The boot image could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] kvmkit_boot::BootError),
     /// A device could not be placed on its bus.
     #[error(transparent)]
     Bus(#[from] kvmkit_devices::BusError),
@@ -61,21 +67,10 @@ impl Error {
     }
 }
 
-/// Code a [`Machine`] can boot: bytes to copy to a guest-physical address, which is
-/// also the entry point, and the CPU mode they run in.
+/// Machine code and where it runs: a [`BootImage`] every vCPU runs from its load
+/// address, vCPU n with n in `RDI` and its own 4 KiB stack below the program.
 ///
-/// With the `guest-asm` feature, `kvmkit_guest_asm::GuestProgram` implements it; a
-/// [`RawProgram`] carries bytes from anywhere else.
-pub trait GuestCode {
-    /// The CPU mode the code expects.
-    fn cpu_mode(&self) -> CpuMode;
-    /// The guest-physical address to copy the code to; execution starts there.
-    fn load_addr(&self) -> u64;
-    /// The machine code.
-    fn bytes(&self) -> &[u8];
-}
-
-/// Machine code and where it runs, for [`Machine::boot`].
+/// With the `guest-asm` feature, `kvmkit_guest_asm::GuestProgram` boots the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawProgram {
     mode: CpuMode,
@@ -94,32 +89,19 @@ impl RawProgram {
     }
 }
 
-impl GuestCode for RawProgram {
-    fn cpu_mode(&self) -> CpuMode {
-        self.mode
-    }
-    fn load_addr(&self) -> u64 {
-        self.load_addr
-    }
-    fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-#[cfg(feature = "guest-asm")]
-impl GuestCode for kvmkit_guest_asm::GuestProgram {
-    fn cpu_mode(&self) -> CpuMode {
-        match self.bitness() {
-            kvmkit_guest_asm::Bitness::Real16 => CpuMode::Real,
-            kvmkit_guest_asm::Bitness::Protected32 => CpuMode::Protected,
-            kvmkit_guest_asm::Bitness::Long64 => CpuMode::Long,
-        }
-    }
-    fn load_addr(&self) -> u64 {
-        self.load_addr()
-    }
-    fn bytes(&self) -> &[u8] {
-        self.bytes()
+impl BootImage for RawProgram {
+    fn load<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        _layout: &PhysicalLayout,
+        vcpus: u32,
+    ) -> Result<BootEntry, BootError> {
+        let mode = match self.mode {
+            CpuMode::Real => EntryMode::Real,
+            CpuMode::Protected => EntryMode::Protected,
+            _ => EntryMode::Long,
+        };
+        load_program(memory, mode, self.load_addr, &self.bytes, vcpus)
     }
 }
 
@@ -231,9 +213,7 @@ impl MachineBuilder {
             vm.create_irqchip()?;
             vm.create_pit()?;
         }
-        let vcpus = (0..self.vcpus)
-            .map(|id| vm.create_vcpu(id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let vcpus = vm.create_vcpus(self.vcpus)?;
         Ok(Machine {
             hypervisor,
             vm,
@@ -275,43 +255,121 @@ impl Machine {
         &self.vcpus
     }
 
-    /// Copies `program` into guest RAM and points every vCPU at it, in the CPU mode it
-    /// expects. Each vCPU starts with its index in RDI and its own stack of 4 KiB below
-    /// the program (which must leave the long-mode page tables room below the stacks).
-    pub fn boot(self, program: &impl GuestCode) -> Result<BootedMachine, Error> {
-        let stacks = self.vcpus.len() as u64 * STACK_PER_VCPU;
-        let stack_base = program.load_addr().checked_sub(stacks).ok_or_else(|| {
-            Error::Config(format!(
-                "no room for {stacks:#x} bytes of stacks below the program at {:#x}",
-                program.load_addr()
-            ))
-        })?;
-        let mode = program.cpu_mode();
-        if mode == CpuMode::Long && stack_base < PAGE_TABLES_END {
+    /// The guest-physical address map of this machine's RAM, without devices.
+    pub fn layout(&self) -> Result<PhysicalLayout, Error> {
+        let ram: Vec<(u64, u64)> = self
+            .ram
+            .regions()
+            .iter()
+            .map(|region| (region.spec.guest_addr, region.spec.size))
+            .collect();
+        Ok(PhysicalLayout::new(&ram)?)
+    }
+
+    /// Loads `image` (a program, or a Linux kernel) into guest RAM and sets the vCPUs
+    /// up to enter it, on a machine with no devices to describe to the guest. See
+    /// [`boot_on`](Self::boot_on).
+    pub fn boot(self, image: &impl BootImage) -> Result<BootedMachine, Error> {
+        let layout = self.layout()?;
+        self.boot_in(image, &layout)
+    }
+
+    /// Loads `image` with `platform`'s virtio-mmio devices in the address map (a
+    /// kernel finds them in the ACPI tables), and sets the vCPUs up to enter it:
+    ///
+    /// - a program: every vCPU, in the program's mode, vCPU n with n in `RDI` and its
+    ///   own stack below the program (which must leave the long-mode page tables room
+    ///   below the stacks);
+    /// - a Linux kernel: the boot vCPU in long mode with `RSI` at the zero page (or,
+    ///   for PVH, in protected mode with `EBX` at the start info); the others wait for
+    ///   the kernel's INIT and startup IPIs, which needs the in-kernel irqchip.
+    pub fn boot_on(
+        self,
+        image: &impl BootImage,
+        platform: &Platform,
+    ) -> Result<BootedMachine, Error> {
+        let mut layout = self.layout()?;
+        for slot in platform.virtio_devices() {
+            layout.add_device(
+                slot.base,
+                slot.size,
+                DeviceKind::VirtioMmio { irq: slot.irq },
+            )?;
+        }
+        self.boot_in(image, &layout)
+    }
+
+    fn boot_in(
+        self,
+        image: &impl BootImage,
+        layout: &PhysicalLayout,
+    ) -> Result<BootedMachine, Error> {
+        let entry = image.load(self.ram.memory(), layout, self.vcpus.len() as u32)?;
+        match entry.protocol {
+            EntryProtocol::Program { mode, stack_stride } => {
+                self.enter_program(&entry, mode, stack_stride)?
+            }
+            EntryProtocol::Linux64 { zero_page } => {
+                let mut regs = self.enter_kernel(CpuMode::Long, &entry)?;
+                regs.rsi = zero_page;
+                self.vcpus[0].set_regs(&regs)?;
+            }
+            EntryProtocol::Pvh { start_info } => {
+                let mut regs = self.enter_kernel(CpuMode::Protected, &entry)?;
+                regs.rbx = start_info;
+                self.vcpus[0].set_regs(&regs)?;
+            }
+            _ => {
+                return Err(Error::Config(
+                    "the image asks for an entry protocol this machine does not know".into(),
+                ))
+            }
+        }
+        Ok(BootedMachine { machine: self })
+    }
+
+    fn enter_program(&self, entry: &BootEntry, mode: EntryMode, stride: u64) -> Result<(), Error> {
+        let mode = match mode {
+            EntryMode::Real => CpuMode::Real,
+            EntryMode::Protected => CpuMode::Protected,
+            _ => CpuMode::Long,
+        };
+        let stacks = self.vcpus.len() as u64 * stride;
+        if mode == CpuMode::Long && entry.stack_top - stacks < PAGE_TABLES_END {
             return Err(Error::Config(format!(
                 "a long-mode program must load at or above {:#x} to leave room for the page \
                  tables and {} vCPU stacks; it loads at {:#x}",
                 PAGE_TABLES_END + stacks,
                 self.vcpus.len(),
-                program.load_addr()
+                entry.entry
             )));
         }
-        self.ram
-            .memory()
-            .write_slice(program.bytes(), GuestAddress(program.load_addr()))
-            .map_err(|source| Error::Load {
-                len: program.bytes().len(),
-                load_addr: program.load_addr(),
-                source,
-            })?;
         for (index, vcpu) in self.vcpus.iter().enumerate() {
-            let stack_top = program.load_addr() - index as u64 * STACK_PER_VCPU;
-            vcpu.enter_mode(self.ram.memory(), mode, program.load_addr(), stack_top)?;
+            let stack_top = entry.stack_top - index as u64 * stride;
+            vcpu.enter_mode(self.ram.memory(), mode, entry.entry, stack_top)?;
             let mut regs = vcpu.regs()?;
             regs.rdi = index as u64;
             vcpu.set_regs(&regs)?;
         }
-        Ok(BootedMachine { machine: self })
+        Ok(())
+    }
+
+    /// Puts the boot vCPU into `mode` at the kernel's entry and returns its registers;
+    /// the other vCPUs stay waiting for the kernel's startup IPIs.
+    fn enter_kernel(
+        &self,
+        mode: CpuMode,
+        entry: &BootEntry,
+    ) -> Result<kvm_bindings::kvm_regs, Error> {
+        if self.vcpus.len() > 1 && !self.vm.has_irqchip() {
+            return Err(Error::Config(
+                "a kernel on more than one vCPU needs the in-kernel irqchip to start the others"
+                    .into(),
+            ));
+        }
+        let boot = &self.vcpus[0];
+        boot.enter_mode(self.ram.memory(), mode, entry.entry, entry.stack_top)?;
+        Ok(boot.regs()?)
     }
 }
 

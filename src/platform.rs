@@ -422,7 +422,19 @@ impl BootedMachine {
     /// Runs the machine on `platform`: one thread per vCPU and the calling thread as
     /// the I/O thread, until a device, a signal or a vCPU ends the VM. Then every vCPU
     /// is stopped and joined and the terminal restored, and one outcome returned.
-    pub fn run_on(self, mut platform: Platform) -> Result<VmOutcome, Error> {
+    pub fn run_on(self, platform: Platform) -> Result<VmOutcome, Error> {
+        self.run_on_then(platform, |_| ())
+            .map(|(outcome, ())| outcome)
+    }
+
+    /// As [`run_on`](Self::run_on), and calls `at_end` with the guest RAM once the
+    /// vCPUs have stopped, before it is unmapped (to report what the kernel did with
+    /// it, say).
+    pub fn run_on_then<R>(
+        self,
+        mut platform: Platform,
+        at_end: impl FnOnce(&kvmkit_memory::GuestRam) -> R,
+    ) -> Result<(VmOutcome, R), Error> {
         let signals = if platform.config.handle_signals {
             let blocked =
                 TerminationSignals::block().map_err(Error::host("cannot block signals"))?;
@@ -473,13 +485,14 @@ impl BootedMachine {
         let running = self.start_notifying(Arc::new(platform.io_handler()), Some(vcpu_ended))?;
         let end = event_loop.run();
         running.stop();
+        let report = at_end(running.ram());
         let vcpus = running.join_all();
         platform.serial.output().finish();
         for output in &platform.console_outputs {
             output.finish();
         }
         let end = end.map_err(Error::host("the event loop failed"))?;
-        outcome(end, vcpus)
+        Ok((outcome(end, vcpus)?, report))
     }
 }
 

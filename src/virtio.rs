@@ -12,7 +12,7 @@ use kvmkit_virtio::{EventFdVirtioInterrupt, MmioTransport, QueueNotifiers};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The first virtio-mmio window, in the 32-bit MMIO hole below the IOAPIC.
-pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_BASE: u64 = kvmkit_boot::VIRTIO_MMIO_START;
 /// The interrupt lines virtio-mmio devices get, in order: ISA lines no legacy device
 /// of the platform uses (COM1 has 4, the RTC 8).
 pub const VIRTIO_IRQS: [u32; 8] = [5, 6, 7, 9, 10, 11, 12, 14];

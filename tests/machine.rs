@@ -119,7 +119,7 @@ fn program_beyond_guest_ram_is_a_clear_error() {
     let error = machine.boot(&program).unwrap_err();
 
     assert!(
-        matches!(error, Error::Load { .. }) && error.to_string().contains("does not fit"),
+        matches!(error, Error::Boot(_)) && error.to_string().contains("the program"),
         "{error}"
     );
 }

@@ -31,6 +31,8 @@ pub mod programs;
 
 use iced_x86::code_asm::CodeAssembler;
 use iced_x86::IcedError;
+use kvmkit_boot::{load_program, BootEntry, BootError, BootImage, EntryMode, PhysicalLayout};
+use vm_memory::GuestMemoryBackend;
 
 /// The code assembler and its register names, re-exported so a guest program can be
 /// written with `use kvmkit_guest_asm::asm::*;` alone.
@@ -134,9 +136,37 @@ impl GuestProgram {
         &self.bytes
     }
 
+    /// The CPU mode the program runs in.
+    pub fn entry_mode(&self) -> EntryMode {
+        match self.bitness {
+            Bitness::Real16 => EntryMode::Real,
+            Bitness::Protected32 => EntryMode::Protected,
+            Bitness::Long64 => EntryMode::Long,
+        }
+    }
+
     /// The first guest-physical address past the program.
     pub fn end_addr(&self) -> u64 {
         self.load_addr + self.bytes.len() as u64
+    }
+}
+
+/// A program boots as every vCPU running it from its load address, vCPU n with n in
+/// `RDI` and its own stack below the program.
+impl BootImage for GuestProgram {
+    fn load<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        _layout: &PhysicalLayout,
+        vcpus: u32,
+    ) -> Result<BootEntry, BootError> {
+        load_program(
+            memory,
+            self.entry_mode(),
+            self.load_addr,
+            &self.bytes,
+            vcpus,
+        )
     }
 }
 

@@ -63,7 +63,7 @@ pub use stats::{ExitCounts, ExitReason, ExitStats};
 pub use thread::{kick_signal, VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig};
 pub use vcpu::Vcpu;
 pub use vm::{DirtyBitmap, IoEventAddress, Memslot, MemslotOptions, NoDatamatch, Vm};
-pub use x86::CpuMode;
+pub use x86::{CpuMode, CpuTopology};
 
 /// Re-exported so callers can name event fds without depending on vmm-sys-util.
 pub use vmm_sys_util::eventfd::EventFd;

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use crate::error::MemslotError;
+use crate::x86::CpuTopology;
 use crate::{x86, Error, Hypervisor, Vcpu};
 
 /// Guest-physical address of the three pages Intel VMX needs for the real-mode TSS:
@@ -421,10 +422,28 @@ impl Vm {
             .map_err(Error::kvm("KVM_IRQFD (deassign)"))
     }
 
-    /// Creates vCPU `id` with CPUID (APIC id = `id`), the basic MSRs, FPU state and, with
-    /// the irqchip, a local APIC wired for ExtINT and NMI. Its registers are in the
-    /// reset state until [`Vcpu::enter_mode`] sets a CPU mode.
+    /// Creates vCPUs 0 to `count - 1`, each reporting a topology of `count`
+    /// single-threaded cores in one package (see [`Vm::create_vcpu_in`]).
+    pub fn create_vcpus(&self, count: u32) -> Result<Vec<Vcpu>, Error> {
+        let topology = CpuTopology::new(count);
+        (0..count)
+            .map(|id| self.create_vcpu_in(id, topology))
+            .collect()
+    }
+
+    /// Creates vCPU `id` as the only vCPU it knows of (a topology of `id + 1` cores);
+    /// [`Vm::create_vcpus`] gives every vCPU of a VM the same topology.
     pub fn create_vcpu(&self, id: u32) -> Result<Vcpu, Error> {
+        self.create_vcpu_in(id, CpuTopology::new(id + 1))
+    }
+
+    /// Creates vCPU `id` with CPUID (APIC id = `id`, `topology`'s cores, the host's
+    /// topology hidden, KVM's paravirtual leaves kept), the MSRs a kernel expects at
+    /// boot, FPU state and, with the irqchip, a local APIC wired for ExtINT and NMI.
+    /// Its registers are in the reset state: with the irqchip, a vCPU other than 0
+    /// waits for the guest's INIT and startup IPIs, and [`Vcpu::enter_mode`] makes it
+    /// runnable instead.
+    pub fn create_vcpu_in(&self, id: u32, topology: CpuTopology) -> Result<Vcpu, Error> {
         if id as usize >= self.max_vcpus {
             return Err(Error::VcpuId {
                 id,
@@ -435,7 +454,7 @@ impl Vm {
             .fd
             .create_vcpu(u64::from(id))
             .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-        x86::cpuid::configure(&fd, &self.cpuid, id)?;
+        x86::cpuid::configure(&fd, &self.cpuid, id, topology)?;
         x86::msrs::configure(&fd)?;
         x86::fpu::configure(&fd)?;
         if self.has_irqchip() {

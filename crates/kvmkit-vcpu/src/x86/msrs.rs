@@ -8,6 +8,7 @@ use kvm_ioctls::VcpuFd;
 
 use crate::Error;
 
+const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
 const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
@@ -24,10 +25,12 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled (bit 11) with write-back (6) as the default memory type.
 const MTRR_ENABLED_WRITEBACK: u64 = (1 << 11) | 6;
 
-/// The MSRs and the values every vCPU starts with: system-call entry points cleared,
-/// fast strings on, and write-back as the default memory type.
-fn boot_msrs() -> [(u32, u64); 10] {
+/// The MSRs and the values every vCPU starts with, as a kernel expects them at boot:
+/// the time-stamp counter at 0, system-call entry points cleared, fast strings on, and
+/// write-back as the default memory type.
+fn boot_msrs() -> [(u32, u64); 11] {
     [
+        (MSR_IA32_TSC, 0),
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
         (MSR_IA32_SYSENTER_EIP, 0),
@@ -51,7 +54,7 @@ pub(crate) fn configure(fd: &VcpuFd) -> Result<(), Error> {
             ..Default::default()
         })
         .collect();
-    // Ten entries always fit the MSR list's capacity.
+    // Eleven entries always fit the MSR list's capacity.
     let msrs = Msrs::from_entries(&entries).map_err(|_| Error::MsrRejected {
         set: 0,
         wanted: wanted.len(),

@@ -1,0 +1,218 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! ACPI tables for a hardware-reduced x86 machine: how a kernel finds its CPUs (MADT),
+//! its virtio-mmio devices and serial port (DSDT), and how it powers off and resets
+//! (FADT and `\_S5`).
+
+use acpi_tables::aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{Aml, AmlSink};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::layout::{PhysicalLayout, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
+use crate::BootError;
+
+const OEM_ID: [u8; 6] = *b"KVMKIT";
+const OEM_REVISION: u32 = 1;
+/// The sleep type `\_S5` names, which the sleep control register takes as power-off.
+pub const S5_SLEEP_TYPE: u8 = 5;
+/// The most vCPUs the MADT describes (xAPIC ids are 8 bits; 0xff is broadcast).
+pub const MAX_VCPUS: u32 = 255;
+
+/// The legacy devices the tables describe, at their PC addresses by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyDevices {
+    /// COM1: its port and interrupt line, if present.
+    pub serial: Option<(u16, u32)>,
+    /// The hardware-reduced sleep control register's port.
+    pub sleep_control_port: u16,
+    /// The sleep status register's port.
+    pub sleep_status_port: u16,
+    /// The reset register's port and the value that resets.
+    pub reset: (u16, u8),
+}
+
+impl Default for LegacyDevices {
+    /// COM1 at 0x3f8 (IRQ 4), sleep control and status at 0x600 and 0x601, reset by
+    /// writing 0xfe to the i8042's command port 0x64.
+    fn default() -> Self {
+        LegacyDevices {
+            serial: Some((0x3f8, 4)),
+            sleep_control_port: 0x600,
+            sleep_status_port: 0x601,
+            reset: (0x64, 0xfe),
+        }
+    }
+}
+
+/// Writes the RSDP at [`ACPI_START`] and the XSDT, FADT, MADT and DSDT after it, for
+/// `vcpus` vCPUs and the devices of `layout`; returns the RSDP's address.
+pub fn write_acpi_tables<M: GuestMemoryBackend>(
+    memory: &M,
+    layout: &PhysicalLayout,
+    legacy: &LegacyDevices,
+    vcpus: u32,
+) -> Result<u64, BootError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(BootError::Layout(format!(
+            "{vcpus} vCPUs: the MADT describes 1 to {MAX_VCPUS}"
+        )));
+    }
+    let mut writer = TableWriter {
+        memory,
+        next: ACPI_START + Rsdp::len() as u64,
+    };
+    let dsdt = writer.put(dsdt(layout, legacy).as_slice())?;
+    let fadt = writer.put(&to_bytes(&fadt(legacy, dsdt)))?;
+    let madt = writer.put(madt(vcpus).as_slice())?;
+    let mut xsdt = XSDT::new(OEM_ID, *b"KVMKXSDT", OEM_REVISION);
+    xsdt.add_entry(fadt);
+    xsdt.add_entry(madt);
+    let xsdt = writer.put(&to_bytes(&xsdt))?;
+    let rsdp = Rsdp::new(OEM_ID, xsdt);
+    memory
+        .write_slice(&to_bytes(&rsdp), GuestAddress(ACPI_START))
+        .map_err(|e| BootError::Load(format!("the RSDP: {e}")))?;
+    Ok(ACPI_START)
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// Puts tables one after the other, 16-byte aligned, below 1 MiB.
+struct TableWriter<'a, M> {
+    memory: &'a M,
+    next: u64,
+}
+
+impl<M: GuestMemoryBackend> TableWriter<'_, M> {
+    fn put(&mut self, table: &[u8]) -> Result<u64, BootError> {
+        let addr = self.next.next_multiple_of(16);
+        let end = addr + table.len() as u64;
+        if end > MPTABLE_START {
+            return Err(BootError::Layout(format!(
+                "the ACPI tables need more than their {:#x} bytes",
+                MPTABLE_START - ACPI_START
+            )));
+        }
+        self.memory
+            .write_slice(table, GuestAddress(addr))
+            .map_err(|e| BootError::Load(format!("an ACPI table: {e}")))?;
+        self.next = end;
+        Ok(addr)
+    }
+}
+
+fn io_register(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
+}
+
+/// A hardware-reduced FADT: no PM timer, SCI or fixed buttons; power-off through the
+/// sleep control register and reset through the reset register.
+fn fadt(legacy: &LegacyDevices, dsdt: u64) -> acpi_tables::fadt::FADT {
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"KVMKFACP", OEM_REVISION)
+        .dsdt_64(dsdt)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.sleep_control_reg = io_register(legacy.sleep_control_port);
+    fadt.sleep_status_reg = io_register(legacy.sleep_status_port);
+    fadt.reset_reg = io_register(legacy.reset.0);
+    fadt.reset_value = legacy.reset.1;
+    fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"KVMKIT\0\0").into();
+    fadt.finalize()
+}
+
+const MADT_PCAT_COMPAT: u32 = 1;
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_IO_APIC: u8 = 1;
+const MADT_INTERRUPT_OVERRIDE: u8 = 2;
+const MADT_LOCAL_APIC_NMI: u8 = 4;
+const LOCAL_APIC_ENABLED: u32 = 1;
+
+/// The MADT: one enabled local APIC per vCPU (APIC id = vCPU index), the I/O APIC
+/// (GSIs from 0), the PIT's IRQ 0 routed to GSI 2, and LINT1 as NMI on every CPU.
+fn madt(vcpus: u32) -> Sdt {
+    let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, *b"KVMKMADT", OEM_REVISION);
+    madt.write(36, (LAPIC_ADDR as u32).to_le_bytes());
+    madt.write(40, MADT_PCAT_COMPAT.to_le_bytes());
+    for id in 0..vcpus {
+        let mut entry = vec![MADT_LOCAL_APIC, 8, id as u8, id as u8];
+        entry.extend_from_slice(&LOCAL_APIC_ENABLED.to_le_bytes());
+        madt.append_slice(&entry);
+    }
+    let mut ioapic = vec![MADT_IO_APIC, 12, 0, 0];
+    ioapic.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    ioapic.extend_from_slice(&0u32.to_le_bytes());
+    madt.append_slice(&ioapic);
+    // Bus 0 (ISA), IRQ 0 -> GSI 2, flags: conforming polarity and trigger.
+    let mut pit = vec![MADT_INTERRUPT_OVERRIDE, 10, 0, 0];
+    pit.extend_from_slice(&2u32.to_le_bytes());
+    pit.extend_from_slice(&0u16.to_le_bytes());
+    madt.append_slice(&pit);
+    // All processors (0xff), flags conforming, LINT1.
+    madt.append_slice(&[MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1]);
+    madt
+}
+
+/// The DSDT: `\_S5` for power-off, COM1 (`PNP0501`) and every virtio-mmio window
+/// (`LNRO0005`, its registers and its edge-triggered interrupt).
+fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
+    let mut body = Vec::new();
+    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE])).to_aml_bytes(&mut body);
+    let mut devices: Vec<RawAml> = Vec::new();
+    if let Some((port, irq)) = legacy.serial {
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+        let uid = aml::Name::new("_UID".into(), &0u8);
+        let io = aml::IO::new(port, port, 1, 8);
+        let interrupt = aml::Interrupt::new(true, true, false, false, irq);
+        let crs = aml::Name::new(
+            "_CRS".into(),
+            &aml::ResourceTemplate::new(vec![&io, &interrupt]),
+        );
+        let device = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
+        devices.push(RawAml(to_bytes(&device)));
+    }
+    for (index, (base, size, irq)) in layout.virtio_mmio().enumerate() {
+        let name = format!("VR{index:02X}");
+        let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+        let uid = aml::Name::new("_UID".into(), &index);
+        let registers = aml::Memory32Fixed::new(true, base as u32, size as u32);
+        let interrupt = aml::Interrupt::new(true, true, false, false, irq);
+        let crs = aml::Name::new(
+            "_CRS".into(),
+            &aml::ResourceTemplate::new(vec![&registers, &interrupt]),
+        );
+        let device = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
+        devices.push(RawAml(to_bytes(&device)));
+    }
+    let children: Vec<&dyn Aml> = devices.iter().map(|device| device as &dyn Aml).collect();
+    aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"KVMKDSDT", OEM_REVISION);
+    dsdt.append_slice(&body);
+    dsdt
+}
+
+/// AML that is already bytes.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}

@@ -1,0 +1,372 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The guest-physical address map of an x86-64 VM, as typed ranges: one description
+//! from which the e820 map, the ACPI tables and the device windows are all derived.
+
+use crate::BootError;
+
+/// Start of the extended BIOS data area: RAM stops here, and the MP table lives here.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Where the RSDP and the ACPI tables after it are written (the BIOS area the kernel
+/// also scans for the RSDP).
+pub const ACPI_START: u64 = 0xe_0000;
+/// Where the MP configuration table is written; the ACPI tables must end before it.
+pub const MPTABLE_START: u64 = 0xf_0000;
+/// The first byte of "high" memory, where kernels load.
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole: RAM above it moves above 4 GiB.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// End of the 32-bit MMIO hole.
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// The first virtio-mmio window; the others follow it.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// The I/O APIC's registers.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// The local APICs' registers.
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+/// Bytes of the I/O APIC and local APIC register windows.
+const APIC_WINDOW: u64 = 0x1000;
+
+/// Where the zero page (`boot_params`) of the Linux boot protocol is written.
+pub const ZERO_PAGE: u64 = 0x7000;
+/// Where PVH's `hvm_start_info` is written, its module list after it.
+pub const PVH_START_INFO: u64 = 0x6000;
+/// Where PVH's memory map is written (PVH has no zero page, so it takes its place).
+pub const PVH_MEMMAP: u64 = ZERO_PAGE;
+/// The boot CPU's stack pointer at the kernel's entry.
+pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// Where the kernel command line is written.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Room for the command line, its terminating NUL included.
+pub const CMDLINE_ROOM: u64 = 0x1_0000;
+
+/// What a range of guest-physical addresses is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RangeKind {
+    /// Guest RAM the kernel may use.
+    Ram,
+    /// Guest RAM the firmware keeps: the EBDA, the BIOS area and the ACPI tables.
+    Reserved,
+    /// Addresses with no RAM, where devices are mapped.
+    MmioHole,
+    /// A device's register window, inside the MMIO hole.
+    Device(DeviceKind),
+}
+
+/// The devices that have a window in the address map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceKind {
+    /// A virtio-mmio transport, and its interrupt line (GSI).
+    VirtioMmio {
+        /// The interrupt line.
+        irq: u32,
+    },
+    /// The I/O APIC.
+    IoApic,
+    /// The local APICs.
+    LocalApic,
+}
+
+/// `size` bytes from `start`, of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    /// The first address.
+    pub start: u64,
+    /// Bytes in the range.
+    pub size: u64,
+    /// What the range is.
+    pub kind: RangeKind,
+}
+
+impl AddressRange {
+    /// The first address past the range.
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+}
+
+/// One entry of the e820 memory map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Entry {
+    /// The first address.
+    pub addr: u64,
+    /// Bytes.
+    pub size: u64,
+    /// [`E820_RAM`] or [`E820_RESERVED`].
+    pub kind: u32,
+}
+
+/// e820 type of usable RAM.
+pub const E820_RAM: u32 = 1;
+/// e820 type of reserved memory.
+pub const E820_RESERVED: u32 = 2;
+
+/// The guest-physical address map: RAM (below 4 GiB up to the MMIO hole, the rest
+/// above it), the firmware's reserved area below 1 MiB, and the MMIO hole with the
+/// device windows in it.
+///
+/// ```
+/// use kvmkit_boot::{PhysicalLayout, E820_RAM, E820_RESERVED};
+///
+/// let layout = PhysicalLayout::new(&[(0, 256 << 20)]).unwrap();
+/// let e820 = layout.e820();
+/// assert_eq!((e820[0].addr, e820[0].kind), (0, E820_RAM));
+/// assert_eq!(e820[1].kind, E820_RESERVED);
+/// assert_eq!(e820[2].addr + e820[2].size, 256 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhysicalLayout {
+    ranges: Vec<AddressRange>,
+}
+
+impl PhysicalLayout {
+    /// The map for guest RAM given as `(start, size)` regions, sorted: the first must
+    /// start at 0 and reach past 1 MiB, and none may overlap the MMIO hole.
+    pub fn new(ram: &[(u64, u64)]) -> Result<Self, BootError> {
+        let Some(&(0, first_size)) = ram.first() else {
+            return Err(BootError::Layout(
+                "guest RAM must start at address 0".into(),
+            ));
+        };
+        if first_size <= HIGH_MEMORY_START {
+            return Err(BootError::Layout(format!(
+                "guest RAM below 4 GiB ({first_size:#x} bytes) must reach past 1 MiB"
+            )));
+        }
+        let mut ranges = vec![
+            ram_range(0, EBDA_START),
+            AddressRange {
+                start: EBDA_START,
+                size: HIGH_MEMORY_START - EBDA_START,
+                kind: RangeKind::Reserved,
+            },
+            ram_range(HIGH_MEMORY_START, first_size - HIGH_MEMORY_START),
+        ];
+        for &(start, size) in &ram[1..] {
+            ranges.push(ram_range(start, size));
+        }
+        ranges.push(AddressRange {
+            start: MMIO_HOLE_START,
+            size: MMIO_HOLE_END - MMIO_HOLE_START,
+            kind: RangeKind::MmioHole,
+        });
+        for (start, kind) in [
+            (IOAPIC_ADDR, DeviceKind::IoApic),
+            (LAPIC_ADDR, DeviceKind::LocalApic),
+        ] {
+            ranges.push(AddressRange {
+                start,
+                size: APIC_WINDOW,
+                kind: RangeKind::Device(kind),
+            });
+        }
+        let layout = PhysicalLayout { ranges };
+        layout.check_ram()?;
+        Ok(layout)
+    }
+
+    fn check_ram(&self) -> Result<(), BootError> {
+        let mut ram: Vec<_> = self.ram().collect();
+        ram.sort_by_key(|range| range.start);
+        for pair in ram.windows(2) {
+            if pair[1].start < pair[0].end() {
+                return Err(BootError::Layout(format!(
+                    "guest RAM regions at {:#x} and {:#x} overlap",
+                    pair[0].start, pair[1].start
+                )));
+            }
+        }
+        for range in &ram {
+            let overlaps_hole = range.start < MMIO_HOLE_END && range.end() > MMIO_HOLE_START;
+            if overlaps_hole {
+                return Err(BootError::Layout(format!(
+                    "guest RAM at {:#x}..{:#x} overlaps the MMIO hole",
+                    range.start,
+                    range.end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a device window of `size` bytes at `start`, which must lie in the MMIO hole
+    /// and clear of the other windows.
+    pub fn add_device(&mut self, start: u64, size: u64, kind: DeviceKind) -> Result<(), BootError> {
+        let end = start
+            .checked_add(size)
+            .filter(|&end| size > 0 && end <= IOAPIC_ADDR);
+        if start < MMIO_HOLE_START || end.is_none() {
+            return Err(BootError::Layout(format!(
+                "a device window at {start:#x} ({size:#x} bytes) is not in the MMIO hole below \
+                 the I/O APIC"
+            )));
+        }
+        let taken = self
+            .devices()
+            .any(|other| start < other.end() && other.start < start + size);
+        if taken {
+            return Err(BootError::Layout(format!(
+                "a device window at {start:#x} overlaps another"
+            )));
+        }
+        self.ranges.push(AddressRange {
+            start,
+            size,
+            kind: RangeKind::Device(kind),
+        });
+        Ok(())
+    }
+
+    /// Every range, RAM first, in the order they were described.
+    pub fn ranges(&self) -> &[AddressRange] {
+        &self.ranges
+    }
+
+    /// The RAM ranges the kernel may use.
+    pub fn ram(&self) -> impl Iterator<Item = &AddressRange> {
+        self.ranges.iter().filter(|r| r.kind == RangeKind::Ram)
+    }
+
+    /// The virtio-mmio windows as (base, size, irq), in the order they were added.
+    pub fn virtio_mmio(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.ranges.iter().filter_map(|range| match range.kind {
+            RangeKind::Device(DeviceKind::VirtioMmio { irq }) => {
+                Some((range.start, range.size, irq))
+            }
+            _ => None,
+        })
+    }
+
+    /// The device windows.
+    pub fn devices(&self) -> impl Iterator<Item = &AddressRange> {
+        self.ranges
+            .iter()
+            .filter(|r| matches!(r.kind, RangeKind::Device(_)))
+    }
+
+    /// The first address past the RAM that starts at 1 MiB (the top of low memory).
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram()
+            .find(|r| r.start == HIGH_MEMORY_START)
+            .map_or(HIGH_MEMORY_START, AddressRange::end)
+    }
+
+    /// The e820 map: RAM and the reserved firmware area, sorted by address. The MMIO
+    /// hole is not RAM and is left out, as firmware does.
+    pub fn e820(&self) -> Vec<E820Entry> {
+        let mut entries: Vec<E820Entry> = self
+            .ranges
+            .iter()
+            .filter_map(|range| {
+                let kind = match range.kind {
+                    RangeKind::Ram => E820_RAM,
+                    RangeKind::Reserved => E820_RESERVED,
+                    _ => return None,
+                };
+                Some(E820Entry {
+                    addr: range.start,
+                    size: range.size,
+                    kind,
+                })
+            })
+            .collect();
+        entries.sort_by_key(|entry| entry.addr);
+        entries
+    }
+}
+
+fn ram_range(start: u64, size: u64) -> AddressRange {
+    AddressRange {
+        start,
+        size,
+        kind: RangeKind::Ram,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e820_covers_ram_and_reserves_the_firmware_area_below_1_mib() {
+        let layout = PhysicalLayout::new(&[(0, 3 << 30), (4 << 30, 1 << 30)]).unwrap();
+
+        let e820 = layout.e820();
+
+        assert_eq!(
+            e820,
+            vec![
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: EBDA_START,
+                    size: HIGH_MEMORY_START - EBDA_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: HIGH_MEMORY_START,
+                    size: (3 << 30) - HIGH_MEMORY_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: 4 << 30,
+                    size: 1 << 30,
+                    kind: E820_RAM
+                },
+            ]
+        );
+        let ram: u64 = e820.iter().map(|e| e.size).sum();
+        assert_eq!(ram, 4 << 30, "e820 accounts for every byte of RAM once");
+    }
+
+    #[test]
+    fn ram_that_does_not_start_at_zero_or_reach_1_mib_is_refused() {
+        assert!(PhysicalLayout::new(&[]).is_err());
+        assert!(PhysicalLayout::new(&[(0x1000, 64 << 20)]).is_err());
+        assert!(PhysicalLayout::new(&[(0, HIGH_MEMORY_START)]).is_err());
+    }
+
+    #[test]
+    fn ram_in_the_mmio_hole_is_refused() {
+        let result = PhysicalLayout::new(&[(0, MMIO_HOLE_START + 0x1000)]);
+
+        assert!(matches!(result, Err(BootError::Layout(_))));
+    }
+
+    #[test]
+    fn device_windows_must_be_in_the_hole_and_apart() {
+        let mut layout = PhysicalLayout::new(&[(0, 64 << 20)]).unwrap();
+
+        layout
+            .add_device(VIRTIO_MMIO_START, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
+            .unwrap();
+
+        assert!(layout
+            .add_device(
+                VIRTIO_MMIO_START + 0x800,
+                0x1000,
+                DeviceKind::VirtioMmio { irq: 5 }
+            )
+            .is_err());
+        assert!(layout
+            .add_device(0x1000, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
+            .is_err());
+        assert!(layout
+            .add_device(IOAPIC_ADDR, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
+            .is_err());
+        assert!(layout
+            .add_device(u64::MAX - 0xfff, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
+            .is_err());
+        assert_eq!(
+            layout.devices().count(),
+            3,
+            "two APICs and one virtio window"
+        );
+    }
+}

@@ -1,0 +1,610 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Loading a Linux kernel, its initrd and command line, and writing what its boot
+//! protocol hands it: the zero page (64-bit boot protocol) or `hvm_start_info` (PVH).
+
+use std::io::{Cursor, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
+
+use crate::layout::{
+    PhysicalLayout, BOOT_STACK_TOP, CMDLINE_ROOM, CMDLINE_START, HIGH_MEMORY_START, PVH_MEMMAP,
+    PVH_START_INFO, ZERO_PAGE,
+};
+use crate::{write_acpi_tables, write_mp_table, BootError, LegacyDevices};
+
+/// The oldest boot protocol with the 64-bit entry point (`xloadflags`): 2.12.
+const MIN_BOOT_PROTOCOL: u16 = 0x020c;
+/// `xloadflags` bit: the kernel has the 64-bit entry point at load address + 0x200.
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// The 64-bit entry point's offset from where a bzImage's protected-mode code loads.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// The setup header's magic "HdrS".
+const HDR_MAGIC: u32 = 0x5372_6448;
+/// The boot sector's signature.
+const BOOT_FLAG: u16 = 0xaa55;
+/// "Undefined" boot loader id.
+const LOADER_UNDEFINED: u8 = 0xff;
+/// `loadflags`: the protected-mode code loads at 1 MiB.
+const LOADED_HIGH: u8 = 1 << 0;
+/// `loadflags`: `heap_end_ptr` is valid.
+const CAN_USE_HEAP: u8 = 1 << 7;
+/// The kernel's own command-line limit when the image does not say (ELF, PVH, and
+/// boot protocols before 2.06): x86's `COMMAND_LINE_SIZE`.
+const DEFAULT_CMDLINE_SIZE: usize = 2048;
+/// Where the kernel may place an initrd when the image does not say.
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+/// The PVH start info's magic ("xEn3" with the high bit set).
+const PVH_MAGIC: u32 = 0x336e_c578;
+/// Alignment of a relocatable kernel when the image does not say: 2 MiB.
+const DEFAULT_KERNEL_ALIGNMENT: u32 = 0x20_0000;
+/// The most e820 entries a zero page holds.
+const E820_MAX: usize = 128;
+
+/// How a kernel is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryProtocol {
+    /// The 64-bit boot protocol: long mode with identity-mapped paging, `RSI` holding
+    /// the zero page's address.
+    Linux64 {
+        /// Guest-physical address of `boot_params`.
+        zero_page: u64,
+    },
+    /// PVH: 32-bit protected mode without paging, `EBX` holding the start info's
+    /// address.
+    Pvh {
+        /// Guest-physical address of `hvm_start_info`.
+        start_info: u64,
+    },
+    /// A program run by every vCPU from the same entry point in `mode`: vCPU n starts
+    /// with n in `RDI` and its stack `n * stack_stride` bytes below `stack_top`.
+    Program {
+        /// The CPU mode.
+        mode: EntryMode,
+        /// Bytes of stack each vCPU gets.
+        stack_stride: u64,
+    },
+}
+
+/// The CPU mode a program is entered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryMode {
+    /// 16-bit real mode.
+    Real,
+    /// 32-bit flat protected mode without paging.
+    Protected,
+    /// 64-bit long mode with identity-mapped paging.
+    Long,
+}
+
+/// Anything a VMM can boot: it writes itself (and whatever its boot protocol needs)
+/// into guest memory, and says how the vCPUs enter it.
+pub trait BootImage {
+    /// Loads into `memory`, laid out as `layout`, for `vcpus` vCPUs.
+    fn load<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        layout: &PhysicalLayout,
+        vcpus: u32,
+    ) -> Result<BootEntry, BootError>;
+}
+
+/// Where and how the vCPUs enter the guest. For a kernel, only the boot vCPU does; the
+/// others wait for the kernel's INIT and startup IPIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootEntry {
+    /// The boot protocol and its register argument.
+    pub protocol: EntryProtocol,
+    /// The entry point's guest-physical address.
+    pub entry: u64,
+    /// The (boot) vCPU's stack pointer.
+    pub stack_top: u64,
+}
+
+/// The kernel image formats [`LinuxBoot`] loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelFormat {
+    /// A bzImage, entered through its 64-bit entry point.
+    BzImage,
+    /// An ELF `vmlinux`, entered at its (physical) ELF entry in long mode.
+    Elf,
+    /// An ELF `vmlinux` with a PVH entry note, entered in 32-bit protected mode.
+    Pvh,
+}
+
+/// Where the kernel image comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    Path(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    fn read(&self, what: &'static str) -> Result<Vec<u8>, BootError> {
+        match self {
+            Source::Bytes(bytes) => Ok(bytes.clone()),
+            Source::Path(path) => std::fs::read(path).map_err(|source| BootError::Read {
+                what,
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// A Linux kernel with its initrd and command line, ready to load into guest memory.
+///
+/// ```no_run
+/// use kvmkit_boot::{BootImage, LinuxBoot, PhysicalLayout};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
+/// let layout = PhysicalLayout::new(&[(0, 256 << 20)]).unwrap();
+/// let entry = LinuxBoot::new("/boot/vmlinuz")
+///     .initrd("/boot/initrd.img")
+///     .cmdline("console=ttyS0 panic=1")
+///     .load(&memory, &layout, 2)
+///     .unwrap();
+/// println!("enter at {:#x}", entry.entry);
+/// ```
+#[derive(Debug, Clone)]
+pub struct LinuxBoot {
+    kernel: Source,
+    initrd: Option<Source>,
+    cmdline: String,
+    pvh: bool,
+    legacy: LegacyDevices,
+    mp_table: bool,
+}
+
+impl LinuxBoot {
+    /// The kernel at `path` (a bzImage or an ELF `vmlinux`).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self::with_kernel(Source::Path(path.into()))
+    }
+
+    /// A kernel image already in memory.
+    pub fn from_bytes(image: impl Into<Vec<u8>>) -> Self {
+        Self::with_kernel(Source::Bytes(image.into()))
+    }
+
+    fn with_kernel(kernel: Source) -> Self {
+        LinuxBoot {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            pvh: true,
+            legacy: LegacyDevices::default(),
+            mp_table: true,
+        }
+    }
+
+    /// The initrd (initramfs) at `path`.
+    pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
+        self.initrd = Some(Source::Path(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// An initrd already in memory.
+    pub fn initrd_bytes(mut self, initrd: impl Into<Vec<u8>>) -> Self {
+        self.initrd = Some(Source::Bytes(initrd.into()));
+        self
+    }
+
+    /// The kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// Whether an ELF kernel with a PVH note is entered through it (the default) or
+    /// through its 64-bit ELF entry.
+    pub fn prefer_pvh(mut self, pvh: bool) -> Self {
+        self.pvh = pvh;
+        self
+    }
+
+    /// The legacy devices the ACPI tables describe (the PC's by default).
+    pub fn legacy_devices(mut self, legacy: LegacyDevices) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
+    /// Whether to write an MP table too (the default), for `acpi=off`.
+    pub fn mp_table(mut self, enabled: bool) -> Self {
+        self.mp_table = enabled;
+        self
+    }
+
+    /// The command line.
+    pub fn cmdline_str(&self) -> &str {
+        &self.cmdline
+    }
+
+    fn load_kernel<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        layout: &PhysicalLayout,
+        rsdp: u64,
+    ) -> Result<BootEntry, BootError> {
+        let image = self.kernel.read("kernel")?;
+        let initrd = match &self.initrd {
+            Some(source) => Some(source.read("initrd")?),
+            None => None,
+        };
+        let kernel = load_kernel(memory, &image, self.pvh)?;
+        let limits = kernel.limits();
+        let cmdline = self.checked_cmdline(limits.cmdline_size)?;
+        load_cmdline(memory, GuestAddress(CMDLINE_START), &cmdline)
+            .map_err(|e| BootError::Load(format!("the command line: {e}")))?;
+        let ramdisk = match &initrd {
+            Some(bytes) => Some(place_initrd(memory, layout, bytes, &kernel, &limits)?),
+            None => None,
+        };
+        let cmdline_len = self.cmdline.len() as u32;
+        match kernel.format {
+            KernelFormat::Pvh => {
+                let start_info = write_start_info(memory, layout, ramdisk, rsdp)?;
+                Ok(BootEntry {
+                    protocol: EntryProtocol::Pvh { start_info },
+                    entry: kernel.entry,
+                    stack_top: BOOT_STACK_TOP,
+                })
+            }
+            KernelFormat::BzImage | KernelFormat::Elf => {
+                let header = kernel.header.unwrap_or_else(elf_setup_header);
+                write_zero_page(memory, layout, header, cmdline_len, ramdisk, rsdp)?;
+                Ok(BootEntry {
+                    protocol: EntryProtocol::Linux64 {
+                        zero_page: ZERO_PAGE,
+                    },
+                    entry: kernel.entry,
+                    stack_top: BOOT_STACK_TOP,
+                })
+            }
+        }
+    }
+
+    fn checked_cmdline(&self, limit: usize) -> Result<Cmdline, BootError> {
+        // The limit counts the terminating NUL.
+        let limit = limit.min(CMDLINE_ROOM as usize);
+        if self.cmdline.len() + 1 > limit {
+            return Err(BootError::CmdlineTooLong {
+                len: self.cmdline.len(),
+                limit: limit - 1,
+            });
+        }
+        let mut cmdline = Cmdline::new(limit).map_err(|e| BootError::Cmdline(e.to_string()))?;
+        if !self.cmdline.is_empty() {
+            cmdline
+                .insert_str(&self.cmdline)
+                .map_err(|e| BootError::Cmdline(e.to_string()))?;
+        }
+        Ok(cmdline)
+    }
+}
+
+impl BootImage for LinuxBoot {
+    /// Loads the kernel, the initrd and the command line, writes the ACPI tables (and
+    /// the MP table) for `vcpus` vCPUs and the devices of `layout`, and the boot
+    /// protocol's structures with `layout`'s e820 map; returns how to enter the kernel.
+    /// Every check (format, protocol version, sizes, room) is made here, before the VM
+    /// would start.
+    fn load<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        layout: &PhysicalLayout,
+        vcpus: u32,
+    ) -> Result<BootEntry, BootError> {
+        let rsdp = write_acpi_tables(memory, layout, &self.legacy, vcpus)?;
+        if self.mp_table {
+            write_mp_table(memory, vcpus)?;
+        }
+        self.load_kernel(memory, layout, rsdp)
+    }
+}
+
+/// A kernel loaded into guest memory.
+struct LoadedKernel {
+    format: KernelFormat,
+    entry: u64,
+    /// The bzImage's setup header (with what the loader filled in).
+    header: Option<setup_header>,
+    /// The first byte past what the kernel needs (its image, or for a bzImage the
+    /// room it decompresses into).
+    end: u64,
+}
+
+/// What the kernel image says it accepts.
+struct Limits {
+    cmdline_size: usize,
+    initrd_addr_max: u64,
+}
+
+impl LoadedKernel {
+    fn limits(&self) -> Limits {
+        match &self.header {
+            Some(header) => Limits {
+                cmdline_size: if header.version >= 0x0206 && header.cmdline_size > 0 {
+                    header.cmdline_size as usize + 1
+                } else {
+                    256
+                },
+                initrd_addr_max: if header.initrd_addr_max > 0 {
+                    u64::from(header.initrd_addr_max)
+                } else {
+                    DEFAULT_INITRD_ADDR_MAX
+                },
+            },
+            None => Limits {
+                cmdline_size: DEFAULT_CMDLINE_SIZE,
+                initrd_addr_max: DEFAULT_INITRD_ADDR_MAX,
+            },
+        }
+    }
+}
+
+/// Which format `image` is, from its first bytes: ELF by its magic, a bzImage by the
+/// setup header's "HdrS".
+pub fn detect_format(image: &[u8]) -> Result<KernelFormat, BootError> {
+    if image.starts_with(b"\x7fELF") {
+        return Ok(KernelFormat::Elf);
+    }
+    let magic = image
+        .get(0x202..0x206)
+        .map(|bytes| u32::from_le_bytes(bytes.try_into().expect("4 bytes")));
+    match magic {
+        Some(HDR_MAGIC) => Ok(KernelFormat::BzImage),
+        _ if image.len() < 0x206 => Err(BootError::NotAKernel(format!(
+            "{} bytes are too few for a kernel image",
+            image.len()
+        ))),
+        _ => Err(BootError::NotAKernel(
+            "neither an ELF file nor a bzImage (no \"HdrS\" setup header)".into(),
+        )),
+    }
+}
+
+fn load_kernel<M: GuestMemoryBackend>(
+    memory: &M,
+    image: &[u8],
+    prefer_pvh: bool,
+) -> Result<LoadedKernel, BootError> {
+    match detect_format(image)? {
+        KernelFormat::BzImage => load_bzimage(memory, image),
+        _ => load_elf(memory, image, prefer_pvh),
+    }
+}
+
+fn load_bzimage<M: GuestMemoryBackend>(
+    memory: &M,
+    image: &[u8],
+) -> Result<LoadedKernel, BootError> {
+    let header = read_setup_header(image)?;
+    if header.version < MIN_BOOT_PROTOCOL || header.xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(BootError::UnsupportedKernel(format!(
+            "the bzImage speaks boot protocol {}.{:02} without the 64-bit entry point; \
+             2.12 with XLF_KERNEL_64 is needed",
+            header.version >> 8,
+            header.version & 0xff
+        )));
+    }
+    let result = run_loader::<BzImage, _>(memory, image, Some(GuestAddress(HIGH_MEMORY_START)))?;
+    let mut header = result
+        .setup_header
+        .ok_or_else(|| BootError::Load("the bzImage loader returned no setup header".into()))?;
+    let load = result.kernel_load.0;
+    // The kernel decompresses into `init_size` bytes from its load address.
+    let end = load
+        .checked_add(u64::from(header.init_size))
+        .ok_or_else(|| BootError::Load("the bzImage's init_size overflows".into()))?
+        .max(result.kernel_end);
+    header.type_of_loader = LOADER_UNDEFINED;
+    header.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
+    header.heap_end_ptr = 0xfe00;
+    header.vid_mode = 0xffff;
+    Ok(LoadedKernel {
+        format: KernelFormat::BzImage,
+        entry: load + BZIMAGE_64BIT_ENTRY_OFFSET,
+        header: Some(header),
+        end,
+    })
+}
+
+fn read_setup_header(image: &[u8]) -> Result<setup_header, BootError> {
+    let size = std::mem::size_of::<setup_header>();
+    let bytes = image.get(0x1f1..0x1f1 + size).ok_or_else(|| {
+        BootError::NotAKernel("the bzImage is cut short in its setup header".into())
+    })?;
+    let mut header = setup_header::default();
+    // `setup_header` is plain data (`ByteValued`).
+    vm_memory::ByteValued::as_mut_slice(&mut header).copy_from_slice(bytes);
+    Ok(header)
+}
+
+fn load_elf<M: GuestMemoryBackend>(
+    memory: &M,
+    image: &[u8],
+    prefer_pvh: bool,
+) -> Result<LoadedKernel, BootError> {
+    let result = run_loader::<Elf, _>(memory, image, None)?;
+    let (format, entry) = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) if prefer_pvh => (KernelFormat::Pvh, entry.0),
+        _ => (KernelFormat::Elf, result.kernel_load.0),
+    };
+    Ok(LoadedKernel {
+        format,
+        entry,
+        header: None,
+        end: result.kernel_end,
+    })
+}
+
+/// Runs linux-loader's `L` on `image` (at `offset`, if the format takes one), with
+/// nothing loaded below 1 MiB, naming what went wrong.
+fn run_loader<L: KernelLoader, M: GuestMemoryBackend>(
+    memory: &M,
+    image: &[u8],
+    offset: Option<GuestAddress>,
+) -> Result<KernelLoaderResult, BootError> {
+    let mut reader = Image(Cursor::new(image));
+    let highmem = Some(GuestAddress(HIGH_MEMORY_START));
+    L::load(memory, offset, &mut reader, highmem)
+        .map_err(|error| BootError::Load(format!("the kernel image: {error}")))
+}
+
+/// A kernel image in memory, as the loaders read it.
+struct Image<'a>(Cursor<&'a [u8]>);
+
+impl Read for Image<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Seek for Image<'_> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+impl ReadVolatile for Image<'_> {
+    fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        buf: &mut vm_memory::VolatileSlice<B>,
+    ) -> Result<usize, vm_memory::VolatileMemoryError> {
+        self.0.read_volatile(buf)
+    }
+}
+
+/// Copies the initrd to the highest page-aligned address below both the kernel's
+/// `initrd_addr_max` and the top of low RAM, above the kernel.
+fn place_initrd<M: GuestMemoryBackend>(
+    memory: &M,
+    layout: &PhysicalLayout,
+    initrd: &[u8],
+    kernel: &LoadedKernel,
+    limits: &Limits,
+) -> Result<(u64, u64), BootError> {
+    let size = initrd.len() as u64;
+    let top = layout
+        .low_ram_end()
+        .min(limits.initrd_addr_max.saturating_add(1));
+    let room = top.saturating_sub(kernel.end);
+    let start = top.checked_sub(size).map(|start| start & !0xfff);
+    let Some(start) = start.filter(|&start| start >= kernel.end) else {
+        return Err(BootError::InitrdTooLarge { size, room });
+    };
+    memory
+        .write_slice(initrd, GuestAddress(start))
+        .map_err(|e| BootError::Load(format!("the initrd: {e}")))?;
+    Ok((start, size))
+}
+
+/// The setup header an ELF kernel gets in its zero page (it has none of its own).
+fn elf_setup_header() -> setup_header {
+    setup_header {
+        boot_flag: BOOT_FLAG,
+        header: HDR_MAGIC,
+        type_of_loader: LOADER_UNDEFINED,
+        kernel_alignment: DEFAULT_KERNEL_ALIGNMENT,
+        ..Default::default()
+    }
+}
+
+fn write_zero_page<M: GuestMemoryBackend>(
+    memory: &M,
+    layout: &PhysicalLayout,
+    mut header: setup_header,
+    cmdline_len: u32,
+    ramdisk: Option<(u64, u64)>,
+    rsdp: u64,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    header.cmd_line_ptr = CMDLINE_START as u32;
+    header.cmdline_size = cmdline_len;
+    if let Some((start, size)) = ramdisk {
+        header.ramdisk_image = start as u32;
+        header.ramdisk_size = size as u32;
+    }
+    params.hdr = header;
+    params.acpi_rsdp_addr = rsdp;
+    let e820 = layout.e820();
+    if e820.len() > E820_MAX {
+        return Err(BootError::Layout(format!(
+            "{} e820 entries; the zero page holds {E820_MAX}",
+            e820.len()
+        )));
+    }
+    for (slot, entry) in params.e820_table.iter_mut().zip(&e820) {
+        *slot = boot_e820_entry {
+            addr: entry.addr,
+            size: entry.size,
+            r#type: entry.kind,
+        };
+    }
+    params.e820_entries = e820.len() as u8;
+    LinuxBootConfigurator::write_bootparams::<M>(
+        &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE)),
+        memory,
+    )
+    .map_err(|e| BootError::Load(format!("the zero page: {e}")))
+}
+
+fn write_start_info<M: GuestMemoryBackend>(
+    memory: &M,
+    layout: &PhysicalLayout,
+    ramdisk: Option<(u64, u64)>,
+    rsdp: u64,
+) -> Result<u64, BootError> {
+    let memmap: Vec<hvm_memmap_table_entry> = layout
+        .e820()
+        .iter()
+        .map(|entry| hvm_memmap_table_entry {
+            addr: entry.addr,
+            size: entry.size,
+            type_: entry.kind,
+            reserved: 0,
+        })
+        .collect();
+    let mut start_info = hvm_start_info {
+        magic: PVH_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp,
+        memmap_paddr: PVH_MEMMAP,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let module_addr = PVH_START_INFO + std::mem::size_of::<hvm_start_info>() as u64;
+    let mut params = BootParams::new(&start_info, GuestAddress(PVH_START_INFO));
+    if let Some((start, size)) = ramdisk {
+        start_info.nr_modules = 1;
+        start_info.modlist_paddr = module_addr;
+        params = BootParams::new(&start_info, GuestAddress(PVH_START_INFO));
+        let module = linux_loader::loader::elf::start_info::hvm_modlist_entry {
+            paddr: start,
+            size,
+            ..Default::default()
+        };
+        params.set_modules(&[module], GuestAddress(module_addr));
+    }
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
+    PvhBootConfigurator::write_bootparams::<M>(&params, memory)
+        .map_err(|e| BootError::Load(format!("the PVH start info: {e}")))?;
+    Ok(PVH_START_INFO)
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The hardware-assisted test tier: boots a Debian cloud kernel under QEMU (TCG,
+# -cpu max, which emulates AMD SVM) as L1, whose /dev/kvm is then SVM-backed KVM; in
+# it, the kvmkit runner boots the same kernel as L2 with 2 vCPUs, virtio-blk, -net,
+# -rng and -console, and L2's init checks each (see l2-init and l1-init).
+#
+#   tests/sandbox/run.sh            # build, boot, assert every marker
+#
+# Needs: qemu-system-x86, linux-image-cloud-amd64, busybox-static, cpio (.ci/run
+# installs them). Every L1 run has a timeout; when it times out or a marker is
+# missing, the console's tail is printed, so a sandbox failure is not mistaken for a
+# kvmkit failure or the reverse.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+work="${SANDBOX_WORK:-$root/target/sandbox}"
+timeout_s="${SANDBOX_TIMEOUT:-300}"
+l2_cmdline="${L2_CMDLINE:-console=ttyS0 reboot=k panic=1}"
+
+fail() { echo "sandbox: $*" >&2; exit 1; }
+
+kernel="$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -1)" \
+    || true
+[ -n "$kernel" ] || fail "no Debian cloud kernel in /boot: apt-get install linux-image-cloud-amd64"
+kver="${kernel#/boot/vmlinuz-}"
+modules="/lib/modules/$kver/kernel"
+command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
+[ -x /bin/busybox ] || fail "busybox missing: apt-get install busybox-static"
+command -v cpio >/dev/null || fail "cpio missing: apt-get install cpio"
+
+module_path() {
+    local found
+    found="$(find "$modules" -name "$1.ko" -o -name "$1.ko.xz" | head -1)"
+    [ -n "$found" ] || fail "module $1 not found under $modules"
+    echo "$found"
+}
+
+# A busybox root with the given modules in /lib/modules.
+make_root() {
+    local dir="$1"; shift
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,lib/modules}
+    cp /bin/busybox "$dir/bin/busybox"
+    for m in "$@"; do cp "$(module_path "$m")" "$dir/lib/modules/"; done
+}
+
+pack() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
+
+echo "sandbox: building the kvmkit runner"
+(cd "$root" && cargo build --release --locked -p kvmkit-cli --quiet)
+runner="$root/target/release/kvmkit"
+
+mkdir -p "$work"
+echo "sandbox: L2 initramfs (busybox + virtio modules), kernel $kver"
+make_root "$work/l2" virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
+    virtio_net virtio-rng virtio_console
+cp "$here/l2-init" "$work/l2/init"
+pack "$work/l2" "$work/l2.cpio.gz"
+
+echo "sandbox: L1 initramfs (busybox + kvm modules + the runner + L2)"
+make_root "$work/l1" irqbypass kvm kvm-amd tun
+cp "$here/l1-init" "$work/l1/init"
+cp "$runner" "$work/l1/bin/kvmkit"
+for lib in $(ldd "$runner" | grep -o '/[^ ]*'); do
+    mkdir -p "$work/l1$(dirname "$lib")"
+    cp -L "$lib" "$work/l1$lib"
+done
+mkdir -p "$work/l1/l2"
+cp "$kernel" "$work/l1/l2/vmlinuz"
+cp "$work/l2.cpio.gz" "$work/l1/l2/initrd.gz"
+printf 'L2_CMDLINE=%q\n' "$l2_cmdline" > "$work/l1/sandbox.conf"
+if [ -n "${SANDBOX_EXTRA:-}" ]; then
+    cp "$SANDBOX_EXTRA" "$work/l1/extra.sh"
+    echo "EXTRA=/extra.sh" >> "$work/l1/sandbox.conf"
+    for f in ${SANDBOX_EXTRA_FILES:-}; do cp -L "$f" "$work/l1/bin/"; done
+fi
+pack "$work/l1" "$work/l1.cpio.gz"
+
+log="$work/console.log"
+echo "sandbox: booting L1 (QEMU TCG, -cpu max, 1 vCPU, 3 GiB), timeout ${timeout_s}s; console in $log"
+start=$(date +%s)
+set +e
+timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 3G \
+    -nic none -nographic -no-reboot -serial mon:stdio \
+    -kernel "$kernel" -initrd "$work/l1.cpio.gz" \
+    -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1
+status=$?
+set -e
+echo "sandbox: L1 ran $(( $(date +%s) - start ))s, QEMU status $status"
+
+markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK-WRITE-OK
+         L2-NET-OK L2-RNG-OK L2-HVC-WRITE-OK L2-POWEROFF "L1-RUNNER-EXIT status=0"
+         L1-DISK-OK L1-HVC-OK L1-DONE)
+missing=()
+for marker in "${markers[@]}"; do
+    grep -q -- "$marker" "$log" || missing+=("$marker")
+done
+grep -E '^(L1|L2)-|kvmkit' "$log" | tr -d '\r' | sed 's/^/  | /' || true
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "sandbox: L1 TIMED OUT after ${timeout_s}s (a sandbox hang unless the markers above stop at kvmkit's step); console tail:" >&2
+    tail -n 40 "$log" | tr -d '\r' >&2
+    exit 1
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "sandbox: missing markers: ${missing[*]}; console tail:" >&2
+    tail -n 60 "$log" | tr -d '\r' >&2
+    exit 1
+fi
+echo "sandbox: every check passed"
