@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepares this host for kvmkit's tests and examples (run as root; idempotent):
 # a 2 MiB hugepage pool of 1024 pages, up to two 1 GiB pages when the host can find
-# them, a 2 MiB hugetlbfs mount at /dev/hugepages, and KSM scanning on.
+# them, a 2 MiB hugetlbfs mount at /dev/hugepages, KSM scanning on, and the Debian
+# packages of the hardware-assisted sandbox tier (tests/sandbox/run.sh): QEMU, the
+# cloud kernel L1 and L2 boot, busybox and cpio for their initramfs, lz4 to unpack
+# the kernel's ELF image.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -34,3 +37,12 @@ echo "prepare-host: hugetlbfs at /dev/hugepages"
 
 echo 1 > /sys/kernel/mm/ksm/run
 echo "prepare-host: KSM run=$(cat /sys/kernel/mm/ksm/run)"
+
+sandbox_packages=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio lz4)
+if ! dpkg -s "${sandbox_packages[@]}" >/dev/null 2>&1; then
+    echo "prepare-host: installing ${sandbox_packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${sandbox_packages[@]}" >/dev/null
+fi
+echo "prepare-host: sandbox kernel $(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)"

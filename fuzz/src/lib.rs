@@ -477,6 +477,50 @@ fn image() -> File {
     file
 }
 
+/// Guest memory the kernel loaders write into, reused across runs.
+fn boot_memory() -> &'static vm_memory::GuestMemoryMmap<()> {
+    static MEMORY: std::sync::OnceLock<vm_memory::GuestMemoryMmap<()>> = std::sync::OnceLock::new();
+    MEMORY.get_or_init(|| {
+        vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)])
+            .expect("64 MiB of guest memory")
+    })
+}
+
+/// Loads `image` with a small initrd and a command line into 64 MiB of guest memory:
+/// any outcome but a panic is fine, and an accepted image enters where the protocol
+/// says (at or above 1 MiB).
+fn load_kernel(image: Vec<u8>) {
+    use kvmkit_boot::{BootImage, LinuxBoot, PhysicalLayout};
+    let layout = PhysicalLayout::new(&[(0, 64 << 20)]).expect("a layout");
+    let boot = LinuxBoot::from_bytes(image)
+        .initrd_bytes(vec![0x5a; 4096])
+        .cmdline("console=ttyS0");
+    if let Ok(entry) = boot.load(boot_memory(), &layout, 2) {
+        assert!(entry.entry >= kvmkit_boot::HIGH_MEMORY_START, "{entry:?}");
+    }
+}
+
+/// A kernel image as the bzImage loader sees it: the input with the setup header's
+/// "HdrS" magic in place (so the fuzzer spends its time past the format check).
+pub fn bzimage(data: &[u8]) {
+    let mut image = data.to_vec();
+    if image.len() >= 0x206 {
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+    }
+    load_kernel(image);
+}
+
+/// A kernel image as the ELF (and PVH) loader sees it: the input behind a 64-bit
+/// little-endian x86-64 ELF identification.
+pub fn elf(data: &[u8]) {
+    let mut image = data.to_vec();
+    if image.len() >= 20 {
+        image[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        image[18..20].copy_from_slice(&62u16.to_le_bytes());
+    }
+    load_kernel(image);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -530,5 +574,15 @@ mod tests {
     #[test]
     fn virtio_blk_corpus_replays_clean() {
         replay("virtio_blk", super::virtio_blk);
+    }
+
+    #[test]
+    fn bzimage_corpus_replays_clean() {
+        replay("bzimage", super::bzimage);
+    }
+
+    #[test]
+    fn elf_corpus_replays_clean() {
+        replay("elf", super::elf);
     }
 }

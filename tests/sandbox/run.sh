@@ -70,10 +70,23 @@ mkdir -p "$work/l1/l2"
 cp "$kernel" "$work/l1/l2/vmlinuz"
 cp "$work/l2.cpio.gz" "$work/l1/l2/initrd.gz"
 printf 'L2_CMDLINE=%q\n' "$l2_cmdline" > "$work/l1/sandbox.conf"
+# Extra L1 steps (bench.sh): a script run after the checks, and files it needs, each
+# "SOURCE" (copied to the same path) or "SOURCE:DEST"; executables bring their
+# shared libraries.
 if [ -n "${SANDBOX_EXTRA:-}" ]; then
     cp "$SANDBOX_EXTRA" "$work/l1/extra.sh"
     echo "EXTRA=/extra.sh" >> "$work/l1/sandbox.conf"
-    for f in ${SANDBOX_EXTRA_FILES:-}; do cp -L "$f" "$work/l1/bin/"; done
+    for item in ${SANDBOX_EXTRA_FILES:-}; do
+        src="${item%%:*}"; dest="${item#*:}"
+        mkdir -p "$work/l1$(dirname "$dest")"
+        cp -rL "$src" "$work/l1$dest"
+        if [ -f "$src" ] && [ -x "$src" ]; then
+            for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*'); do
+                mkdir -p "$work/l1$(dirname "$lib")"
+                cp -L "$lib" "$work/l1$lib"
+            done
+        fi
+    done
 fi
 pack "$work/l1" "$work/l1.cpio.gz"
 

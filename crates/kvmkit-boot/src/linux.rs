@@ -436,11 +436,25 @@ fn read_setup_header(image: &[u8]) -> Result<setup_header, BootError> {
     Ok(header)
 }
 
+/// ELF class of 64-bit files.
+const ELFCLASS64: u8 = 2;
+/// ELF machine of x86-64.
+const EM_X86_64: u16 = 62;
+
 fn load_elf<M: GuestMemoryBackend>(
     memory: &M,
     image: &[u8],
     prefer_pvh: bool,
 ) -> Result<LoadedKernel, BootError> {
+    // linux-loader checks the magic, byte order and header sizes, not the machine.
+    let machine = image.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if image.get(4) != Some(&ELFCLASS64) || machine != Some(EM_X86_64) {
+        return Err(BootError::UnsupportedKernel(format!(
+            "the ELF file is not a 64-bit x86-64 executable (class {:?}, machine {:?})",
+            image.get(4),
+            machine
+        )));
+    }
     let result = run_loader::<Elf, _>(memory, image, None)?;
     let (format, entry) = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) if prefer_pvh => (KernelFormat::Pvh, entry.0),

@@ -1,7 +1,8 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Guest power-off: the ACPI hardware-reduced sleep control register.
+//! Guest power-off: the ACPI hardware-reduced sleep control and status registers (a
+//! kernel uses hardware-reduced sleep only when the FADT names both).
 
 use std::sync::Arc;
 
@@ -9,8 +10,11 @@ use crate::{BusDevice, ShutdownReason, VmShutdown};
 
 /// The port of the sleep control register (an ACPI FADT points the guest here).
 pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
-/// The register is one byte.
-pub const ACPI_SLEEP_CONTROL_LEN: u64 = 1;
+/// The sleep control register (one byte) and the sleep status register after it.
+pub const ACPI_SLEEP_CONTROL_LEN: u64 = 2;
+/// The sleep status register's offset from the control register: it reads 0 (no
+/// wake event) and ignores writes, which is all a VM that only powers off needs.
+pub const ACPI_SLEEP_STATUS_OFFSET: u64 = 1;
 /// The sleep type the platform's `\_S5` object names for soft-off.
 pub const S5_SLEEP_TYPE: u8 = 5;
 
@@ -40,7 +44,10 @@ impl BusDevice for AcpiSleepControl {
         data.fill(0);
     }
 
-    fn write(&self, _offset: u64, data: &[u8]) {
+    fn write(&self, offset: u64, data: &[u8]) {
+        if offset == ACPI_SLEEP_STATUS_OFFSET {
+            return;
+        }
         let Some(&value) = data.first() else { return };
         let sleep_type = (value >> SLEEP_TYPE_SHIFT) & SLEEP_TYPE_MASK;
         if value & SLEEP_ENABLE != 0 && sleep_type == S5_SLEEP_TYPE {
@@ -70,6 +77,19 @@ mod tests {
 
         register.write(0, &[S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT]);
         register.write(0, &[(3 << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE]);
+
+        assert_eq!(exit.get(), None);
+    }
+
+    #[test]
+    fn a_write_to_the_status_register_never_powers_off() {
+        let exit = Arc::new(VmShutdown::new().unwrap());
+        let register = AcpiSleepControl::new(exit.clone());
+
+        register.write(
+            ACPI_SLEEP_STATUS_OFFSET,
+            &[(S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE],
+        );
 
         assert_eq!(exit.get(), None);
     }

@@ -43,7 +43,10 @@ mod serial;
 mod shutdown;
 mod terminal;
 
-pub use acpi::{AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, S5_SLEEP_TYPE};
+pub use acpi::{
+    AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET,
+    S5_SLEEP_TYPE,
+};
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 pub use console::{ConsoleInput, ConsoleOutput, FlushState, SerialOutput, OUTPUT_QUEUE_BYTES};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_mp_state, kvm_regs, kvm_run, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_OUT,
-    KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vm_memory::GuestMemory;
@@ -83,6 +83,19 @@ impl Vcpu {
                 .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
         }
         Ok(())
+    }
+
+    /// Whether the vCPU waits for INIT and startup IPIs from the guest (an application
+    /// processor not yet started), rather than being runnable.
+    pub fn waits_for_startup(&self) -> Result<bool, Error> {
+        let state = self
+            .fd
+            .get_mp_state()
+            .map_err(Error::kvm("KVM_GET_MP_STATE"))?;
+        Ok(matches!(
+            state.mp_state,
+            KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED
+        ))
     }
 
     /// The general-purpose registers.
