@@ -460,6 +460,13 @@ fn load_elf<M: GuestMemoryBackend>(
         PvhBootCapability::PvhEntryPresent(entry) if prefer_pvh => (KernelFormat::Pvh, entry.0),
         _ => (KernelFormat::Elf, result.kernel_load.0),
     };
+    // linux-loader checks the ELF entry against high memory, not the PVH note's.
+    if !(HIGH_MEMORY_START..result.kernel_end).contains(&entry) {
+        return Err(BootError::UnsupportedKernel(format!(
+            "the entry point {entry:#x} is not in the kernel loaded at {:#x}..{:#x}",
+            HIGH_MEMORY_START, result.kernel_end
+        )));
+    }
     Ok(LoadedKernel {
         format,
         entry,

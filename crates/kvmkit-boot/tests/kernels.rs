@@ -220,6 +220,21 @@ fn an_elf_without_a_usable_entry_or_cut_short_is_refused() {
 }
 
 #[test]
+fn a_pvh_entry_outside_the_loaded_kernel_is_refused() {
+    // Found by the `elf` fuzz target: a PVH note naming 0x40 was entered there.
+    for pvh_entry in [0x40, 0x100_0000 + 64, 0xffff_fff0] {
+        let image = elf(0x100_0000, &[0xf4; 64], Some(pvh_entry));
+
+        let error = load_error(LinuxBoot::from_bytes(image));
+
+        assert!(
+            matches!(error, BootError::UnsupportedKernel(_)),
+            "{pvh_entry:#x}: {error}"
+        );
+    }
+}
+
+#[test]
 fn an_initrd_larger_than_the_room_below_the_top_of_ram_is_refused() {
     let boot =
         LinuxBoot::from_bytes(good_bzimage()).initrd_bytes(vec![0u8; (RAM - (8 << 20)) as usize]);
