@@ -106,7 +106,7 @@ fn an_elf_kernel_without_a_pvh_note_is_entered_at_its_elf_entry() {
 
 #[test]
 fn an_elf_kernel_with_a_pvh_note_is_entered_through_pvh_with_its_start_info() {
-    let image = elf(0x100_0000, &[0xf4; 64], Some(0x100_0040));
+    let image = elf(0x100_0000, &[0xf4; 64], Some(0x100_0020));
     let boot = LinuxBoot::from_bytes(image)
         .initrd_bytes(vec![1u8; 5000])
         .cmdline("quiet");
