@@ -113,7 +113,7 @@ fn an_elf_kernel_with_a_pvh_note_is_entered_through_pvh_with_its_start_info() {
 
     let (entry, memory) = load(&boot).unwrap();
 
-    assert_eq!(entry.entry, 0x100_0040);
+    assert_eq!(entry.entry, 0x100_0020);
     assert_eq!(
         entry.protocol,
         EntryProtocol::Pvh {
