@@ -29,6 +29,7 @@ mod mmio;
 mod net;
 mod notify;
 pub mod queue;
+mod ring;
 mod rng;
 
 pub use block::{Block, BlockError, SECTOR_SIZE};
@@ -40,4 +41,5 @@ pub use interrupt::{DeviceFault, EventFdVirtioInterrupt, InterruptKind, VirtioIn
 pub use mmio::{MmioTransport, TransportCounters, MMIO_WINDOW, QUEUE_NOTIFY};
 pub use net::{DatagramBackend, Net, NetBackend, Tap, TapError, NET_HEADER_LEN};
 pub use notify::{NoShortcut, QueueNotifiers};
+pub use ring::RingError;
 pub use rng::{Rng, RNG_MAX_REQUEST};

@@ -476,10 +476,10 @@ fn set_ring_address(queue: &mut Queue, offset: u64, value: u32) -> bool {
     }
 }
 
-/// Whether a queue's rings lie in guest RAM (their alignment was checked as they were
-/// written).
+/// Whether a queue's rings lie in guest RAM, each within one memory region, as the
+/// device reads them (their alignment was checked as they were written).
 fn queue_fits(queue: &Queue, memory: &GuestMemory) -> bool {
-    queue.is_valid(memory)
+    queue.is_valid(memory) && crate::ring::Ring::new(queue, memory).is_ok()
 }
 
 impl BusDevice for MmioTransport {

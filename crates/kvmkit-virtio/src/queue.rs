@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use kvmkit_devices::{event_fd, Flow};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::Permissions;
 use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::ring::{Ring, RingError};
 use crate::{ActivateError, VirtioInterrupt};
 use crate::{Activation, ActiveQueue, DeviceFault, GuestMemory, InterruptKind, QueueCounters};
 
@@ -83,14 +84,7 @@ pub fn parse_chain_into(
             addr: descriptor.addr(),
             len: descriptor.len(),
         };
-        let permission = if descriptor.is_write_only() {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        let in_memory = buffer.addr.0.checked_add(u64::from(buffer.len)).is_some()
-            && (buffer.len == 0 || in_ram(memory, buffer, permission));
-        if !in_memory {
+        if !buffer_in_ram(memory, buffer, descriptor.is_write_only()) {
             return Err(ChainError::OutOfMemory {
                 addr: buffer.addr.0,
                 len: buffer.len,
@@ -109,6 +103,18 @@ pub fn parse_chain_into(
         Some(descriptor) if !descriptor.has_next() => Ok(()),
         _ => Err(ChainError::Truncated),
     }
+}
+
+/// Whether `buffer` lies in guest RAM (an empty one always does), for the device to
+/// write (`writable`) or read.
+pub(crate) fn buffer_in_ram(memory: &GuestMemory, buffer: Buffer, writable: bool) -> bool {
+    let permission = if writable {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
+    buffer.addr.0.checked_add(u64::from(buffer.len)).is_some()
+        && (buffer.len == 0 || in_ram(memory, buffer, permission))
 }
 
 /// Whether `buffer` lies in guest RAM: within one region (the common case, checked
@@ -172,8 +178,15 @@ pub struct QueueServer {
 
 /// The driver broke the queue itself (its rings): the device needs a reset.
 #[derive(Debug, thiserror::Error)]
-#[error("the queue's rings are broken: {0}")]
-pub struct BrokenQueue(#[source] pub virtio_queue::Error);
+#[non_exhaustive]
+pub enum BrokenQueue {
+    /// virtio-queue refused an access to the rings.
+    #[error("the queue's rings are broken: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    /// The rings are out of RAM, or the available index jumped.
+    #[error("the queue's rings are broken: {0}")]
+    Ring(#[from] RingError),
+}
 
 impl QueueServer {
     /// Serves `queue`, counting into `counters`.
@@ -208,39 +221,29 @@ impl QueueServer {
     ) -> Result<Progress, BrokenQueue> {
         let budget = self.queue.size();
         let mut taken = 0u16;
+        let mut ring = Ring::new(&self.queue, memory)?;
         loop {
-            self.queue
-                .disable_notification(memory)
-                .map_err(BrokenQueue)?;
-            while taken < budget && has_work() {
-                let Some(chain) = self.queue.iter(memory).map_err(BrokenQueue)?.next() else {
-                    break;
-                };
+            self.queue.disable_notification(memory)?;
+            let mut pending = ring.pending()?;
+            while taken < budget && pending > 0 && has_work() {
+                let (head, parsed) = ring.take(&mut self.chain);
+                pending -= 1;
                 taken += 1;
-                let head = chain.head_index();
-                let parsed = parse_chain_into(memory, chain, &mut self.chain);
                 let served = serve(parsed.map(|()| &self.chain));
                 if served.failed {
                     self.counters.add_error();
                 } else {
                     self.counters.add_request(served.bytes);
                 }
-                self.queue
-                    .add_used(memory, head, served.written)
-                    .map_err(BrokenQueue)?;
+                ring.put_used(head, served.written)?;
             }
-            let more = self
-                .queue
-                .enable_notification(memory)
-                .map_err(BrokenQueue)?;
+            ring.finish(&mut self.queue);
+            let more = self.queue.enable_notification(memory)?;
             // Stop when the ring is empty, the budget is spent, or there is nothing to
             // put in what is left.
             if !more || taken >= budget || !has_work() {
-                // Nothing used, nothing to tell the driver.
-                let interrupt =
-                    taken > 0 && self.queue.needs_notification(memory).map_err(BrokenQueue)?;
                 return Ok(Progress {
-                    interrupt,
+                    interrupt: ring.needs_interrupt()?,
                     more: more && taken >= budget,
                 });
             }
@@ -351,6 +354,7 @@ pub(crate) mod tests {
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueOwnedT;
 
     pub(crate) const RAM: u64 = 0x10_0000;
 

@@ -16,7 +16,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vmm_sys_util::eventfd::EventFd;
 
 const WRITE: u32 = VRING_DESC_F_WRITE;
@@ -103,22 +103,41 @@ fn hostile_chains_are_each_dropped_and_counted_and_the_queue_keeps_serving() {
     table
         .store(4, desc(0x2_3000, 64, WRITE | VRING_DESC_F_NEXT, 200))
         .unwrap();
+    // An indirect table, never offered (VIRTIO_RING_F_INDIRECT_DESC).
+    table
+        .store(6, desc(0x2_5000, 16, VRING_DESC_F_INDIRECT, 0))
+        .unwrap();
+    // Lengths adding up past 2^32 bytes.
+    table
+        .store(7, desc(0x2_6000, u32::MAX, WRITE | VRING_DESC_F_NEXT, 8))
+        .unwrap();
+    table.store(8, desc(0x2_7000, 16, WRITE, 0)).unwrap();
     // A good one last.
     table.store(5, desc(0x2_4000, 32, WRITE, 0)).unwrap();
 
     rig.negotiate(version_1());
     rig.setup_queue(0, &mock, 16);
     rig.driver_ok();
-    rig.offer(&mock, &[0, 2, 3, 4, 5]);
+    // Head 200 is past the table.
+    rig.offer(&mock, &[0, 2, 3, 4, 6, 7, 200, 5]);
     rig.write(QUEUE_NOTIFY, 0);
 
     assert!(rig.wait_interrupt());
     assert_eq!(
         rig.used(&mock),
-        vec![(0, 0), (2, 0), (3, 0), (4, 0), (5, 32)]
+        vec![
+            (0, 0),
+            (2, 0),
+            (3, 0),
+            (4, 0),
+            (6, 0),
+            (7, 0),
+            (200, 0),
+            (5, 32)
+        ]
     );
     let counters = &rig.transport.queue_counters()[0];
-    assert_eq!((counters.requests(), counters.errors()), (1, 4));
+    assert_eq!((counters.requests(), counters.errors()), (1, 7));
     assert!(!is_set(rig.read(STATUS), NEEDS_RESET));
 }
 
