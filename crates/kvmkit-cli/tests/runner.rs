@@ -1,0 +1,211 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The `kvmkit` binary end to end on this host's KVM, with tiny bzImages whose 64-bit
+//! entry point is a few instructions (a Linux kernel needs hardware-assisted KVM: the
+//! sandbox tier, `tests/sandbox/run.sh`, boots one). Checks the exit statuses, the
+//! one-line reasons and that bad options name themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `mov dx, 0x3f8; mov al, 'K'; out dx, al`: a byte on COM1.
+const PRINT_K: &[u8] = &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee];
+/// `mov dx, 0x600; mov al, 0x34; out dx, al; hlt`: ACPI S5 with SLP_EN, power-off.
+const POWER_OFF: &[u8] = &[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4];
+/// `ud2` with no IDT: a triple fault.
+const TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
+/// `jmp $`.
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+fn runner() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvmkit"));
+    command.stdin(Stdio::null());
+    command
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvmkit-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A bzImage (boot protocol 2.15, 64-bit entry) whose entry point runs `code`.
+fn bzimage(dir: &Path, code: &[u8]) -> PathBuf {
+    let mut image = vec![0u8; 1024 + 0x200 + code.len()];
+    let mut put =
+        |offset: usize, bytes: &[u8]| image[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(0x1f1, &[1]); // setup_sects
+    put(0x1fe, &0xaa55u16.to_le_bytes());
+    put(0x202, b"HdrS");
+    put(0x206, &0x020fu16.to_le_bytes());
+    put(0x211, &[1]); // LOADED_HIGH
+    put(0x214, &0x10_0000u32.to_le_bytes());
+    put(0x236, &1u16.to_le_bytes()); // XLF_KERNEL_64
+    put(0x238, &2047u32.to_le_bytes());
+    put(0x260, &(1u32 << 20).to_le_bytes()); // init_size
+    put(1024 + 0x200, code);
+    let path = dir.join("bzImage");
+    std::fs::write(&path, image).unwrap();
+    path
+}
+
+fn run(args: &[&str], kernel: &Path, serial: &Path) -> Output {
+    runner()
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--memory", "size=64M", "--cpus", "boot=2"])
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_guest_that_powers_off_ends_the_runner_with_status_0_and_its_output_in_the_file() {
+    let dir = scratch("poweroff");
+    let kernel = bzimage(&dir, &[PRINT_K, POWER_OFF].concat());
+    let serial = dir.join("serial.log");
+
+    let output = run(&["--stats"], &kernel, &serial);
+
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(&serial).unwrap(), b"K");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("vcpu0 exits total="), "{stderr}");
+    assert!(stderr.contains("memory resident_kib="), "{stderr}");
+}
+
+#[test]
+fn a_triple_fault_ends_the_runner_with_status_1_and_a_one_line_reason() {
+    let dir = scratch("triple");
+    let kernel = bzimage(&dir, TRIPLE_FAULT);
+
+    let output = run(&[], &kernel, &dir.join("serial.log"));
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("kvmkit: vCPU 0 triple-faulted at rip"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_spinning_guest_in_order_with_status_143() {
+    let dir = scratch("sigterm");
+    let kernel = bzimage(&dir, SPIN);
+    let mut child = runner()
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--memory", "size=64M", "--serial", "null"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+#[test]
+fn bad_options_and_images_are_refused_naming_the_option() {
+    let dir = scratch("bad");
+    let kernel = bzimage(&dir, POWER_OFF);
+    let not_a_kernel = dir.join("notes.txt");
+    std::fs::write(&not_a_kernel, "not a kernel at all, just some text").unwrap();
+    let serial = dir.join("serial.log");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--kernel".into(), "/nonexistent/vmlinuz".into()],
+            "--kernel: /nonexistent/vmlinuz is not a file",
+        ),
+        (
+            vec!["--kernel".into(), not_a_kernel.display().to_string()],
+            "--kernel: not a kernel image",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--initramfs".into(),
+                "/nonexistent/initrd".into(),
+            ],
+            "--initramfs: cannot read the initrd /nonexistent/initrd",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--disk".into(),
+                "path=/nonexistent/disk.img".into(),
+            ],
+            "--disk: cannot open the disk image /nonexistent/disk.img",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--memory".into(),
+                "size=64M,hugepage_size=3M,hugepages=on".into(),
+            ],
+            "--memory:",
+        ),
+    ];
+
+    for (args, expected) in cases {
+        let output = runner()
+            .args(&args)
+            .arg("--serial")
+            .arg(format!("file={}", serial.display()))
+            .output()
+            .unwrap();
+
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: {stderr:?} should contain {expected:?}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn malformed_option_values_are_usage_errors() {
+    for args in [
+        ["--cpus", "boot=0"],
+        ["--memory", "size=lots"],
+        ["--net", "mac=00:11"],
+    ] {
+        let output = runner()
+            .args(["--kernel", "/dev/null"])
+            .args(args)
+            .output()
+            .unwrap();
+
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+}
