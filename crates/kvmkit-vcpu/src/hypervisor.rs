@@ -89,11 +89,18 @@ impl Hypervisor {
         self.kvm.get_max_vcpus()
     }
 
-    /// The CPUID leaves KVM can present to a guest on this host.
+    /// The CPUID leaves KVM can present to a guest on this host, with the TSC-deadline
+    /// timer bit set when KVM emulates it (`KVM_CAP_TSC_DEADLINE_TIMER`): KVM leaves
+    /// that bit to the VMM, and a kernel without it calibrates its local APIC timer.
     pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
-        self.kvm
+        let mut cpuid = self
+            .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            crate::x86::cpuid::set_tsc_deadline(cpuid.as_mut_slice());
+        }
+        Ok(cpuid)
     }
 
     /// The kvm-ioctls handle, for what this crate does not wrap.

@@ -112,3 +112,20 @@ fn irqchip_and_pit_are_created_in_the_kernel() {
     assert!(without.fd().get_lapic().is_err());
     vm.unregister_irqfd(&event, 4).unwrap();
 }
+
+#[test]
+fn supported_cpuid_offers_the_tsc_deadline_timer_exactly_when_kvm_emulates_it() {
+    let hypervisor = kvmkit_vcpu::Hypervisor::open().expect("these tests need /dev/kvm");
+    let emulated = hypervisor
+        .kvm()
+        .check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+
+    let cpuid = hypervisor.supported_cpuid().unwrap();
+
+    let leaf1 = cpuid
+        .as_slice()
+        .iter()
+        .find(|entry| entry.function == 1)
+        .expect("leaf 1");
+    assert_eq!(leaf1.ecx & (1 << 24) != 0, emulated);
+}

@@ -18,6 +18,8 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 /// CPUID.1:ECX bit 31 tells the guest it runs on a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24: the local APIC has the TSC-deadline timer mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28: the package has more than one logical processor.
 const EDX_HTT: u32 = 1 << 28;
 /// CPUID.80000001h:ECX bit 1: legacy multi-core (CmpLegacy).
@@ -108,6 +110,13 @@ pub fn shape(entries: &mut [kvm_cpuid_entry2], id: u32, topology: CpuTopology) {
             }
             _ => {}
         }
+    }
+}
+
+/// Sets the TSC-deadline timer bit in leaf 1.
+pub(crate) fn set_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
+    for entry in entries.iter_mut().filter(|e| e.function == LEAF_FEATURES) {
+        entry.ecx |= ECX_TSC_DEADLINE;
     }
 }
 
