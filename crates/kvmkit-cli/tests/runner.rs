@@ -51,11 +51,19 @@ fn bzimage(dir: &Path, code: &[u8]) -> PathBuf {
     path
 }
 
+/// Runs the binary on `kernel` with 2 vCPUs, 64 MiB (unless `args` say) and COM1 in
+/// `serial`.
 fn run(args: &[&str], kernel: &Path, serial: &Path) -> Output {
+    let memory: &[&str] = if args.contains(&"--memory") {
+        &[]
+    } else {
+        &["--memory", "size=64M"]
+    };
     runner()
         .arg("--kernel")
         .arg(kernel)
-        .args(["--memory", "size=64M", "--cpus", "boot=2"])
+        .args(memory)
+        .args(["--cpus", "boot=2"])
         .arg("--serial")
         .arg(format!("file={}", serial.display()))
         .args(args)
@@ -208,4 +216,57 @@ fn malformed_option_values_are_usage_errors() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn stats_prove_what_the_memory_options_did() {
+    let dir = scratch("stats");
+    let kernel = bzimage(&dir, POWER_OFF);
+    let serial = dir.join("serial.log");
+
+    let huge = run(
+        &[
+            "--memory",
+            "size=64M,hugepages=on,hugepage_size=2M",
+            "--stats",
+        ],
+        &kernel,
+        &serial,
+    );
+    let merged = run(
+        &["--memory", "size=64M,mergeable=on", "--stats"],
+        &kernel,
+        &serial,
+    );
+
+    let huge = String::from_utf8_lossy(&huge.stderr).to_string();
+    assert!(
+        huge.contains("page_kib=2048"),
+        "hugepages=on needs `scripts/prepare-host.sh`: {huge}"
+    );
+    let merged = String::from_utf8_lossy(&merged.stderr).to_string();
+    assert!(
+        merged
+            .lines()
+            .any(|line| line.contains("memory gpa=0x0") && line.contains("mg")),
+        "mergeable=on is advised (smaps flag mg): {merged}"
+    );
+}
+
+#[test]
+fn a_hugepage_pool_too_small_is_named_with_its_fix() {
+    let dir = scratch("pool");
+    let kernel = bzimage(&dir, POWER_OFF);
+
+    let output = runner()
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--memory", "size=512G,hugepages=on", "--serial", "null"])
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("kvmkit: --memory: "), "{stderr}");
+    assert!(stderr.contains("nr_hugepages"), "the fix: {stderr}");
 }
