@@ -4,7 +4,8 @@
 //! Loading a Linux kernel, its initrd and command line, and writing what its boot
 //! protocol hands it: the zero page (64-bit boot protocol) or `hvm_start_info` (PVH).
 
-use std::io::{Cursor, Read, Seek};
+use std::fs::File;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
@@ -126,7 +127,7 @@ pub enum KernelFormat {
     Pvh,
 }
 
-/// Where the kernel image comes from.
+/// Where the kernel image (or the initrd) comes from.
 #[derive(Debug, Clone)]
 enum Source {
     Path(PathBuf),
@@ -134,17 +135,79 @@ enum Source {
 }
 
 impl Source {
-    fn read(&self, what: &'static str) -> Result<Vec<u8>, BootError> {
+    /// Opens the source to be read from where it is (a file is streamed into guest
+    /// memory, never read whole into the VMM's): `what` names it in errors.
+    fn open(&self, what: &'static str) -> Result<Reader<'_>, BootError> {
         match self {
-            Source::Bytes(bytes) => Ok(bytes.clone()),
-            Source::Path(path) => std::fs::read(path).map_err(|source| BootError::Read {
-                what,
-                path: path.display().to_string(),
-                source,
-            }),
+            Source::Bytes(bytes) => Ok(Reader::Bytes(Cursor::new(bytes))),
+            Source::Path(path) => {
+                File::open(path)
+                    .map(Reader::File)
+                    .map_err(|source| BootError::Read {
+                        what,
+                        path: path.display().to_string(),
+                        source,
+                    })
+            }
         }
     }
 }
+
+/// A kernel image or initrd as the loaders read it: a file, or bytes in memory.
+enum Reader<'a> {
+    File(File),
+    Bytes(Cursor<&'a [u8]>),
+}
+
+impl Reader<'_> {
+    /// Its length in bytes.
+    fn len(&mut self) -> std::io::Result<u64> {
+        let len = self.seek(SeekFrom::End(0))?;
+        self.rewind()?;
+        Ok(len)
+    }
+
+    /// Its first `max` bytes (fewer if it is shorter).
+    fn head(&mut self, max: u64) -> std::io::Result<Vec<u8>> {
+        self.rewind()?;
+        let mut head = Vec::new();
+        self.by_ref().take(max).read_to_end(&mut head)?;
+        Ok(head)
+    }
+}
+
+impl Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Reader::File(file) => file.read(buf),
+            Reader::Bytes(bytes) => bytes.read(buf),
+        }
+    }
+}
+
+impl Seek for Reader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Reader::File(file) => file.seek(pos),
+            Reader::Bytes(bytes) => bytes.seek(pos),
+        }
+    }
+}
+
+impl ReadVolatile for Reader<'_> {
+    fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        buf: &mut vm_memory::VolatileSlice<B>,
+    ) -> Result<usize, vm_memory::VolatileMemoryError> {
+        match self {
+            Reader::File(file) => file.read_volatile(buf),
+            Reader::Bytes(bytes) => bytes.read_volatile(buf),
+        }
+    }
+}
+
+/// Bytes of the image's start read to tell its format and its setup header.
+const HEAD_BYTES: u64 = 0x1000;
 
 /// A Linux kernel with its initrd and command line, ready to load into guest memory.
 ///
@@ -241,18 +304,18 @@ impl LinuxBoot {
         layout: &PhysicalLayout,
         rsdp: u64,
     ) -> Result<BootEntry, BootError> {
-        let image = self.kernel.read("kernel")?;
-        let initrd = match &self.initrd {
-            Some(source) => Some(source.read("initrd")?),
+        let mut image = self.kernel.open("kernel")?;
+        let mut initrd = match &self.initrd {
+            Some(source) => Some(source.open("initrd")?),
             None => None,
         };
-        let kernel = load_kernel(memory, &image, self.pvh)?;
+        let kernel = load_kernel(memory, &mut image, self.pvh)?;
         let limits = kernel.limits();
         let cmdline = self.checked_cmdline(limits.cmdline_size)?;
         load_cmdline(memory, GuestAddress(CMDLINE_START), &cmdline)
             .map_err(|e| BootError::Load(format!("the command line: {e}")))?;
-        let ramdisk = match &initrd {
-            Some(bytes) => Some(place_initrd(memory, layout, bytes, &kernel, &limits)?),
+        let ramdisk = match &mut initrd {
+            Some(reader) => Some(place_initrd(memory, layout, reader, &kernel, &limits)?),
             None => None,
         };
         let cmdline_len = self.cmdline.len() as u32;
@@ -381,20 +444,24 @@ pub fn detect_format(image: &[u8]) -> Result<KernelFormat, BootError> {
 
 fn load_kernel<M: GuestMemoryBackend>(
     memory: &M,
-    image: &[u8],
+    image: &mut Reader<'_>,
     prefer_pvh: bool,
 ) -> Result<LoadedKernel, BootError> {
-    match detect_format(image)? {
-        KernelFormat::BzImage => load_bzimage(memory, image),
-        _ => load_elf(memory, image, prefer_pvh),
+    let head = image
+        .head(HEAD_BYTES)
+        .map_err(|e| BootError::Load(format!("the kernel image: {e}")))?;
+    match detect_format(&head)? {
+        KernelFormat::BzImage => load_bzimage(memory, &head, image),
+        _ => load_elf(memory, &head, image, prefer_pvh),
     }
 }
 
 fn load_bzimage<M: GuestMemoryBackend>(
     memory: &M,
-    image: &[u8],
+    head: &[u8],
+    image: &mut Reader<'_>,
 ) -> Result<LoadedKernel, BootError> {
-    let header = read_setup_header(image)?;
+    let header = read_setup_header(head)?;
     if header.version < MIN_BOOT_PROTOCOL || header.xloadflags & XLF_KERNEL_64 == 0 {
         return Err(BootError::UnsupportedKernel(format!(
             "the bzImage speaks boot protocol {}.{:02} without the 64-bit entry point; \
@@ -443,15 +510,16 @@ const EM_X86_64: u16 = 62;
 
 fn load_elf<M: GuestMemoryBackend>(
     memory: &M,
-    image: &[u8],
+    head: &[u8],
+    image: &mut Reader<'_>,
     prefer_pvh: bool,
 ) -> Result<LoadedKernel, BootError> {
     // linux-loader checks the magic, byte order and header sizes, not the machine.
-    let machine = image.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    if image.get(4) != Some(&ELFCLASS64) || machine != Some(EM_X86_64) {
+    let machine = head.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if head.get(4) != Some(&ELFCLASS64) || machine != Some(EM_X86_64) {
         return Err(BootError::UnsupportedKernel(format!(
             "the ELF file is not a 64-bit x86-64 executable (class {:?}, machine {:?})",
-            image.get(4),
+            head.get(4),
             machine
         )));
     }
@@ -479,37 +547,12 @@ fn load_elf<M: GuestMemoryBackend>(
 /// nothing loaded below 1 MiB, naming what went wrong.
 fn run_loader<L: KernelLoader, M: GuestMemoryBackend>(
     memory: &M,
-    image: &[u8],
+    image: &mut Reader<'_>,
     offset: Option<GuestAddress>,
 ) -> Result<KernelLoaderResult, BootError> {
-    let mut reader = Image(Cursor::new(image));
     let highmem = Some(GuestAddress(HIGH_MEMORY_START));
-    L::load(memory, offset, &mut reader, highmem)
+    L::load(memory, offset, image, highmem)
         .map_err(|error| BootError::Load(format!("the kernel image: {error}")))
-}
-
-/// A kernel image in memory, as the loaders read it.
-struct Image<'a>(Cursor<&'a [u8]>);
-
-impl Read for Image<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Seek for Image<'_> {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        self.0.seek(pos)
-    }
-}
-
-impl ReadVolatile for Image<'_> {
-    fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
-        &mut self,
-        buf: &mut vm_memory::VolatileSlice<B>,
-    ) -> Result<usize, vm_memory::VolatileMemoryError> {
-        self.0.read_volatile(buf)
-    }
 }
 
 /// Copies the initrd to the highest page-aligned address below both the kernel's
@@ -517,11 +560,13 @@ impl ReadVolatile for Image<'_> {
 fn place_initrd<M: GuestMemoryBackend>(
     memory: &M,
     layout: &PhysicalLayout,
-    initrd: &[u8],
+    initrd: &mut Reader<'_>,
     kernel: &LoadedKernel,
     limits: &Limits,
 ) -> Result<(u64, u64), BootError> {
-    let size = initrd.len() as u64;
+    let size = initrd
+        .len()
+        .map_err(|e| BootError::Load(format!("the initrd: {e}")))?;
     let top = layout
         .low_ram_end()
         .min(limits.initrd_addr_max.saturating_add(1));
@@ -530,8 +575,9 @@ fn place_initrd<M: GuestMemoryBackend>(
     let Some(start) = start.filter(|&start| start >= kernel.end) else {
         return Err(BootError::InitrdTooLarge { size, room });
     };
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge { size, room })?;
     memory
-        .write_slice(initrd, GuestAddress(start))
+        .read_exact_volatile_from(GuestAddress(start), initrd, len)
         .map_err(|e| BootError::Load(format!("the initrd: {e}")))?;
     Ok((start, size))
 }

@@ -282,3 +282,26 @@ fn a_missing_kernel_file_is_named() {
         "{error}"
     );
 }
+
+#[test]
+fn a_kernel_and_initrd_from_files_are_streamed_into_guest_memory() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-boot-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (kernel, initrd) = (dir.join("bzImage"), dir.join("initrd"));
+    std::fs::write(&kernel, good_bzimage()).unwrap();
+    let contents: Vec<u8> = (0..300_000u32).map(|n| (n % 251) as u8).collect();
+    std::fs::write(&initrd, &contents).unwrap();
+
+    let (entry, memory) = load(&LinuxBoot::new(&kernel).initrd(&initrd)).unwrap();
+
+    assert!(matches!(entry.protocol, EntryProtocol::Linux64 { .. }));
+    let params: boot_params = memory.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+    let (start, size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
+    assert_eq!(size as usize, contents.len());
+    let mut copied = vec![0u8; contents.len()];
+    memory
+        .read_slice(&mut copied, GuestAddress(u64::from(start)))
+        .unwrap();
+    assert_eq!(copied, contents);
+    std::fs::remove_dir_all(dir).unwrap();
+}
