@@ -15,6 +15,7 @@ const LEAF_EXTENDED_TOPOLOGY: u32 = 0xb;
 const LEAF_EXTENDED_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001d;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 /// CPUID.1:ECX bit 31 tells the guest it runs on a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -64,8 +65,9 @@ pub(crate) fn configure(
 
 /// Rewrites the leaves that describe the topology, so none of the host's shows
 /// through: the APIC id (leaf 1, 0xb, 0x1f, 0x8000001e), the logical processor count
-/// (leaf 1), the cores per package (leaf 4, 0x80000008) and the topology levels (0xb,
-/// 0x1f: one thread per core, `topology.vcpus` cores); and sets the hypervisor bit.
+/// (leaf 1), the cores per package (leaf 4, 0x80000008), the threads sharing each cache
+/// (leaf 4, 0x8000001d) and the topology levels (0xb, 0x1f: one thread per core,
+/// `topology.vcpus` cores); and sets the hypervisor bit.
 pub fn shape(entries: &mut [kvm_cpuid_entry2], id: u32, topology: CpuTopology) {
     let cores = topology.vcpus;
     for entry in entries {
@@ -81,13 +83,10 @@ pub fn shape(entries: &mut [kvm_cpuid_entry2], id: u32, topology: CpuTopology) {
                 }
             }
             LEAF_CACHE_PARAMETERS => {
-                // Cores per package - 1 in bits 31:26; the threads sharing each cache
-                // - 1 in bits 25:14 (the last level is shared by every core).
-                let level = (entry.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { cores - 1 } else { 0 };
-                entry.eax =
-                    (entry.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((cores - 1) & 0x3f) << 26);
+                // Cores per package - 1 in bits 31:26, and the threads sharing the cache.
+                entry.eax = cache_sharing(entry.eax, cores) | (((cores - 1) & 0x3f) << 26);
             }
+            LEAF_AMD_CACHE_TOPOLOGY => entry.eax = cache_sharing(entry.eax, cores),
             LEAF_EXTENDED_TOPOLOGY | LEAF_EXTENDED_TOPOLOGY_V2 => {
                 topology_level(entry, id, topology);
             }
@@ -111,6 +110,14 @@ pub fn shape(entries: &mut [kvm_cpuid_entry2], id: u32, topology: CpuTopology) {
             _ => {}
         }
     }
+}
+
+/// A cache leaf's EAX (leaf 4 or 0x8000_001d) with the threads sharing the cache - 1
+/// in bits 25:14: one for the first two levels, every core for the last.
+fn cache_sharing(eax: u32, cores: u32) -> u32 {
+    let level = (eax >> 5) & 0x7;
+    let sharing = if level >= 3 { cores - 1 } else { 0 };
+    (eax & 0x3fff) | ((sharing & 0xfff) << 14)
 }
 
 /// Sets the TSC-deadline timer bit in leaf 1.
@@ -160,6 +167,7 @@ mod tests {
             leaf(LEAF_EXTENDED_TOPOLOGY, 2),
             leaf(LEAF_AMD_SIZES, 0),
             leaf(0x4000_0001, 0),
+            leaf(LEAF_AMD_CACHE_TOPOLOGY, 3),
         ];
         shape(&mut entries, id, CpuTopology::new(vcpus));
         entries
@@ -191,6 +199,7 @@ mod tests {
         assert_eq!((invalid.ebx, invalid.ecx >> 8), (0, 0));
         assert_eq!(entries[1].eax >> 26, 1, "leaf 4: cores - 1");
         assert_eq!(entries[5].ecx & 0xff, 1, "leaf 0x80000008: cores - 1");
+        assert_eq!((entries[7].eax >> 14) & 0xfff, 1, "leaf 0x8000001d: L3 shared by both");
     }
 
     #[test]
