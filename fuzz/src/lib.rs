@@ -521,6 +521,30 @@ pub fn elf(data: &[u8]) {
     load_kernel(image);
 }
 
+/// A `kvmkit` command line, one argument per line: parsing never panics, and what
+/// parses holds only values the runner can use (1 to 255 vCPUs, a memory size, disks
+/// with a path, a unicast MAC).
+pub fn cli_options(data: &[u8]) {
+    use clap::Parser;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let args = std::iter::once("kvmkit").chain(text.split('\n'));
+    let Ok(options) = kvmkit_cli::options::Options::try_parse_from(args) else {
+        return;
+    };
+    assert!((1..=255).contains(&options.cpus), "{options:?}");
+    assert!(options.memory.size.is_some(), "{options:?}");
+    assert!(options
+        .disk
+        .iter()
+        .all(|disk| !disk.path.as_os_str().is_empty()));
+    if let Some(net) = &options.net {
+        assert_eq!(net.mac[0] & 1, 0, "{options:?}");
+        assert!(!net.tap.is_empty() && net.tap.len() < 16, "{options:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -584,5 +608,10 @@ mod tests {
     #[test]
     fn elf_corpus_replays_clean() {
         replay("elf", super::elf);
+    }
+
+    #[test]
+    fn cli_options_corpus_replays_clean() {
+        replay("cli_options", super::cli_options);
     }
 }

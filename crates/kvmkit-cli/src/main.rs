@@ -8,7 +8,6 @@
 //! orderly stop, the terminal restored); an error before the guest runs gives 1 with a
 //! line that names the option and the fix.
 
-mod options;
 mod stats;
 
 use std::fs::File;
@@ -21,7 +20,7 @@ use kvmkit::devices::SerialOutput;
 use kvmkit::virtio_devices::{Block, Net, Rng, Tap};
 use kvmkit::{LinuxBoot, MachineBuilder, Platform, PlatformConfig, VmOutcome};
 
-use options::{ConsoleMode, Options};
+use kvmkit_cli::options::{ConsoleMode, Options};
 use stats::DeviceStats;
 
 /// An error, and the option it is about.

@@ -199,7 +199,11 @@ mod tests {
         assert_eq!((invalid.ebx, invalid.ecx >> 8), (0, 0));
         assert_eq!(entries[1].eax >> 26, 1, "leaf 4: cores - 1");
         assert_eq!(entries[5].ecx & 0xff, 1, "leaf 0x80000008: cores - 1");
-        assert_eq!((entries[7].eax >> 14) & 0xfff, 1, "leaf 0x8000001d: L3 shared by both");
+        assert_eq!(
+            (entries[7].eax >> 14) & 0xfff,
+            1,
+            "leaf 0x8000001d: L3 shared by both"
+        );
     }
 
     #[test]

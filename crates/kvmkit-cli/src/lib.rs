@@ -1,0 +1,8 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+#![deny(missing_docs)]
+//! The `kvmkit` runner's command line, in Cloud Hypervisor's dialect, as a library so
+//! that its parsers can be tested and fuzzed; the binary is `src/main.rs`.
+
+pub mod options;
