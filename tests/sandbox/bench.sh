@@ -11,13 +11,6 @@ root="$(cd "$here/../.." && pwd)"
 work="${SANDBOX_WORK:-$root/target/sandbox}"
 mkdir -p "$work"
 
-kernel="$(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)"
-# The ELF vmlinux inside the bzImage (LZ4, legacy frame), for the PVH entry.
-offset=$(grep -obUaP '\x02\x21\x4c\x18' "$kernel" | head -1 | cut -d: -f1)
-tail -c +$((offset + 1)) "$kernel" | lz4 -dc > "$work/vmlinux" 2>/dev/null || true
-file "$work/vmlinux" 2>/dev/null | grep -q ELF || head -c 4 "$work/vmlinux" | grep -q ELF \
-    || { echo "bench: cannot unpack the vmlinux ELF from $kernel" >&2; exit 1; }
-
 rm -rf "$work/l2-bench" && mkdir -p "$work/l2-bench"/{bin,dev,proc}
 cp /bin/busybox "$work/l2-bench/bin/"
 cat > "$work/l2-bench/init" <<'INIT'
@@ -32,7 +25,8 @@ chmod +x "$work/l2-bench/init"
 (cd "$root" && cargo build --release --locked --example exit_latency --quiet)
 
 export SANDBOX_EXTRA="$here/l1-bench"
-export SANDBOX_EXTRA_FILES="$work/vmlinux:/l2/vmlinux $work/l2-bench.cpio.gz:/l2/bench.cpio.gz \
+# run.sh puts the vmlinux ELF (for PVH) at /l2/vmlinux.
+export SANDBOX_EXTRA_FILES="$work/l2-bench.cpio.gz:/l2/bench.cpio.gz \
 $root/target/release/examples/exit_latency:/bin/exit_latency \
 /usr/bin/qemu-system-x86_64 /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom \
 /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin"

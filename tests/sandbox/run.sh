@@ -2,7 +2,8 @@
 # The hardware-assisted test tier: boots a Debian cloud kernel under QEMU (TCG,
 # -cpu max, which emulates AMD SVM) as L1, whose /dev/kvm is then SVM-backed KVM; in
 # it, the kvmkit runner boots the same kernel as L2 with 2 vCPUs, virtio-blk, -net,
-# -rng and -console, and L2's init checks each (see l2-init and l1-init).
+# -rng and -console, and L2's init checks each (see l2-init and l1-init); then it boots
+# the vmlinux ELF inside that kernel through PVH, to its init.
 #
 #   tests/sandbox/run.sh            # build, boot, assert every marker
 #
@@ -28,6 +29,7 @@ modules="/lib/modules/$kver/kernel"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
 [ -x /bin/busybox ] || fail "busybox missing: apt-get install busybox-static"
 command -v cpio >/dev/null || fail "cpio missing: apt-get install cpio"
+command -v lz4 >/dev/null || fail "lz4 missing: apt-get install lz4"
 
 module_path() {
     local found
@@ -52,6 +54,13 @@ echo "sandbox: building the kvmkit runner"
 runner="$root/target/release/kvmkit"
 
 mkdir -p "$work"
+# The ELF vmlinux inside the bzImage (LZ4, legacy frame), for the PVH entry.
+offset=$(grep -obUaP '\x02\x21\x4c\x18' "$kernel" | head -1 | cut -d: -f1)
+[ -n "$offset" ] || fail "no LZ4 payload in $kernel: cannot unpack its vmlinux for PVH"
+tail -c +$((offset + 1)) "$kernel" | lz4 -dc > "$work/vmlinux" 2>/dev/null || true
+[ "$(head -c 4 "$work/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ] \
+    || fail "cannot unpack the vmlinux ELF from $kernel (is lz4 installed?)"
+
 echo "sandbox: L2 initramfs (busybox + virtio modules), kernel $kver"
 make_root "$work/l2" virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
     virtio_net virtio-rng virtio_console
@@ -68,6 +77,7 @@ for lib in $(ldd "$runner" | grep -o '/[^ ]*'); do
 done
 mkdir -p "$work/l1/l2"
 cp "$kernel" "$work/l1/l2/vmlinuz"
+cp "$work/vmlinux" "$work/l1/l2/vmlinux"
 cp "$work/l2.cpio.gz" "$work/l1/l2/initrd.gz"
 printf 'L2_CMDLINE=%q\n' "$l2_cmdline" > "$work/l1/sandbox.conf"
 # Extra L1 steps (bench.sh): a script run after the checks, and files it needs, each
@@ -104,7 +114,7 @@ echo "sandbox: L1 ran $(( $(date +%s) - start ))s, QEMU status $status"
 
 markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK-WRITE-OK
          L2-NET-OK L2-RNG-OK L2-HVC-WRITE-OK L2-POWEROFF "L1-RUNNER-EXIT status=0"
-         L1-DISK-OK L1-HVC-OK L1-DONE)
+         L1-DISK-OK L1-HVC-OK L2-PVH-INIT "L1-PVH-EXIT status=0" L1-DONE)
 missing=()
 for marker in "${markers[@]}"; do
     grep -q -- "$marker" "$log" || missing+=("$marker")
