@@ -76,27 +76,14 @@ pub fn parse_chain_into(
     chain: DescriptorChain<&GuestMemory>,
     parsed: &mut Chain,
 ) -> Result<(), ChainError> {
-    parsed.readable.clear();
-    parsed.writable.clear();
+    parsed.clear();
     let mut last: Option<Descriptor> = None;
     for descriptor in chain {
         let buffer = Buffer {
             addr: descriptor.addr(),
             len: descriptor.len(),
         };
-        if !buffer_in_ram(memory, buffer, descriptor.is_write_only()) {
-            return Err(ChainError::OutOfMemory {
-                addr: buffer.addr.0,
-                len: buffer.len,
-            });
-        }
-        if descriptor.is_write_only() {
-            parsed.writable.push(buffer);
-        } else if parsed.writable.is_empty() {
-            parsed.readable.push(buffer);
-        } else {
-            return Err(ChainError::ReadableAfterWritable);
-        }
+        parsed.push(memory, buffer, descriptor.is_write_only())?;
         last = Some(descriptor);
     }
     match last {
@@ -105,9 +92,41 @@ pub fn parse_chain_into(
     }
 }
 
+impl Chain {
+    /// Empties the chain, keeping its allocations.
+    pub(crate) fn clear(&mut self) {
+        self.readable.clear();
+        self.writable.clear();
+    }
+
+    /// Appends the next buffer of a chain once it is checked: in guest RAM, and not
+    /// device-readable after a device-writable one.
+    pub(crate) fn push(
+        &mut self,
+        memory: &GuestMemory,
+        buffer: Buffer,
+        writable: bool,
+    ) -> Result<(), ChainError> {
+        if !buffer_in_ram(memory, buffer, writable) {
+            return Err(ChainError::OutOfMemory {
+                addr: buffer.addr.0,
+                len: buffer.len,
+            });
+        }
+        if writable {
+            self.writable.push(buffer);
+        } else if self.writable.is_empty() {
+            self.readable.push(buffer);
+        } else {
+            return Err(ChainError::ReadableAfterWritable);
+        }
+        Ok(())
+    }
+}
+
 /// Whether `buffer` lies in guest RAM (an empty one always does), for the device to
 /// write (`writable`) or read.
-pub(crate) fn buffer_in_ram(memory: &GuestMemory, buffer: Buffer, writable: bool) -> bool {
+fn buffer_in_ram(memory: &GuestMemory, buffer: Buffer, writable: bool) -> bool {
     let permission = if writable {
         Permissions::Write
     } else {

@@ -18,7 +18,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, VolatileSlice};
 
-use crate::queue::{buffer_in_ram, Buffer, Chain, ChainError};
+use crate::queue::{Buffer, Chain, ChainError};
 use crate::GuestMemory;
 
 /// Bytes of one descriptor in the table.
@@ -113,8 +113,7 @@ impl<'m> Ring<'m> {
     /// within 2^32 bytes in all. Indirect descriptors are refused: no device here
     /// offers `VIRTIO_RING_F_INDIRECT_DESC`, and a driver must not use them without it.
     fn walk(&self, head: u16, chain: &mut Chain) -> Result<(), ChainError> {
-        chain.readable.clear();
-        chain.writable.clear();
+        chain.clear();
         let mut index = head;
         let mut total = 0u64;
         for _ in 0..self.size {
@@ -141,17 +140,7 @@ impl<'m> Ring<'m> {
                 addr: GuestAddress(addr),
                 len,
             };
-            let writable = flags & VRING_DESC_F_WRITE != 0;
-            if !buffer_in_ram(self.memory, buffer, writable) {
-                return Err(ChainError::OutOfMemory { addr, len });
-            }
-            if writable {
-                chain.writable.push(buffer);
-            } else if chain.writable.is_empty() {
-                chain.readable.push(buffer);
-            } else {
-                return Err(ChainError::ReadableAfterWritable);
-            }
+            chain.push(self.memory, buffer, flags & VRING_DESC_F_WRITE != 0)?;
             if flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(());
             }
