@@ -96,12 +96,26 @@ impl BootImage for RawProgram {
         _layout: &PhysicalLayout,
         vcpus: u32,
     ) -> Result<BootEntry, BootError> {
-        let mode = match self.mode {
-            CpuMode::Real => EntryMode::Real,
-            CpuMode::Protected => EntryMode::Protected,
-            _ => EntryMode::Long,
-        };
+        let mode = entry_mode(self.mode);
         load_program(memory, mode, self.load_addr, &self.bytes, vcpus)
+    }
+}
+
+/// The boot crate's name for a CPU mode.
+fn entry_mode(mode: CpuMode) -> EntryMode {
+    match mode {
+        CpuMode::Real => EntryMode::Real,
+        CpuMode::Protected => EntryMode::Protected,
+        _ => EntryMode::Long,
+    }
+}
+
+/// The CPU mode of a boot crate's entry mode.
+fn cpu_mode(mode: EntryMode) -> CpuMode {
+    match mode {
+        EntryMode::Real => CpuMode::Real,
+        EntryMode::Protected => CpuMode::Protected,
+        _ => CpuMode::Long,
     }
 }
 
@@ -329,13 +343,15 @@ impl Machine {
     }
 
     fn enter_program(&self, entry: &BootEntry, mode: EntryMode, stride: u64) -> Result<(), Error> {
-        let mode = match mode {
-            EntryMode::Real => CpuMode::Real,
-            EntryMode::Protected => CpuMode::Protected,
-            _ => CpuMode::Long,
-        };
+        let mode = cpu_mode(mode);
         let stacks = self.vcpus.len() as u64 * stride;
-        if mode == CpuMode::Long && entry.stack_top - stacks < PAGE_TABLES_END {
+        let stack_base = entry.stack_top.checked_sub(stacks).ok_or_else(|| {
+            Error::Config(format!(
+                "no room for {stacks:#x} bytes of stacks below {:#x}",
+                entry.stack_top
+            ))
+        })?;
+        if mode == CpuMode::Long && stack_base < PAGE_TABLES_END {
             return Err(Error::Config(format!(
                 "a long-mode program must load at or above {:#x} to leave room for the page \
                  tables and {} vCPU stacks; it loads at {:#x}",

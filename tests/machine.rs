@@ -330,3 +330,34 @@ fn dirty_pages_are_the_pages_the_guest_wrote_and_the_pages_devices_wrote() {
         .dirty_pages()
         .any(|p| p == GUEST_PAGE || p == DEVICE_PAGE));
 }
+
+/// A boot image of another crate's making that asks for stacks below address 0.
+struct StacksBelowZero;
+
+impl kvmkit::BootImage for StacksBelowZero {
+    fn load<M: vm_memory::GuestMemoryBackend>(
+        &self,
+        _memory: &M,
+        _layout: &kvmkit::boot::PhysicalLayout,
+        _vcpus: u32,
+    ) -> Result<kvmkit::boot::BootEntry, kvmkit::boot::BootError> {
+        Ok(kvmkit::boot::BootEntry {
+            protocol: kvmkit::boot::EntryProtocol::Program {
+                mode: kvmkit::boot::EntryMode::Long,
+                stack_stride: 0x1000,
+            },
+            entry: 0x10_0000,
+            stack_top: 0x800,
+        })
+    }
+}
+
+#[test]
+fn a_boot_image_asking_for_stacks_below_address_0_is_refused_not_wrapped() {
+    let machine = MachineBuilder::new().vcpus(2).build().unwrap();
+
+    let error = machine.boot(&StacksBelowZero).unwrap_err();
+
+    assert!(matches!(error, Error::Config(_)), "{error}");
+    assert!(error.to_string().contains("no room"), "{error}");
+}
