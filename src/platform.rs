@@ -14,8 +14,9 @@ use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, LoopEnd, RawTerminal
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, Flow,
     SerialOutput, SerialPort, ShutdownReason, TerminationSignals, VmShutdown,
-    ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT,
-    DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_DATA_PORT, SERIAL_PORT_LEN,
+    ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT,
+    CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042,
+    I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET, SERIAL_PORT_LEN,
 };
 use kvmkit_vcpu::{EventFd, IoAction, IoHandler, SystemEventKind, VcpuExit, VcpuOutcome, Vm};
 use kvmkit_virtio::{
@@ -229,6 +230,18 @@ impl Platform {
     /// The VM's exit request, shared with the devices.
     pub fn exit(&self) -> &Arc<VmShutdown> {
         &self.exit
+    }
+
+    /// The legacy devices every platform has, as a guest's ACPI tables describe them
+    /// (`LinuxBoot::legacy_devices`): COM1, the sleep control and status registers
+    /// and the i8042's reset.
+    pub fn legacy_devices() -> kvmkit_boot::LegacyDevices {
+        kvmkit_boot::LegacyDevices {
+            serial: Some((COM1_PORT as u16, COM1_IRQ)),
+            sleep_control_port: ACPI_SLEEP_CONTROL_PORT as u16,
+            sleep_status_port: (ACPI_SLEEP_CONTROL_PORT + ACPI_SLEEP_STATUS_OFFSET) as u16,
+            reset: (I8042_COMMAND_PORT as u16, I8042_PULSE_RESET),
+        }
     }
 
     /// The vCPUs' I/O handler on this platform's buses.
@@ -627,6 +640,14 @@ mod tests {
             }
         );
         assert_eq!(result.exit_status(), VmOutcome::VCPU_PANICKED);
+    }
+
+    #[test]
+    fn the_boot_crates_default_legacy_devices_are_where_the_platform_puts_them() {
+        assert_eq!(
+            Platform::legacy_devices(),
+            kvmkit_boot::LegacyDevices::default()
+        );
     }
 
     #[test]

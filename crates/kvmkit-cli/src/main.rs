@@ -135,7 +135,9 @@ fn run(options: &Options) -> Result<i32, CliError> {
         devices.add("rng", &platform);
     }
 
-    let mut linux = LinuxBoot::new(&options.kernel).cmdline(options.cmdline.clone());
+    let mut linux = LinuxBoot::new(&options.kernel)
+        .cmdline(options.cmdline.clone())
+        .legacy_devices(Platform::legacy_devices());
     if let Some(initramfs) = &options.initramfs {
         linux = linux.initrd(initramfs);
     }

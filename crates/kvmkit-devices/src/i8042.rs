@@ -15,7 +15,9 @@ pub const I8042_COMMAND_PORT: u64 = 0x64;
 const CMD_READ_COMMAND_BYTE: u8 = 0x20;
 const CMD_WRITE_COMMAND_BYTE: u8 = 0x60;
 const CMD_SELF_TEST: u8 = 0xaa;
-const CMD_PULSE_RESET: u8 = 0xfe;
+/// The command that pulses the reset line: what a guest writes to
+/// [`I8042_COMMAND_PORT`] to reboot.
+pub const I8042_PULSE_RESET: u8 = 0xfe;
 const SELF_TEST_PASSED: u8 = 0x55;
 /// Status bit 0: the output buffer holds a byte for the guest.
 const STATUS_OUTPUT_FULL: u8 = 0x01;
@@ -80,7 +82,7 @@ impl BusDevice for I8042 {
                 CMD_READ_COMMAND_BYTE => state.output = Some(state.command_byte),
                 CMD_WRITE_COMMAND_BYTE => state.awaiting_command_byte = true,
                 CMD_SELF_TEST => state.output = Some(SELF_TEST_PASSED),
-                CMD_PULSE_RESET => self.exit.request(ShutdownReason::Reboot),
+                I8042_PULSE_RESET => self.exit.request(ShutdownReason::Reboot),
                 _ => {}
             },
             _ => {}
@@ -103,7 +105,7 @@ mod tests {
         let exit = Arc::new(VmShutdown::new().unwrap());
         let dev = I8042::new(exit.clone());
 
-        dev.write(4, &[CMD_PULSE_RESET]);
+        dev.write(4, &[I8042_PULSE_RESET]);
 
         assert_eq!(exit.get(), Some(ShutdownReason::Reboot));
     }

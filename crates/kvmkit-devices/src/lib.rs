@@ -53,7 +53,7 @@ pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{
     event_fd, EventLoop, Flow, LoopEnd, LoopHandle, TerminationSignals, TERMINATION_SIGNALS,
 };
-pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
 #[cfg(feature = "test-utils")]
