@@ -173,13 +173,16 @@ fn machine_option(error: &kvmkit::Error) -> &'static str {
 
 /// The option a boot error is about.
 fn boot_option(error: &kvmkit::Error) -> &'static str {
-    let message = error.to_string();
-    if message.contains("initrd") {
-        "--initramfs"
-    } else if message.contains("command line") {
-        "--cmdline"
-    } else {
-        "--kernel"
+    use kvmkit::boot::BootError;
+    let kvmkit::Error::Boot(error) = error else {
+        return "--kernel";
+    };
+    match error {
+        BootError::Read { what: "initrd", .. } | BootError::InitrdTooLarge { .. } => "--initramfs",
+        BootError::Load(what) if what.starts_with("the initrd") => "--initramfs",
+        BootError::CmdlineTooLong { .. } | BootError::Cmdline(_) => "--cmdline",
+        BootError::Load(what) if what.starts_with("the command line") => "--cmdline",
+        _ => "--kernel",
     }
 }
 

@@ -165,6 +165,15 @@ fn bad_options_and_images_are_refused_naming_the_option() {
             vec![
                 "--kernel".into(),
                 kernel.display().to_string(),
+                "--cmdline".into(),
+                "x".repeat(3000),
+            ],
+            "--cmdline: the kernel command line is 3000 bytes",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
                 "--disk".into(),
                 "path=/nonexistent/disk.img".into(),
             ],
