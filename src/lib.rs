@@ -15,8 +15,8 @@
 //!
 //! This facade adds the composition layer: a [`MachineBuilder`] that puts guest memory,
 //! a VM and its vCPUs together and boots a [`BootImage`] (a program, or a Linux
-//! kernel with [`LinuxBoot`]) on them, and the [`platform`]
-//! that connects the devices to the vCPUs and runs the I/O thread.
+//! kernel with [`LinuxBoot`]) on them, the [`platform`] that connects the devices to
+//! the vCPUs, and the I/O thread that runs them ([`BootedMachine::run_on`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -40,10 +40,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod error;
 mod machine;
+mod placement;
 pub mod platform;
+mod run;
 mod virtio;
 
+pub use error::Error;
 pub use kvmkit_boot as boot;
 pub use kvmkit_boot::{BootImage, LinuxBoot};
 pub use kvmkit_devices as devices;
@@ -52,6 +56,8 @@ pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
 pub use kvmkit_virtio as virtio_devices;
-pub use machine::{BootedMachine, Error, Machine, MachineBuilder, RawProgram, RunningMachine};
-pub use platform::{Platform, PlatformConfig, PlatformIo, VmOutcome};
+pub use machine::{BootedMachine, Machine, MachineBuilder, RawProgram, RunningMachine};
+pub use placement::PlatformDevices;
+pub use platform::{Platform, PlatformConfig, PlatformIo};
+pub use run::VmOutcome;
 pub use virtio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvmkit_boot::{
-    load_program, BootEntry, BootError, BootImage, DeviceKind, EntryMode, EntryProtocol,
-    PhysicalLayout,
+    load_program, BootEntry, BootError, BootImage, EntryMode, EntryProtocol, PhysicalLayout,
 };
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::x86::PAGE_TABLES_END;
@@ -18,54 +17,7 @@ use kvmkit_vcpu::{
 };
 use vm_memory::GuestMemoryBackend;
 
-use crate::Platform;
-
-/// What can go wrong while building or running a [`Machine`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// Guest memory could not be laid out or mapped.
-    #[error(transparent)]
-    Memory(#[from] kvmkit_memory::Error),
-    /// KVM refused an operation, or a vCPU failed.
-    #[error(transparent)]
-    Vcpu(#[from] kvmkit_vcpu::Error),
-    /// The boot image could not be loaded.
-    #[error(transparent)]
-    Boot(#[from] kvmkit_boot::BootError),
-    /// A device could not be placed on its bus.
-    #[error(transparent)]
-    Bus(#[from] kvmkit_devices::BusError),
-    /// The machine's configuration cannot work.
-    #[error("invalid machine configuration: {0}")]
-    Config(String),
-    /// The guest code does not fit in guest RAM where it loads.
-    #[error("the guest code ({len} bytes at {load_addr:#x}) does not fit in guest RAM")]
-    Load {
-        /// Its length.
-        len: usize,
-        /// Where it loads.
-        load_addr: u64,
-        /// Why.
-        #[source]
-        source: vm_memory::GuestMemoryError,
-    },
-    /// A host resource (an event fd, epoll, the terminal, signals) failed.
-    #[error("{what}")]
-    Host {
-        /// What was being done.
-        what: &'static str,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl Error {
-    pub(crate) fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-        move |source| Error::Host { what, source }
-    }
-}
+use crate::{Error, PlatformDevices};
 
 /// Machine code and where it runs: a [`BootImage`] every vCPU runs from its load
 /// address, vCPU n with n in `RDI` and its own 4 KiB stack below the program.
@@ -288,8 +240,9 @@ impl Machine {
         self.boot_in(image, &layout)
     }
 
-    /// Loads `image` with `platform`'s virtio-mmio devices in the address map (a
-    /// kernel finds them in the ACPI tables), and sets the vCPUs up to enter it:
+    /// Loads `image` with a platform's `devices` in the address map (a kernel finds
+    /// them in the ACPI tables; [`Platform::devices`](crate::Platform::devices) gives
+    /// them), and sets the vCPUs up to enter it:
     ///
     /// - a program: every vCPU, in the program's mode, vCPU n with n in `RDI` and its
     ///   own stack below the program (which must leave the long-mode page tables room
@@ -300,16 +253,10 @@ impl Machine {
     pub fn boot_on(
         self,
         image: &impl BootImage,
-        platform: &Platform,
+        devices: &PlatformDevices,
     ) -> Result<BootedMachine, Error> {
         let mut layout = self.layout()?;
-        for slot in platform.virtio_devices() {
-            layout.add_device(
-                slot.base,
-                slot.size,
-                DeviceKind::VirtioMmio { irq: slot.irq },
-            )?;
-        }
+        devices.describe_in(&mut layout)?;
         self.boot_in(image, &layout)
     }
 

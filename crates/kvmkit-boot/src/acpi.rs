@@ -51,13 +51,14 @@ impl Default for LegacyDevices {
 }
 
 /// Writes the RSDP at [`ACPI_START`] and the XSDT, FADT, MADT and DSDT after it, for
-/// `vcpus` vCPUs and the devices of `layout`; returns the RSDP's address.
+/// `vcpus` vCPUs and the devices of `layout` (its windows and its legacy devices);
+/// returns the RSDP's address.
 pub fn write_acpi_tables<M: GuestMemoryBackend>(
     memory: &M,
     layout: &PhysicalLayout,
-    legacy: &LegacyDevices,
     vcpus: u32,
 ) -> Result<u64, BootError> {
+    let legacy = layout.legacy_devices();
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(BootError::Layout(format!(
             "{vcpus} vCPUs: the MADT describes 1 to {MAX_VCPUS}"

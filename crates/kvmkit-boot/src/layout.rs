@@ -4,7 +4,7 @@
 //! The guest-physical address map of an x86-64 VM, as typed ranges: one description
 //! from which the e820 map, the ACPI tables and the device windows are all derived.
 
-use crate::BootError;
+use crate::{BootError, LegacyDevices};
 
 /// Start of the extended BIOS data area: RAM stops here, and the MP table lives here.
 pub const EBDA_START: u64 = 0x9_fc00;
@@ -120,6 +120,7 @@ pub const E820_RESERVED: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhysicalLayout {
     ranges: Vec<AddressRange>,
+    legacy: LegacyDevices,
 }
 
 impl PhysicalLayout {
@@ -163,7 +164,10 @@ impl PhysicalLayout {
                 kind: RangeKind::Device(kind),
             });
         }
-        let layout = PhysicalLayout { ranges };
+        let layout = PhysicalLayout {
+            ranges,
+            legacy: LegacyDevices::default(),
+        };
         layout.check_ram()?;
         Ok(layout)
     }
@@ -218,6 +222,17 @@ impl PhysicalLayout {
             kind: RangeKind::Device(kind),
         });
         Ok(())
+    }
+
+    /// Describes these legacy devices (port I/O, outside the address map) to the guest
+    /// instead of the PC's defaults.
+    pub fn set_legacy_devices(&mut self, legacy: LegacyDevices) {
+        self.legacy = legacy;
+    }
+
+    /// The legacy devices the guest's tables describe.
+    pub fn legacy_devices(&self) -> &LegacyDevices {
+        &self.legacy
     }
 
     /// Every range, RAM first, in the order they were described.

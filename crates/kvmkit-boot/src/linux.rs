@@ -23,7 +23,7 @@ use crate::layout::{
     PhysicalLayout, BOOT_STACK_TOP, CMDLINE_ROOM, CMDLINE_START, HIGH_MEMORY_START, PVH_MEMMAP,
     PVH_START_INFO, ZERO_PAGE,
 };
-use crate::{write_acpi_tables, write_mp_table, BootError, LegacyDevices};
+use crate::{write_acpi_tables, write_mp_table, BootError};
 
 /// The oldest boot protocol with the 64-bit entry point (`xloadflags`): 2.12.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
@@ -230,7 +230,6 @@ pub struct LinuxBoot {
     initrd: Option<Source>,
     cmdline: String,
     pvh: bool,
-    legacy: LegacyDevices,
     mp_table: bool,
 }
 
@@ -251,7 +250,6 @@ impl LinuxBoot {
             initrd: None,
             cmdline: String::new(),
             pvh: true,
-            legacy: LegacyDevices::default(),
             mp_table: true,
         }
     }
@@ -278,12 +276,6 @@ impl LinuxBoot {
     /// through its 64-bit ELF entry.
     pub fn prefer_pvh(mut self, pvh: bool) -> Self {
         self.pvh = pvh;
-        self
-    }
-
-    /// The legacy devices the ACPI tables describe (the PC's by default).
-    pub fn legacy_devices(mut self, legacy: LegacyDevices) -> Self {
-        self.legacy = legacy;
         self
     }
 
@@ -373,7 +365,7 @@ impl BootImage for LinuxBoot {
         layout: &PhysicalLayout,
         vcpus: u32,
     ) -> Result<BootEntry, BootError> {
-        let rsdp = write_acpi_tables(memory, layout, &self.legacy, vcpus)?;
+        let rsdp = write_acpi_tables(memory, layout, vcpus)?;
         if self.mp_table {
             write_mp_table(memory, vcpus)?;
         }

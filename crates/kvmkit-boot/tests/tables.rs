@@ -60,7 +60,7 @@ fn machine(
             .add_device(base, 0x1000, DeviceKind::VirtioMmio { irq })
             .unwrap();
     }
-    let rsdp = write_acpi_tables(&*memory, &layout, &LegacyDevices::default(), vcpus).unwrap();
+    let rsdp = write_acpi_tables(&*memory, &layout, vcpus).unwrap();
     assert_eq!(rsdp, ACPI_START);
     // SAFETY: the RSDP was just written at `rsdp`, and the handler maps guest memory.
     let tables =
@@ -156,7 +156,7 @@ fn too_many_or_no_vcpus_are_refused() {
     let layout = PhysicalLayout::new(&[(0, RAM)]).unwrap();
 
     for vcpus in [0, 256] {
-        assert!(write_acpi_tables(&memory, &layout, &LegacyDevices::default(), vcpus).is_err());
+        assert!(write_acpi_tables(&memory, &layout, vcpus).is_err());
         assert!(write_mp_table(&memory, vcpus).is_err());
     }
 }

@@ -135,9 +135,7 @@ fn run(options: &Options) -> Result<i32, CliError> {
         devices.add("rng", &platform);
     }
 
-    let mut linux = LinuxBoot::new(&options.kernel)
-        .cmdline(options.cmdline.clone())
-        .legacy_devices(Platform::legacy_devices());
+    let mut linux = LinuxBoot::new(&options.kernel).cmdline(options.cmdline.clone());
     if let Some(initramfs) = &options.initramfs {
         linux = linux.initrd(initramfs);
     }
@@ -147,7 +145,7 @@ fn run(options: &Options) -> Result<i32, CliError> {
         .map(|v| Arc::clone(v.stats()))
         .collect();
     let booted = machine
-        .boot_on(&linux, &platform)
+        .boot_on(&linux, &platform.devices())
         .map_err(|e| CliError::from_error(boot_option(&e), &e))?;
     let (outcome, memory_report) = booted
         .run_on_then(platform, |ram| ram.report())
