@@ -19,20 +19,57 @@ pub enum Error {
     /// A device could not be placed on its bus.
     #[error(transparent)]
     Bus(#[from] kvmkit_devices::BusError),
-    /// The machine's configuration cannot work.
-    #[error("invalid machine configuration: {0}")]
-    Config(String),
-    /// The guest code does not fit in guest RAM where it loads.
-    #[error("the guest code ({len} bytes at {load_addr:#x}) does not fit in guest RAM")]
-    Load {
-        /// Its length.
-        len: usize,
+    /// A machine needs at least one vCPU.
+    #[error("a machine needs at least one vCPU")]
+    NoVcpus,
+    /// More vCPUs than KVM allows on this host.
+    #[error("{asked} vCPUs asked for, KVM allows {max} on this host")]
+    TooManyVcpus {
+        /// The vCPUs asked for.
+        asked: u32,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// The memory size in bytes does not fit in 64 bits.
+    #[error("the memory size does not fit in 64 bits of bytes")]
+    MemorySizeOverflow,
+    /// A kernel on more than one vCPU needs the in-kernel irqchip, which delivers the
+    /// startup IPIs.
+    #[error("a kernel on {vcpus} vCPUs needs the in-kernel irqchip to start the others")]
+    KernelNeedsIrqchip {
+        /// The vCPUs.
+        vcpus: usize,
+    },
+    /// A boot image asks for its vCPUs' stacks below address 0.
+    #[error("no room for {stacks:#x} bytes of stacks below {stack_top:#x}")]
+    NoRoomForStacks {
+        /// Bytes of stacks.
+        stacks: u64,
+        /// Where the stacks end.
+        stack_top: u64,
+    },
+    /// A long-mode program's stacks reach down into the boot page tables.
+    #[error("a long-mode program must load at or above {min_load_addr:#x} to leave room for the page tables and {vcpus} vCPU stacks; it loads at {load_addr:#x}")]
+    ProgramOverlapsPageTables {
         /// Where it loads.
         load_addr: u64,
-        /// Why.
-        #[source]
-        source: vm_memory::GuestMemoryError,
+        /// The lowest address it may load at.
+        min_load_addr: u64,
+        /// The vCPUs, each with a stack.
+        vcpus: usize,
     },
+    /// A boot image asks for an entry protocol this machine does not know.
+    #[error("the image asks for an entry protocol this machine does not know")]
+    UnknownEntryProtocol,
+    /// Every interrupt line for virtio-mmio devices is taken.
+    #[error("at most {max} virtio-mmio devices: every interrupt line for them is taken")]
+    TooManyVirtioDevices {
+        /// The most devices a platform holds.
+        max: usize,
+    },
+    /// Devices can no longer be added: the platform's I/O thread runs (or ran).
+    #[error("the platform is running already")]
+    PlatformRunning,
     /// A host resource (an event fd, epoll, the terminal, signals) failed.
     #[error("{what}")]
     Host {

@@ -153,18 +153,16 @@ impl MachineBuilder {
     /// Opens KVM, maps guest RAM, creates the VM and its vCPUs.
     pub fn build(self) -> Result<Machine, Error> {
         if self.vcpus == 0 {
-            return Err(Error::Config("a machine needs at least one vCPU".into()));
+            return Err(Error::NoVcpus);
         }
-        let memory_size = self.memory_size.ok_or_else(|| {
-            Error::Config("the memory size does not fit in 64 bits of bytes".into())
-        })?;
+        let memory_size = self.memory_size.ok_or(Error::MemorySizeOverflow)?;
         let hypervisor = Hypervisor::open_at(&self.kvm_path)?;
         let max = hypervisor.max_vcpus();
         if self.vcpus as usize > max {
-            return Err(Error::Config(format!(
-                "{} vCPUs asked for, KVM allows {max} on this host",
-                self.vcpus
-            )));
+            return Err(Error::TooManyVcpus {
+                asked: self.vcpus,
+                max,
+            });
         }
         let layout = MemoryLayout::x86_64(memory_size)?;
         let ram = GuestRam::new(&layout, &self.memory_config)?;
@@ -280,11 +278,7 @@ impl Machine {
                 regs.rbx = start_info;
                 self.vcpus[0].set_regs(&regs)?;
             }
-            _ => {
-                return Err(Error::Config(
-                    "the image asks for an entry protocol this machine does not know".into(),
-                ))
-            }
+            _ => return Err(Error::UnknownEntryProtocol),
         }
         Ok(BootedMachine { machine: self })
     }
@@ -292,20 +286,19 @@ impl Machine {
     fn enter_program(&self, entry: &BootEntry, mode: EntryMode, stride: u64) -> Result<(), Error> {
         let mode = cpu_mode(mode);
         let stacks = self.vcpus.len() as u64 * stride;
-        let stack_base = entry.stack_top.checked_sub(stacks).ok_or_else(|| {
-            Error::Config(format!(
-                "no room for {stacks:#x} bytes of stacks below {:#x}",
-                entry.stack_top
-            ))
-        })?;
+        let stack_base = entry
+            .stack_top
+            .checked_sub(stacks)
+            .ok_or(Error::NoRoomForStacks {
+                stacks,
+                stack_top: entry.stack_top,
+            })?;
         if mode == CpuMode::Long && stack_base < PAGE_TABLES_END {
-            return Err(Error::Config(format!(
-                "a long-mode program must load at or above {:#x} to leave room for the page \
-                 tables and {} vCPU stacks; it loads at {:#x}",
-                PAGE_TABLES_END + stacks,
-                self.vcpus.len(),
-                entry.entry
-            )));
+            return Err(Error::ProgramOverlapsPageTables {
+                load_addr: entry.entry,
+                min_load_addr: PAGE_TABLES_END + stacks,
+                vcpus: self.vcpus.len(),
+            });
         }
         for (index, vcpu) in self.vcpus.iter().enumerate() {
             let stack_top = entry.stack_top - index as u64 * stride;
@@ -325,10 +318,9 @@ impl Machine {
         entry: &BootEntry,
     ) -> Result<kvm_bindings::kvm_regs, Error> {
         if self.vcpus.len() > 1 && !self.vm.has_irqchip() {
-            return Err(Error::Config(
-                "a kernel on more than one vCPU needs the in-kernel irqchip to start the others"
-                    .into(),
-            ));
+            return Err(Error::KernelNeedsIrqchip {
+                vcpus: self.vcpus.len(),
+            });
         }
         let boot = &self.vcpus[0];
         boot.enter_mode(self.ram.memory(), mode, entry.entry, entry.stack_top)?;

@@ -271,16 +271,13 @@ impl Platform {
         path: NotifyPath,
     ) -> Result<VirtioMmioSlot, Error> {
         let index = self.virtio.len();
-        let irq = *VIRTIO_IRQS.get(index).ok_or_else(|| {
-            Error::Config(format!(
-                "at most {} virtio-mmio devices: every interrupt line for them is taken",
-                VIRTIO_IRQS.len()
-            ))
+        let irq = *VIRTIO_IRQS.get(index).ok_or(Error::TooManyVirtioDevices {
+            max: VIRTIO_IRQS.len(),
         })?;
         let events = self
             .event_loop
             .as_ref()
-            .ok_or_else(|| Error::Config("the platform is running already".into()))?
+            .ok_or(Error::PlatformRunning)?
             .handle();
         let slot = VirtioMmioSlot {
             base: VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW,
@@ -331,7 +328,7 @@ impl Platform {
         let slot = self.add_virtio_mmio(Box::new(console), memory)?;
         self.event_loop
             .as_mut()
-            .ok_or_else(|| Error::Config("the platform is running already".into()))?
+            .ok_or(Error::PlatformRunning)?
             .add_console_output(Arc::clone(&output))
             .map_err(Error::host("cannot watch the console output"))?;
         self.console_outputs.push(output);
@@ -372,9 +369,7 @@ impl Platform {
 
     /// Hands the event loop to the thread that will run it (once).
     pub(crate) fn take_event_loop(&mut self) -> Result<EventLoop, Error> {
-        self.event_loop
-            .take()
-            .ok_or_else(|| Error::Config("the platform's event loop is gone".into()))
+        self.event_loop.take().ok_or(Error::PlatformRunning)
     }
 
     /// The console that takes the VMM's stdin: the virtio console once one is added,

@@ -15,7 +15,7 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{PhysicalLayout, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
-use crate::BootError;
+use crate::{BootError, BootStructure, LayoutError};
 
 const OEM_ID: [u8; 6] = *b"KVMKIT";
 const OEM_REVISION: u32 = 1;
@@ -60,9 +60,10 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
 ) -> Result<u64, BootError> {
     let legacy = layout.legacy_devices();
     if vcpus == 0 || vcpus > MAX_VCPUS {
-        return Err(BootError::Layout(format!(
-            "{vcpus} vCPUs: the MADT describes 1 to {MAX_VCPUS}"
-        )));
+        return Err(BootError::Vcpus {
+            count: vcpus,
+            max: MAX_VCPUS,
+        });
     }
     let mut writer = TableWriter {
         memory,
@@ -78,7 +79,7 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
     let rsdp = Rsdp::new(OEM_ID, xsdt);
     memory
         .write_slice(&to_bytes(&rsdp), GuestAddress(ACPI_START))
-        .map_err(|e| BootError::Load(format!("the RSDP: {e}")))?;
+        .map_err(BootError::write(BootStructure::AcpiTables))?;
     Ok(ACPI_START)
 }
 
@@ -99,14 +100,14 @@ impl<M: GuestMemoryBackend> TableWriter<'_, M> {
         let addr = self.next.next_multiple_of(16);
         let end = addr + table.len() as u64;
         if end > MPTABLE_START {
-            return Err(BootError::Layout(format!(
-                "the ACPI tables need more than their {:#x} bytes",
-                MPTABLE_START - ACPI_START
-            )));
+            return Err(LayoutError::AcpiTablesTooLarge {
+                room: MPTABLE_START - ACPI_START,
+            }
+            .into());
         }
         self.memory
             .write_slice(table, GuestAddress(addr))
-            .map_err(|e| BootError::Load(format!("an ACPI table: {e}")))?;
+            .map_err(BootError::write(BootStructure::AcpiTables))?;
         self.next = end;
         Ok(addr)
     }

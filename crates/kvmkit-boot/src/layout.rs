@@ -4,7 +4,7 @@
 //! The guest-physical address map of an x86-64 VM, as typed ranges: one description
 //! from which the e820 map, the ACPI tables and the device windows are all derived.
 
-use crate::{BootError, LegacyDevices};
+use crate::{BootError, LayoutError, LegacyDevices};
 
 /// Start of the extended BIOS data area: RAM stops here, and the MP table lives here.
 pub const EBDA_START: u64 = 0x9_fc00;
@@ -128,14 +128,10 @@ impl PhysicalLayout {
     /// start at 0 and reach past 1 MiB, and none may overlap the MMIO hole.
     pub fn new(ram: &[(u64, u64)]) -> Result<Self, BootError> {
         let Some(&(0, first_size)) = ram.first() else {
-            return Err(BootError::Layout(
-                "guest RAM must start at address 0".into(),
-            ));
+            return Err(LayoutError::RamNotAtZero.into());
         };
         if first_size <= HIGH_MEMORY_START {
-            return Err(BootError::Layout(format!(
-                "guest RAM below 4 GiB ({first_size:#x} bytes) must reach past 1 MiB"
-            )));
+            return Err(LayoutError::RamTooSmall { size: first_size }.into());
         }
         let mut ranges = vec![
             ram_range(0, EBDA_START),
@@ -177,20 +173,21 @@ impl PhysicalLayout {
         ram.sort_by_key(|range| range.start);
         for pair in ram.windows(2) {
             if pair[1].start < pair[0].end() {
-                return Err(BootError::Layout(format!(
-                    "guest RAM regions at {:#x} and {:#x} overlap",
-                    pair[0].start, pair[1].start
-                )));
+                return Err(LayoutError::RamOverlap {
+                    first: pair[0].start,
+                    second: pair[1].start,
+                }
+                .into());
             }
         }
         for range in &ram {
             let overlaps_hole = range.start < MMIO_HOLE_END && range.end() > MMIO_HOLE_START;
             if overlaps_hole {
-                return Err(BootError::Layout(format!(
-                    "guest RAM at {:#x}..{:#x} overlaps the MMIO hole",
-                    range.start,
-                    range.end()
-                )));
+                return Err(LayoutError::RamInMmioHole {
+                    start: range.start,
+                    end: range.end(),
+                }
+                .into());
             }
         }
         Ok(())
@@ -203,18 +200,13 @@ impl PhysicalLayout {
             .checked_add(size)
             .filter(|&end| size > 0 && end <= IOAPIC_ADDR);
         if start < MMIO_HOLE_START || end.is_none() {
-            return Err(BootError::Layout(format!(
-                "a device window at {start:#x} ({size:#x} bytes) is not in the MMIO hole below \
-                 the I/O APIC"
-            )));
+            return Err(LayoutError::DeviceOutsideHole { start, size }.into());
         }
         let taken = self
             .devices()
             .any(|other| start < other.end() && other.start < start + size);
         if taken {
-            return Err(BootError::Layout(format!(
-                "a device window at {start:#x} overlaps another"
-            )));
+            return Err(LayoutError::DeviceOverlap { start }.into());
         }
         self.ranges.push(AddressRange {
             start,
@@ -351,7 +343,10 @@ mod tests {
     fn ram_in_the_mmio_hole_is_refused() {
         let result = PhysicalLayout::new(&[(0, MMIO_HOLE_START + 0x1000)]);
 
-        assert!(matches!(result, Err(BootError::Layout(_))));
+        assert!(matches!(
+            result,
+            Err(BootError::Layout(LayoutError::RamInMmioHole { .. }))
+        ));
     }
 
     #[test]

@@ -18,14 +18,14 @@
 //! - [`write_mp_table`]: the Intel MP table, for kernels booted with `acpi=off`.
 
 mod acpi;
+mod error;
 mod layout;
 mod linux;
 mod mptable;
 mod program;
 
-use std::io;
-
 pub use acpi::{write_acpi_tables, LegacyDevices, MAX_VCPUS, S5_SLEEP_TYPE};
+pub use error::{BootError, BootFile, BootStructure, LayoutError};
 pub use layout::{
     AddressRange, DeviceKind, E820Entry, PhysicalLayout, RangeKind, ACPI_START, BOOT_STACK_TOP,
     CMDLINE_ROOM, CMDLINE_START, E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START,
@@ -37,51 +37,3 @@ pub use linux::{
 };
 pub use mptable::write_mp_table;
 pub use program::{load_program, PROGRAM_STACK_PER_VCPU};
-
-/// What can go wrong while preparing a boot.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BootError {
-    /// A file could not be read.
-    #[error("cannot read the {what} {path}")]
-    Read {
-        /// What the file is (kernel, initrd).
-        what: &'static str,
-        /// Its path.
-        path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// The file is not a kernel image this crate knows.
-    #[error("not a kernel image: {0}")]
-    NotAKernel(String),
-    /// The kernel is of a kind that cannot be booted here.
-    #[error("unsupported kernel: {0}")]
-    UnsupportedKernel(String),
-    /// Loading into guest memory failed (a malformed image, or no room).
-    #[error("cannot load {0}")]
-    Load(String),
-    /// The initrd does not fit between the kernel and the top of the memory it may use.
-    #[error("the initrd ({size} bytes) does not fit in the {room} bytes between the kernel and the highest address it may load at; give the VM more memory")]
-    InitrdTooLarge {
-        /// Its size.
-        size: u64,
-        /// The room there is.
-        room: u64,
-    },
-    /// The command line is longer than the kernel takes.
-    #[error("the kernel command line is {len} bytes; this kernel takes at most {limit}")]
-    CmdlineTooLong {
-        /// Its length.
-        len: usize,
-        /// The kernel's limit.
-        limit: usize,
-    },
-    /// The command line is not one the kernel can take (e.g. it holds a NUL).
-    #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
-    /// The address map cannot describe this machine.
-    #[error("invalid address map: {0}")]
-    Layout(String),
-}

@@ -23,7 +23,7 @@ use crate::layout::{
     PhysicalLayout, BOOT_STACK_TOP, CMDLINE_ROOM, CMDLINE_START, HIGH_MEMORY_START, PVH_MEMMAP,
     PVH_START_INFO, ZERO_PAGE,
 };
-use crate::{write_acpi_tables, write_mp_table, BootError};
+use crate::{write_acpi_tables, write_mp_table, BootError, BootFile, BootStructure, LayoutError};
 
 /// The oldest boot protocol with the 64-bit entry point (`xloadflags`): 2.12.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
@@ -136,25 +136,35 @@ enum Source {
 
 impl Source {
     /// Opens the source to be read from where it is (a file is streamed into guest
-    /// memory, never read whole into the VMM's): `what` names it in errors.
-    fn open(&self, what: &'static str) -> Result<Reader<'_>, BootError> {
+    /// memory, never read whole into the VMM's): `file` names it in errors.
+    fn open(&self, file: BootFile) -> Result<Reader<'_>, BootError> {
         match self {
-            Source::Bytes(bytes) => Ok(Reader::Bytes(Cursor::new(bytes))),
+            Source::Bytes(bytes) => Ok(Reader {
+                inner: Inner::Bytes(Cursor::new(bytes)),
+                path: "(bytes in memory)".into(),
+            }),
             Source::Path(path) => {
-                File::open(path)
-                    .map(Reader::File)
-                    .map_err(|source| BootError::Read {
-                        what,
-                        path: path.display().to_string(),
-                        source,
-                    })
+                let path = path.display().to_string();
+                match File::open(&path) {
+                    Ok(opened) => Ok(Reader {
+                        inner: Inner::File(opened),
+                        path,
+                    }),
+                    Err(source) => Err(BootError::Read { file, path, source }),
+                }
             }
         }
     }
 }
 
-/// A kernel image or initrd as the loaders read it: a file, or bytes in memory.
-enum Reader<'a> {
+/// A kernel image or initrd as the loaders read it: a file, or bytes in memory, and
+/// its path for errors.
+struct Reader<'a> {
+    inner: Inner<'a>,
+    path: String,
+}
+
+enum Inner<'a> {
     File(File),
     Bytes(Cursor<&'a [u8]>),
 }
@@ -174,22 +184,27 @@ impl Reader<'_> {
         self.by_ref().take(max).read_to_end(&mut head)?;
         Ok(head)
     }
+
+    /// Where it comes from.
+    fn path(&self) -> String {
+        self.path.clone()
+    }
 }
 
 impl Read for Reader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Reader::File(file) => file.read(buf),
-            Reader::Bytes(bytes) => bytes.read(buf),
+        match &mut self.inner {
+            Inner::File(file) => file.read(buf),
+            Inner::Bytes(bytes) => bytes.read(buf),
         }
     }
 }
 
 impl Seek for Reader<'_> {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        match self {
-            Reader::File(file) => file.seek(pos),
-            Reader::Bytes(bytes) => bytes.seek(pos),
+        match &mut self.inner {
+            Inner::File(file) => file.seek(pos),
+            Inner::Bytes(bytes) => bytes.seek(pos),
         }
     }
 }
@@ -199,9 +214,9 @@ impl ReadVolatile for Reader<'_> {
         &mut self,
         buf: &mut vm_memory::VolatileSlice<B>,
     ) -> Result<usize, vm_memory::VolatileMemoryError> {
-        match self {
-            Reader::File(file) => file.read_volatile(buf),
-            Reader::Bytes(bytes) => bytes.read_volatile(buf),
+        match &mut self.inner {
+            Inner::File(file) => file.read_volatile(buf),
+            Inner::Bytes(bytes) => bytes.read_volatile(buf),
         }
     }
 }
@@ -296,16 +311,16 @@ impl LinuxBoot {
         layout: &PhysicalLayout,
         rsdp: u64,
     ) -> Result<BootEntry, BootError> {
-        let mut image = self.kernel.open("kernel")?;
+        let mut image = self.kernel.open(BootFile::Kernel)?;
         let mut initrd = match &self.initrd {
-            Some(source) => Some(source.open("initrd")?),
+            Some(source) => Some(source.open(BootFile::Initrd)?),
             None => None,
         };
         let kernel = load_kernel(memory, &mut image, self.pvh)?;
         let limits = kernel.limits();
         let cmdline = self.checked_cmdline(limits.cmdline_size)?;
         load_cmdline(memory, GuestAddress(CMDLINE_START), &cmdline)
-            .map_err(|e| BootError::Load(format!("the command line: {e}")))?;
+            .map_err(BootError::write(BootStructure::CommandLine))?;
         let ramdisk = match &mut initrd {
             Some(reader) => Some(place_initrd(memory, layout, reader, &kernel, &limits)?),
             None => None,
@@ -343,11 +358,11 @@ impl LinuxBoot {
                 limit: limit - 1,
             });
         }
-        let mut cmdline = Cmdline::new(limit).map_err(|e| BootError::Cmdline(e.to_string()))?;
+        let mut cmdline = Cmdline::new(limit).map_err(BootError::Cmdline)?;
         if !self.cmdline.is_empty() {
             cmdline
                 .insert_str(&self.cmdline)
-                .map_err(|e| BootError::Cmdline(e.to_string()))?;
+                .map_err(BootError::Cmdline)?;
         }
         Ok(cmdline)
     }
@@ -439,9 +454,11 @@ fn load_kernel<M: GuestMemoryBackend>(
     image: &mut Reader<'_>,
     prefer_pvh: bool,
 ) -> Result<LoadedKernel, BootError> {
-    let head = image
-        .head(HEAD_BYTES)
-        .map_err(|e| BootError::Load(format!("the kernel image: {e}")))?;
+    let head = image.head(HEAD_BYTES).map_err(|source| BootError::Read {
+        file: BootFile::Kernel,
+        path: image.path(),
+        source,
+    })?;
     match detect_format(&head)? {
         KernelFormat::BzImage => load_bzimage(memory, &head, image),
         _ => load_elf(memory, &head, image, prefer_pvh),
@@ -465,12 +482,12 @@ fn load_bzimage<M: GuestMemoryBackend>(
     let result = run_loader::<BzImage, _>(memory, image, Some(GuestAddress(HIGH_MEMORY_START)))?;
     let mut header = result
         .setup_header
-        .ok_or_else(|| BootError::Load("the bzImage loader returned no setup header".into()))?;
+        .ok_or_else(|| BootError::NotAKernel("the bzImage has no setup header".into()))?;
     let load = result.kernel_load.0;
     // The kernel decompresses into `init_size` bytes from its load address.
     let end = load
         .checked_add(u64::from(header.init_size))
-        .ok_or_else(|| BootError::Load("the bzImage's init_size overflows".into()))?
+        .ok_or_else(|| BootError::NotAKernel("the bzImage's init_size overflows".into()))?
         .max(result.kernel_end);
     header.type_of_loader = LOADER_UNDEFINED;
     header.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
@@ -543,8 +560,7 @@ fn run_loader<L: KernelLoader, M: GuestMemoryBackend>(
     offset: Option<GuestAddress>,
 ) -> Result<KernelLoaderResult, BootError> {
     let highmem = Some(GuestAddress(HIGH_MEMORY_START));
-    L::load(memory, offset, image, highmem)
-        .map_err(|error| BootError::Load(format!("the kernel image: {error}")))
+    L::load(memory, offset, image, highmem).map_err(BootError::KernelLoad)
 }
 
 /// Copies the initrd to the highest page-aligned address below both the kernel's
@@ -556,9 +572,11 @@ fn place_initrd<M: GuestMemoryBackend>(
     kernel: &LoadedKernel,
     limits: &Limits,
 ) -> Result<(u64, u64), BootError> {
-    let size = initrd
-        .len()
-        .map_err(|e| BootError::Load(format!("the initrd: {e}")))?;
+    let size = initrd.len().map_err(|source| BootError::Read {
+        file: BootFile::Initrd,
+        path: initrd.path(),
+        source,
+    })?;
     let top = layout
         .low_ram_end()
         .min(limits.initrd_addr_max.saturating_add(1));
@@ -570,7 +588,7 @@ fn place_initrd<M: GuestMemoryBackend>(
     let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge { size, room })?;
     memory
         .read_exact_volatile_from(GuestAddress(start), initrd, len)
-        .map_err(|e| BootError::Load(format!("the initrd: {e}")))?;
+        .map_err(BootError::write(BootStructure::Initrd))?;
     Ok((start, size))
 }
 
@@ -604,10 +622,11 @@ fn write_zero_page<M: GuestMemoryBackend>(
     params.acpi_rsdp_addr = rsdp;
     let e820 = layout.e820();
     if e820.len() > E820_MAX {
-        return Err(BootError::Layout(format!(
-            "{} e820 entries; the zero page holds {E820_MAX}",
-            e820.len()
-        )));
+        return Err(LayoutError::TooManyE820Entries {
+            entries: e820.len(),
+            max: E820_MAX,
+        }
+        .into());
     }
     for (slot, entry) in params.e820_table.iter_mut().zip(&e820) {
         *slot = boot_e820_entry {
@@ -621,7 +640,7 @@ fn write_zero_page<M: GuestMemoryBackend>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE)),
         memory,
     )
-    .map_err(|e| BootError::Load(format!("the zero page: {e}")))
+    .map_err(BootError::write(BootStructure::ZeroPage))
 }
 
 fn write_start_info<M: GuestMemoryBackend>(
@@ -664,6 +683,6 @@ fn write_start_info<M: GuestMemoryBackend>(
     }
     params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
     PvhBootConfigurator::write_bootparams::<M>(&params, memory)
-        .map_err(|e| BootError::Load(format!("the PVH start info: {e}")))?;
+        .map_err(BootError::write(BootStructure::PvhStartInfo))?;
     Ok(PVH_START_INFO)
 }

@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::acpi::MAX_VCPUS;
 use crate::layout::{EBDA_START, HIGH_MEMORY_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
-use crate::BootError;
+use crate::{BootError, BootStructure, LayoutError};
 
 const SPEC_REVISION: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
@@ -37,21 +37,20 @@ const ISA_IRQS: u8 = 16;
 /// [`MPTABLE_START`] for `vcpus` vCPUs (vCPU 0 the boot processor).
 pub fn write_mp_table<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
-        return Err(BootError::Layout(format!(
-            "{vcpus} vCPUs: the MP table describes 1 to {MAX_VCPUS}"
-        )));
+        return Err(BootError::Vcpus {
+            count: vcpus,
+            max: MAX_VCPUS,
+        });
     }
     let table = configuration_table(vcpus);
     if MPTABLE_START + table.len() as u64 > HIGH_MEMORY_START {
-        return Err(BootError::Layout(
-            "the MP table does not fit below 1 MiB".into(),
-        ));
+        return Err(LayoutError::MpTableTooLarge.into());
     }
     let pointer = floating_pointer(MPTABLE_START as u32);
     for (bytes, addr) in [(&pointer[..], EBDA_START), (&table[..], MPTABLE_START)] {
         memory
             .write_slice(bytes, GuestAddress(addr))
-            .map_err(|e| BootError::Load(format!("the MP table: {e}")))?;
+            .map_err(BootError::write(BootStructure::MpTable))?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::linux::{BootEntry, EntryMode, EntryProtocol};
-use crate::BootError;
+use crate::{BootError, BootStructure};
 
 /// Bytes of stack each vCPU of a program gets, below the program's load address.
 pub const PROGRAM_STACK_PER_VCPU: u64 = 0x1000;
@@ -23,18 +23,11 @@ pub fn load_program<M: GuestMemoryBackend>(
 ) -> Result<BootEntry, BootError> {
     let stacks = u64::from(vcpus) * PROGRAM_STACK_PER_VCPU;
     if load_addr < stacks {
-        return Err(BootError::Load(format!(
-            "the program at {load_addr:#x}: no room below it for {stacks:#x} bytes of stacks"
-        )));
+        return Err(BootError::ProgramStacks { load_addr, stacks });
     }
     memory
         .write_slice(code, GuestAddress(load_addr))
-        .map_err(|e| {
-            BootError::Load(format!(
-                "the program ({} bytes at {load_addr:#x}): {e}",
-                code.len()
-            ))
-        })?;
+        .map_err(BootError::write(BootStructure::Program))?;
     Ok(BootEntry {
         protocol: EntryProtocol::Program {
             mode,

@@ -8,8 +8,8 @@ mod common;
 
 use common::{bzimage, elf, good_bzimage, memory, put, RAM};
 use kvmkit_boot::{
-    BootError, BootImage, EntryProtocol, LinuxBoot, PhysicalLayout, ACPI_START, CMDLINE_START,
-    HIGH_MEMORY_START, PVH_START_INFO, ZERO_PAGE,
+    BootError, BootFile, BootImage, EntryProtocol, LayoutError, LinuxBoot, PhysicalLayout,
+    ACPI_START, CMDLINE_START, HIGH_MEMORY_START, PVH_START_INFO, ZERO_PAGE,
 };
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{
@@ -186,7 +186,7 @@ fn a_truncated_bzimage_is_refused() {
     let mut image = good_bzimage();
     image[0x1f1] = 40; // 40 setup sectors claimed, 1 present
     let error = load_error(LinuxBoot::from_bytes(image));
-    assert!(matches!(error, BootError::Load(_)), "{error}");
+    assert!(matches!(error, BootError::KernelLoad(_)), "{error}");
 
     let cut = good_bzimage()[..0x210].to_vec();
     let error = load_error(LinuxBoot::from_bytes(cut));
@@ -198,7 +198,7 @@ fn an_elf_without_a_usable_entry_or_cut_short_is_refused() {
     let low = elf(0x1000, &[0xf4; 16], None);
     let error = load_error(LinuxBoot::from_bytes(low));
     assert!(
-        matches!(error, BootError::Load(_)),
+        matches!(error, BootError::KernelLoad(_)),
         "entry below 1 MiB: {error}"
     );
 
@@ -206,7 +206,7 @@ fn an_elf_without_a_usable_entry_or_cut_short_is_refused() {
     image.truncate(image.len() - 2048);
     let error = load_error(LinuxBoot::from_bytes(image));
     assert!(
-        matches!(error, BootError::Load(_)),
+        matches!(error, BootError::KernelLoad(_)),
         "segment past the end of the file: {error}"
     );
 
@@ -277,8 +277,13 @@ fn a_missing_kernel_file_is_named() {
     let error = load_error(LinuxBoot::new("/nonexistent/vmlinuz"));
 
     assert!(
-        matches!(error, BootError::Read { what: "kernel", .. })
-            && error.to_string().contains("/nonexistent/vmlinuz"),
+        matches!(
+            error,
+            BootError::Read {
+                file: BootFile::Kernel,
+                ..
+            }
+        ) && error.to_string().contains("/nonexistent/vmlinuz"),
         "{error}"
     );
 }
@@ -304,4 +309,35 @@ fn a_kernel_and_initrd_from_files_are_streamed_into_guest_memory() {
         .unwrap();
     assert_eq!(copied, contents);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_missing_initrd_file_is_named_as_the_initrd() {
+    let boot = LinuxBoot::from_bytes(good_bzimage()).initrd("/nonexistent/initrd.img");
+
+    let error = load_error(boot);
+
+    assert!(
+        matches!(
+            error,
+            BootError::Read {
+                file: BootFile::Initrd,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn ram_that_ends_below_1_mib_is_a_layout_error_naming_its_size() {
+    let error = PhysicalLayout::new(&[(0, 1 << 20)]).unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            BootError::Layout(LayoutError::RamTooSmall { size: 0x10_0000 })
+        ),
+        "{error}"
+    );
 }

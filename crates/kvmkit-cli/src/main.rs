@@ -85,7 +85,7 @@ fn run(options: &Options) -> Result<i32, CliError> {
         .vcpus(options.cpus)
         .irqchip(true)
         .build()
-        .map_err(|e| CliError::from_error(machine_option(&e), &e))?;
+        .map_err(|e| CliError::from_error(error_option(&e), &e))?;
 
     let mut config = PlatformConfig::default();
     config.serial_output = console_output(&options.serial, "--serial")?;
@@ -146,7 +146,7 @@ fn run(options: &Options) -> Result<i32, CliError> {
         .collect();
     let booted = machine
         .boot_on(&linux, &platform.devices())
-        .map_err(|e| CliError::from_error(boot_option(&e), &e))?;
+        .map_err(|e| CliError::from_error(error_option(&e), &e))?;
     let (outcome, memory_report) = booted
         .run_on_then(platform, |ram| ram.report())
         .map_err(|e| CliError::from_error("run", &e))?;
@@ -160,27 +160,44 @@ fn run(options: &Options) -> Result<i32, CliError> {
     Ok(outcome.exit_status())
 }
 
-/// The option a build error is about.
-fn machine_option(error: &kvmkit::Error) -> &'static str {
+/// The option an error while building or booting the machine is about, from the
+/// error's type alone.
+fn error_option(error: &kvmkit::Error) -> &'static str {
+    use kvmkit::boot::{BootError, BootFile, BootStructure, LayoutError};
+    use kvmkit::Error;
     match error {
-        kvmkit::Error::Memory(_) => "--memory",
-        kvmkit::Error::Config(message) if message.contains("vCPU") => "--cpus",
-        _ => "/dev/kvm",
-    }
-}
-
-/// The option a boot error is about.
-fn boot_option(error: &kvmkit::Error) -> &'static str {
-    use kvmkit::boot::BootError;
-    let kvmkit::Error::Boot(error) = error else {
-        return "--kernel";
-    };
-    match error {
-        BootError::Read { what: "initrd", .. } | BootError::InitrdTooLarge { .. } => "--initramfs",
-        BootError::Load(what) if what.starts_with("the initrd") => "--initramfs",
-        BootError::CmdlineTooLong { .. } | BootError::Cmdline(_) => "--cmdline",
-        BootError::Load(what) if what.starts_with("the command line") => "--cmdline",
-        _ => "--kernel",
+        Error::NoVcpus
+        | Error::TooManyVcpus { .. }
+        | Error::KernelNeedsIrqchip { .. }
+        | Error::Boot(BootError::Vcpus { .. }) => "--cpus",
+        Error::Memory(_) | Error::MemorySizeOverflow => "--memory",
+        Error::Boot(error) => match error {
+            BootError::Read {
+                file: BootFile::Initrd,
+                ..
+            }
+            | BootError::InitrdTooLarge { .. }
+            | BootError::Write {
+                what: BootStructure::Initrd,
+                ..
+            } => "--initramfs",
+            BootError::CmdlineTooLong { .. }
+            | BootError::Cmdline(_)
+            | BootError::Write {
+                what: BootStructure::CommandLine,
+                ..
+            } => "--cmdline",
+            BootError::Layout(
+                LayoutError::RamNotAtZero
+                | LayoutError::RamTooSmall { .. }
+                | LayoutError::RamOverlap { .. }
+                | LayoutError::RamInMmioHole { .. },
+            )
+            | BootError::Write { .. } => "--memory",
+            _ => "--kernel",
+        },
+        Error::Vcpu(_) | Error::Host { .. } => "/dev/kvm",
+        _ => "platform",
     }
 }
 

@@ -188,6 +188,15 @@ fn bad_options_and_images_are_refused_naming_the_option() {
             ],
             "--memory:",
         ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--memory".into(),
+                "size=1M".into(),
+            ],
+            "--memory: invalid address map: guest RAM below 4 GiB (0x100000 bytes) must reach past 1 MiB",
+        ),
     ];
 
     for (args, expected) in cases {

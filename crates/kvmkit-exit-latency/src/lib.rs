@@ -39,7 +39,6 @@ use kvmkit_vcpu::{
     CpuMode, EventFd, ExitCounts, Hypervisor, IoAccess, IoAction, IoEventAddress, IoHandler,
     IoKind, NoDatamatch, Vcpu, VcpuExit, Vm,
 };
-use vm_memory::{Bytes, GuestAddress};
 
 /// Where the latency guests are loaded.
 const CODE_ADDR: u64 = 0x10_0000;
@@ -392,13 +391,14 @@ impl LatencyVm {
         let vm = Vm::new(&hypervisor)?;
         vm.register_memory(ram.shared_memory())?;
         let program = class.program();
-        ram.memory()
-            .write_slice(program.bytes(), GuestAddress(program.load_addr()))
-            .map_err(|source| kvmkit::Error::Load {
-                len: program.bytes().len(),
-                load_addr: program.load_addr(),
-                source,
-            })?;
+        kvmkit::boot::load_program(
+            ram.memory(),
+            program.entry_mode(),
+            program.load_addr(),
+            program.bytes(),
+            1,
+        )
+        .map_err(kvmkit::Error::Boot)?;
         let ioeventfd = match class {
             ExitClass::Ioeventfd | ExitClass::VirtioNotify => {
                 let event = EventFd::new(libc::EFD_NONBLOCK)
