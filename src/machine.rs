@@ -9,8 +9,8 @@ use std::sync::Arc;
 use kvmkit_boot::{
     load_program, BootEntry, BootError, BootImage, EntryMode, EntryProtocol, PhysicalLayout,
 };
+use kvmkit_memory::x86::PAGE_TABLES;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
-use kvmkit_vcpu::x86::PAGE_TABLES_END;
 use kvmkit_vcpu::{
     CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, Vcpu, VcpuHandle,
     VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm,
@@ -293,10 +293,10 @@ impl Machine {
                 stacks,
                 stack_top: entry.stack_top,
             })?;
-        if mode == CpuMode::Long && stack_base < PAGE_TABLES_END {
+        if mode == CpuMode::Long && stack_base < PAGE_TABLES.end() {
             return Err(Error::ProgramOverlapsPageTables {
                 load_addr: entry.entry,
-                min_load_addr: PAGE_TABLES_END + stacks,
+                min_load_addr: PAGE_TABLES.end() + stacks,
                 vcpus: self.vcpus.len(),
             });
         }

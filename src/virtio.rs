@@ -12,7 +12,7 @@ use kvmkit_virtio::{EventFdVirtioInterrupt, MmioTransport, QueueNotifiers};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The first virtio-mmio window, in the 32-bit MMIO hole below the IOAPIC.
-pub const VIRTIO_MMIO_BASE: u64 = kvmkit_boot::VIRTIO_MMIO_START;
+pub const VIRTIO_MMIO_BASE: u64 = kvmkit_memory::x86::VIRTIO_MMIO.start;
 /// The interrupt lines virtio-mmio devices get, in order: ISA lines no legacy device
 /// of the platform uses (COM1 has 4, the RTC 8).
 pub const VIRTIO_IRQS: [u32; 8] = [5, 6, 7, 9, 10, 11, 12, 14];
@@ -84,6 +84,13 @@ impl QueueNotifiers for VmNotifiers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_virtio_window_fits_in_the_maps_virtio_area() {
+        let windows = kvmkit_virtio::MMIO_WINDOW * VIRTIO_IRQS.len() as u64;
+
+        assert!(windows <= kvmkit_memory::x86::VIRTIO_MMIO.size);
+    }
 
     #[test]
     fn the_kernel_parameter_names_size_base_and_irq() {

@@ -496,7 +496,10 @@ fn load_kernel(image: Vec<u8>) {
         .initrd_bytes(vec![0x5a; 4096])
         .cmdline("console=ttyS0");
     if let Ok(entry) = boot.load(boot_memory(), &layout, 2) {
-        assert!(entry.entry >= kvmkit_boot::HIGH_MEMORY_START, "{entry:?}");
+        assert!(
+            entry.entry >= kvmkit_boot::x86::HIGH_MEMORY_START,
+            "{entry:?}"
+        );
     }
 }
 

@@ -12,9 +12,10 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
+use kvmkit_memory::x86;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::layout::{PhysicalLayout, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
+use crate::layout::PhysicalLayout;
 use crate::{BootError, BootStructure, LayoutError};
 
 const OEM_ID: [u8; 6] = *b"KVMKIT";
@@ -50,7 +51,7 @@ impl Default for LegacyDevices {
     }
 }
 
-/// Writes the RSDP at [`ACPI_START`] and the XSDT, FADT, MADT and DSDT after it, for
+/// Writes the RSDP at [`x86::ACPI_TABLES`] and the XSDT, FADT, MADT and DSDT after it, for
 /// `vcpus` vCPUs and the devices of `layout` (its windows and its legacy devices);
 /// returns the RSDP's address.
 pub fn write_acpi_tables<M: GuestMemoryBackend>(
@@ -67,7 +68,7 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
     }
     let mut writer = TableWriter {
         memory,
-        next: ACPI_START + Rsdp::len() as u64,
+        next: x86::ACPI_TABLES.start + Rsdp::len() as u64,
     };
     let dsdt = writer.put(dsdt(layout, legacy).as_slice())?;
     let fadt = writer.put(&to_bytes(&fadt(legacy, dsdt)))?;
@@ -78,9 +79,9 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
     let xsdt = writer.put(&to_bytes(&xsdt))?;
     let rsdp = Rsdp::new(OEM_ID, xsdt);
     memory
-        .write_slice(&to_bytes(&rsdp), GuestAddress(ACPI_START))
+        .write_slice(&to_bytes(&rsdp), GuestAddress(x86::ACPI_TABLES.start))
         .map_err(BootError::write(BootStructure::AcpiTables))?;
-    Ok(ACPI_START)
+    Ok(x86::ACPI_TABLES.start)
 }
 
 fn to_bytes(table: &dyn Aml) -> Vec<u8> {
@@ -99,9 +100,9 @@ impl<M: GuestMemoryBackend> TableWriter<'_, M> {
     fn put(&mut self, table: &[u8]) -> Result<u64, BootError> {
         let addr = self.next.next_multiple_of(16);
         let end = addr + table.len() as u64;
-        if end > MPTABLE_START {
+        if end > x86::ACPI_TABLES.end() {
             return Err(LayoutError::AcpiTablesTooLarge {
-                room: MPTABLE_START - ACPI_START,
+                room: x86::ACPI_TABLES.size,
             }
             .into());
         }
@@ -151,7 +152,7 @@ const LOCAL_APIC_ENABLED: u32 = 1;
 /// (GSIs from 0), the PIT's IRQ 0 routed to GSI 2, and LINT1 as NMI on every CPU.
 fn madt(vcpus: u32) -> Sdt {
     let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, *b"KVMKMADT", OEM_REVISION);
-    madt.write(36, (LAPIC_ADDR as u32).to_le_bytes());
+    madt.write(36, (x86::LAPIC.start as u32).to_le_bytes());
     madt.write(40, MADT_PCAT_COMPAT.to_le_bytes());
     for id in 0..vcpus {
         let mut entry = vec![MADT_LOCAL_APIC, 8, id as u8, id as u8];
@@ -159,7 +160,7 @@ fn madt(vcpus: u32) -> Sdt {
         madt.append_slice(&entry);
     }
     let mut ioapic = vec![MADT_IO_APIC, 12, 0, 0];
-    ioapic.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    ioapic.extend_from_slice(&(x86::IOAPIC.start as u32).to_le_bytes());
     ioapic.extend_from_slice(&0u32.to_le_bytes());
     madt.append_slice(&ioapic);
     // Bus 0 (ISA), IRQ 0 -> GSI 2, flags: conforming polarity and trigger.

@@ -5,41 +5,7 @@
 //! from which the e820 map, the ACPI tables and the device windows are all derived.
 
 use crate::{BootError, LayoutError, LegacyDevices};
-
-/// Start of the extended BIOS data area: RAM stops here, and the MP table lives here.
-pub const EBDA_START: u64 = 0x9_fc00;
-/// Where the RSDP and the ACPI tables after it are written (the BIOS area the kernel
-/// also scans for the RSDP).
-pub const ACPI_START: u64 = 0xe_0000;
-/// Where the MP configuration table is written; the ACPI tables must end before it.
-pub const MPTABLE_START: u64 = 0xf_0000;
-/// The first byte of "high" memory, where kernels load.
-pub const HIGH_MEMORY_START: u64 = 0x10_0000;
-/// Start of the 32-bit MMIO hole: RAM above it moves above 4 GiB.
-pub const MMIO_HOLE_START: u64 = 0xc000_0000;
-/// End of the 32-bit MMIO hole.
-pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
-/// The first virtio-mmio window; the others follow it.
-pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
-/// The I/O APIC's registers.
-pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
-/// The local APICs' registers.
-pub const LAPIC_ADDR: u64 = 0xfee0_0000;
-/// Bytes of the I/O APIC and local APIC register windows.
-const APIC_WINDOW: u64 = 0x1000;
-
-/// Where the zero page (`boot_params`) of the Linux boot protocol is written.
-pub const ZERO_PAGE: u64 = 0x7000;
-/// Where PVH's `hvm_start_info` is written, its module list after it.
-pub const PVH_START_INFO: u64 = 0x6000;
-/// Where PVH's memory map is written (PVH has no zero page, so it takes its place).
-pub const PVH_MEMMAP: u64 = ZERO_PAGE;
-/// The boot CPU's stack pointer at the kernel's entry.
-pub const BOOT_STACK_TOP: u64 = 0x8ff0;
-/// Where the kernel command line is written.
-pub const CMDLINE_START: u64 = 0x2_0000;
-/// Room for the command line, its terminating NUL included.
-pub const CMDLINE_ROOM: u64 = 0x1_0000;
+use kvmkit_memory::x86;
 
 /// What a range of guest-physical addresses is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,33 +96,33 @@ impl PhysicalLayout {
         let Some(&(0, first_size)) = ram.first() else {
             return Err(LayoutError::RamNotAtZero.into());
         };
-        if first_size <= HIGH_MEMORY_START {
+        if first_size <= x86::HIGH_MEMORY_START {
             return Err(LayoutError::RamTooSmall { size: first_size }.into());
         }
         let mut ranges = vec![
-            ram_range(0, EBDA_START),
+            ram_range(0, x86::EBDA.start),
             AddressRange {
-                start: EBDA_START,
-                size: HIGH_MEMORY_START - EBDA_START,
+                start: x86::FIRMWARE.start,
+                size: x86::FIRMWARE.size,
                 kind: RangeKind::Reserved,
             },
-            ram_range(HIGH_MEMORY_START, first_size - HIGH_MEMORY_START),
+            ram_range(x86::HIGH_MEMORY_START, first_size - x86::HIGH_MEMORY_START),
         ];
         for &(start, size) in &ram[1..] {
             ranges.push(ram_range(start, size));
         }
         ranges.push(AddressRange {
-            start: MMIO_HOLE_START,
-            size: MMIO_HOLE_END - MMIO_HOLE_START,
+            start: x86::MMIO_HOLE.start,
+            size: x86::MMIO_HOLE.size,
             kind: RangeKind::MmioHole,
         });
-        for (start, kind) in [
-            (IOAPIC_ADDR, DeviceKind::IoApic),
-            (LAPIC_ADDR, DeviceKind::LocalApic),
+        for (window, kind) in [
+            (x86::IOAPIC, DeviceKind::IoApic),
+            (x86::LAPIC, DeviceKind::LocalApic),
         ] {
             ranges.push(AddressRange {
-                start,
-                size: APIC_WINDOW,
+                start: window.start,
+                size: window.size,
                 kind: RangeKind::Device(kind),
             });
         }
@@ -181,7 +147,8 @@ impl PhysicalLayout {
             }
         }
         for range in &ram {
-            let overlaps_hole = range.start < MMIO_HOLE_END && range.end() > MMIO_HOLE_START;
+            let overlaps_hole =
+                range.start < x86::MMIO_HOLE.end() && range.end() > x86::MMIO_HOLE.start;
             if overlaps_hole {
                 return Err(LayoutError::RamInMmioHole {
                     start: range.start,
@@ -198,8 +165,8 @@ impl PhysicalLayout {
     pub fn add_device(&mut self, start: u64, size: u64, kind: DeviceKind) -> Result<(), BootError> {
         let end = start
             .checked_add(size)
-            .filter(|&end| size > 0 && end <= IOAPIC_ADDR);
-        if start < MMIO_HOLE_START || end.is_none() {
+            .filter(|&end| size > 0 && end <= x86::IOAPIC.start);
+        if start < x86::MMIO_HOLE.start || end.is_none() {
             return Err(LayoutError::DeviceOutsideHole { start, size }.into());
         }
         let taken = self
@@ -257,8 +224,8 @@ impl PhysicalLayout {
     /// The first address past the RAM that starts at 1 MiB (the top of low memory).
     pub fn low_ram_end(&self) -> u64 {
         self.ram()
-            .find(|r| r.start == HIGH_MEMORY_START)
-            .map_or(HIGH_MEMORY_START, AddressRange::end)
+            .find(|r| r.start == x86::HIGH_MEMORY_START)
+            .map_or(x86::HIGH_MEMORY_START, AddressRange::end)
     }
 
     /// The e820 map: RAM and the reserved firmware area, sorted by address. The MMIO
@@ -308,17 +275,17 @@ mod tests {
             vec![
                 E820Entry {
                     addr: 0,
-                    size: EBDA_START,
+                    size: x86::EBDA.start,
                     kind: E820_RAM
                 },
                 E820Entry {
-                    addr: EBDA_START,
-                    size: HIGH_MEMORY_START - EBDA_START,
+                    addr: x86::EBDA.start,
+                    size: x86::HIGH_MEMORY_START - x86::EBDA.start,
                     kind: E820_RESERVED
                 },
                 E820Entry {
-                    addr: HIGH_MEMORY_START,
-                    size: (3 << 30) - HIGH_MEMORY_START,
+                    addr: x86::HIGH_MEMORY_START,
+                    size: (3 << 30) - x86::HIGH_MEMORY_START,
                     kind: E820_RAM
                 },
                 E820Entry {
@@ -336,12 +303,12 @@ mod tests {
     fn ram_that_does_not_start_at_zero_or_reach_1_mib_is_refused() {
         assert!(PhysicalLayout::new(&[]).is_err());
         assert!(PhysicalLayout::new(&[(0x1000, 64 << 20)]).is_err());
-        assert!(PhysicalLayout::new(&[(0, HIGH_MEMORY_START)]).is_err());
+        assert!(PhysicalLayout::new(&[(0, x86::HIGH_MEMORY_START)]).is_err());
     }
 
     #[test]
     fn ram_in_the_mmio_hole_is_refused() {
-        let result = PhysicalLayout::new(&[(0, MMIO_HOLE_START + 0x1000)]);
+        let result = PhysicalLayout::new(&[(0, x86::MMIO_HOLE.start + 0x1000)]);
 
         assert!(matches!(
             result,
@@ -354,12 +321,16 @@ mod tests {
         let mut layout = PhysicalLayout::new(&[(0, 64 << 20)]).unwrap();
 
         layout
-            .add_device(VIRTIO_MMIO_START, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
+            .add_device(
+                x86::VIRTIO_MMIO.start,
+                0x1000,
+                DeviceKind::VirtioMmio { irq: 5 },
+            )
             .unwrap();
 
         assert!(layout
             .add_device(
-                VIRTIO_MMIO_START + 0x800,
+                x86::VIRTIO_MMIO.start + 0x800,
                 0x1000,
                 DeviceKind::VirtioMmio { irq: 5 }
             )
@@ -368,7 +339,7 @@ mod tests {
             .add_device(0x1000, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
             .is_err());
         assert!(layout
-            .add_device(IOAPIC_ADDR, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
+            .add_device(x86::IOAPIC.start, 0x1000, DeviceKind::VirtioMmio { irq: 5 })
             .is_err());
         assert!(layout
             .add_device(u64::MAX - 0xfff, 0x1000, DeviceKind::VirtioMmio { irq: 5 })

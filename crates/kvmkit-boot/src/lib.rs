@@ -26,11 +26,9 @@ mod program;
 
 pub use acpi::{write_acpi_tables, LegacyDevices, MAX_VCPUS, S5_SLEEP_TYPE};
 pub use error::{BootError, BootFile, BootStructure, LayoutError};
+pub use kvmkit_memory::x86;
 pub use layout::{
-    AddressRange, DeviceKind, E820Entry, PhysicalLayout, RangeKind, ACPI_START, BOOT_STACK_TOP,
-    CMDLINE_ROOM, CMDLINE_START, E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START,
-    IOAPIC_ADDR, LAPIC_ADDR, MMIO_HOLE_END, MMIO_HOLE_START, MPTABLE_START, PVH_MEMMAP,
-    PVH_START_INFO, VIRTIO_MMIO_START, ZERO_PAGE,
+    AddressRange, DeviceKind, E820Entry, PhysicalLayout, RangeKind, E820_RAM, E820_RESERVED,
 };
 pub use linux::{
     detect_format, BootEntry, BootImage, EntryMode, EntryProtocol, KernelFormat, LinuxBoot,

@@ -4,6 +4,7 @@
 //! Loading a Linux kernel, its initrd and command line, and writing what its boot
 //! protocol hands it: the zero page (64-bit boot protocol) or `hvm_start_info` (PVH).
 
+use kvmkit_memory::x86;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -19,10 +20,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
-use crate::layout::{
-    PhysicalLayout, BOOT_STACK_TOP, CMDLINE_ROOM, CMDLINE_START, HIGH_MEMORY_START, PVH_MEMMAP,
-    PVH_START_INFO, ZERO_PAGE,
-};
+use crate::layout::PhysicalLayout;
 use crate::{write_acpi_tables, write_mp_table, BootError, BootFile, BootStructure, LayoutError};
 
 /// The oldest boot protocol with the 64-bit entry point (`xloadflags`): 2.12.
@@ -319,7 +317,7 @@ impl LinuxBoot {
         let kernel = load_kernel(memory, &mut image, self.pvh)?;
         let limits = kernel.limits();
         let cmdline = self.checked_cmdline(limits.cmdline_size)?;
-        load_cmdline(memory, GuestAddress(CMDLINE_START), &cmdline)
+        load_cmdline(memory, GuestAddress(x86::CMDLINE.start), &cmdline)
             .map_err(BootError::write(BootStructure::CommandLine))?;
         let ramdisk = match &mut initrd {
             Some(reader) => Some(place_initrd(memory, layout, reader, &kernel, &limits)?),
@@ -332,7 +330,7 @@ impl LinuxBoot {
                 Ok(BootEntry {
                     protocol: EntryProtocol::Pvh { start_info },
                     entry: kernel.entry,
-                    stack_top: BOOT_STACK_TOP,
+                    stack_top: x86::BOOT_STACK_TOP,
                 })
             }
             KernelFormat::BzImage | KernelFormat::Elf => {
@@ -340,10 +338,10 @@ impl LinuxBoot {
                 write_zero_page(memory, layout, header, cmdline_len, ramdisk, rsdp)?;
                 Ok(BootEntry {
                     protocol: EntryProtocol::Linux64 {
-                        zero_page: ZERO_PAGE,
+                        zero_page: x86::ZERO_PAGE.start,
                     },
                     entry: kernel.entry,
-                    stack_top: BOOT_STACK_TOP,
+                    stack_top: x86::BOOT_STACK_TOP,
                 })
             }
         }
@@ -351,7 +349,7 @@ impl LinuxBoot {
 
     fn checked_cmdline(&self, limit: usize) -> Result<Cmdline, BootError> {
         // The limit counts the terminating NUL.
-        let limit = limit.min(CMDLINE_ROOM as usize);
+        let limit = limit.min(x86::CMDLINE.size as usize);
         if self.cmdline.len() + 1 > limit {
             return Err(BootError::CmdlineTooLong {
                 len: self.cmdline.len(),
@@ -479,7 +477,8 @@ fn load_bzimage<M: GuestMemoryBackend>(
             header.version & 0xff
         )));
     }
-    let result = run_loader::<BzImage, _>(memory, image, Some(GuestAddress(HIGH_MEMORY_START)))?;
+    let result =
+        run_loader::<BzImage, _>(memory, image, Some(GuestAddress(x86::HIGH_MEMORY_START)))?;
     let mut header = result
         .setup_header
         .ok_or_else(|| BootError::NotAKernel("the bzImage has no setup header".into()))?;
@@ -538,10 +537,11 @@ fn load_elf<M: GuestMemoryBackend>(
         _ => (KernelFormat::Elf, result.kernel_load.0),
     };
     // linux-loader checks the ELF entry against high memory, not the PVH note's.
-    if !(HIGH_MEMORY_START..result.kernel_end).contains(&entry) {
+    if !(x86::HIGH_MEMORY_START..result.kernel_end).contains(&entry) {
         return Err(BootError::UnsupportedKernel(format!(
             "the entry point {entry:#x} is not in the kernel loaded at {:#x}..{:#x}",
-            HIGH_MEMORY_START, result.kernel_end
+            x86::HIGH_MEMORY_START,
+            result.kernel_end
         )));
     }
     Ok(LoadedKernel {
@@ -559,7 +559,7 @@ fn run_loader<L: KernelLoader, M: GuestMemoryBackend>(
     image: &mut Reader<'_>,
     offset: Option<GuestAddress>,
 ) -> Result<KernelLoaderResult, BootError> {
-    let highmem = Some(GuestAddress(HIGH_MEMORY_START));
+    let highmem = Some(GuestAddress(x86::HIGH_MEMORY_START));
     L::load(memory, offset, image, highmem).map_err(BootError::KernelLoad)
 }
 
@@ -612,7 +612,7 @@ fn write_zero_page<M: GuestMemoryBackend>(
     rsdp: u64,
 ) -> Result<(), BootError> {
     let mut params = boot_params::default();
-    header.cmd_line_ptr = CMDLINE_START as u32;
+    header.cmd_line_ptr = x86::CMDLINE.start as u32;
     header.cmdline_size = cmdline_len;
     if let Some((start, size)) = ramdisk {
         header.ramdisk_image = start as u32;
@@ -637,7 +637,7 @@ fn write_zero_page<M: GuestMemoryBackend>(
     }
     params.e820_entries = e820.len() as u8;
     LinuxBootConfigurator::write_bootparams::<M>(
-        &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE)),
+        &BootParams::new::<boot_params>(&params, GuestAddress(x86::ZERO_PAGE.start)),
         memory,
     )
     .map_err(BootError::write(BootStructure::ZeroPage))
@@ -662,18 +662,18 @@ fn write_start_info<M: GuestMemoryBackend>(
     let mut start_info = hvm_start_info {
         magic: PVH_MAGIC,
         version: 1,
-        cmdline_paddr: CMDLINE_START,
+        cmdline_paddr: x86::CMDLINE.start,
         rsdp_paddr: rsdp,
-        memmap_paddr: PVH_MEMMAP,
+        memmap_paddr: x86::PVH_MEMMAP.start,
         memmap_entries: memmap.len() as u32,
         ..Default::default()
     };
-    let module_addr = PVH_START_INFO + std::mem::size_of::<hvm_start_info>() as u64;
-    let mut params = BootParams::new(&start_info, GuestAddress(PVH_START_INFO));
+    let module_addr = x86::PVH_START_INFO.start + std::mem::size_of::<hvm_start_info>() as u64;
+    let mut params = BootParams::new(&start_info, GuestAddress(x86::PVH_START_INFO.start));
     if let Some((start, size)) = ramdisk {
         start_info.nr_modules = 1;
         start_info.modlist_paddr = module_addr;
-        params = BootParams::new(&start_info, GuestAddress(PVH_START_INFO));
+        params = BootParams::new(&start_info, GuestAddress(x86::PVH_START_INFO.start));
         let module = linux_loader::loader::elf::start_info::hvm_modlist_entry {
             paddr: start,
             size,
@@ -681,8 +681,8 @@ fn write_start_info<M: GuestMemoryBackend>(
         };
         params.set_modules(&[module], GuestAddress(module_addr));
     }
-    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
+    params.set_sections(&memmap, GuestAddress(x86::PVH_MEMMAP.start));
     PvhBootConfigurator::write_bootparams::<M>(&params, memory)
         .map_err(BootError::write(BootStructure::PvhStartInfo))?;
-    Ok(PVH_START_INFO)
+    Ok(x86::PVH_START_INFO.start)
 }

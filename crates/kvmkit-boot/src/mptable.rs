@@ -5,10 +5,11 @@
 //! ACPI (`acpi=off`): the CPUs, the ISA bus, the I/O APIC and how ISA interrupts reach
 //! it.
 
+use kvmkit_memory::x86;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::acpi::MAX_VCPUS;
-use crate::layout::{EBDA_START, HIGH_MEMORY_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
+
 use crate::{BootError, BootStructure, LayoutError};
 
 const SPEC_REVISION: u8 = 4;
@@ -33,8 +34,8 @@ const CPU_FEATURES: u32 = 0x201;
 /// PIT, goes to pin 2 as on every PC).
 const ISA_IRQS: u8 = 16;
 
-/// Writes the MP floating pointer at [`EBDA_START`] and the configuration table at
-/// [`MPTABLE_START`] for `vcpus` vCPUs (vCPU 0 the boot processor).
+/// Writes the MP floating pointer at [`x86::EBDA`] and the configuration table at
+/// [`x86::MP_TABLE`] for `vcpus` vCPUs (vCPU 0 the boot processor).
 pub fn write_mp_table<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<(), BootError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(BootError::Vcpus {
@@ -43,11 +44,14 @@ pub fn write_mp_table<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<(
         });
     }
     let table = configuration_table(vcpus);
-    if MPTABLE_START + table.len() as u64 > HIGH_MEMORY_START {
+    if table.len() as u64 > x86::MP_TABLE.size {
         return Err(LayoutError::MpTableTooLarge.into());
     }
-    let pointer = floating_pointer(MPTABLE_START as u32);
-    for (bytes, addr) in [(&pointer[..], EBDA_START), (&table[..], MPTABLE_START)] {
+    let pointer = floating_pointer(x86::MP_TABLE.start as u32);
+    for (bytes, addr) in [
+        (&pointer[..], x86::EBDA.start),
+        (&table[..], x86::MP_TABLE.start),
+    ] {
         memory
             .write_slice(bytes, GuestAddress(addr))
             .map_err(BootError::write(BootStructure::MpTable))?;
@@ -87,7 +91,7 @@ fn configuration_table(vcpus: u32) -> Vec<u8> {
     }
     push(&[ENTRY_BUS, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
     let mut ioapic = vec![ENTRY_IOAPIC, IOAPIC_ID, IOAPIC_VERSION, 1];
-    ioapic.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    ioapic.extend_from_slice(&(x86::IOAPIC.start as u32).to_le_bytes());
     push(&ioapic);
     push(&[
         ENTRY_IO_INTERRUPT,
@@ -129,7 +133,7 @@ fn configuration_table(vcpus: u32) -> Vec<u8> {
     table.extend_from_slice(&0u32.to_le_bytes()); // OEM table
     table.extend_from_slice(&0u16.to_le_bytes()); // its size
     table.extend_from_slice(&count.to_le_bytes());
-    table.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    table.extend_from_slice(&(x86::LAPIC.start as u32).to_le_bytes());
     table.extend_from_slice(&[0; 4]); // extended table length, checksum, reserved
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
@@ -146,12 +150,12 @@ mod tests {
 
     #[test]
     fn the_floating_pointer_and_table_sum_to_zero_and_point_at_each_other() {
-        let pointer = floating_pointer(MPTABLE_START as u32);
+        let pointer = floating_pointer(x86::MP_TABLE.start as u32);
         let table = configuration_table(2);
 
         assert_eq!(sum(&pointer), 0);
         assert_eq!(sum(&table), 0);
-        assert_eq!(&pointer[4..8], &(MPTABLE_START as u32).to_le_bytes());
+        assert_eq!(&pointer[4..8], &(x86::MP_TABLE.start as u32).to_le_bytes());
         assert_eq!(
             u16::from_le_bytes([table[4], table[5]]) as usize,
             table.len()

@@ -7,9 +7,9 @@
 mod common;
 
 use common::{bzimage, elf, good_bzimage, memory, put, RAM};
+use kvmkit_boot::x86;
 use kvmkit_boot::{
     BootError, BootFile, BootImage, EntryProtocol, LayoutError, LinuxBoot, PhysicalLayout,
-    ACPI_START, CMDLINE_START, HIGH_MEMORY_START, PVH_START_INFO, ZERO_PAGE,
 };
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{
@@ -44,19 +44,22 @@ fn a_bzimage_is_entered_64_bit_with_its_zero_page_filled_in() {
 
     let (entry, memory) = load(&boot).unwrap();
 
-    assert_eq!(entry.entry, HIGH_MEMORY_START + 0x200);
+    assert_eq!(entry.entry, x86::HIGH_MEMORY_START + 0x200);
     assert_eq!(
         entry.protocol,
         EntryProtocol::Linux64 {
-            zero_page: ZERO_PAGE
+            zero_page: x86::ZERO_PAGE.start
         }
     );
-    let params: boot_params = memory.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+    let params: boot_params = memory.read_obj(GuestAddress(x86::ZERO_PAGE.start)).unwrap();
     let hdr = params.hdr;
     assert_eq!(hdr.type_of_loader, 0xff);
-    assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
-    assert_eq!(cstring_at(&memory, CMDLINE_START), "console=ttyS0 panic=1");
-    assert_eq!({ params.acpi_rsdp_addr }, ACPI_START);
+    assert_eq!({ hdr.cmd_line_ptr }, x86::CMDLINE.start as u32);
+    assert_eq!(
+        cstring_at(&memory, x86::CMDLINE.start),
+        "console=ttyS0 panic=1"
+    );
+    assert_eq!({ params.acpi_rsdp_addr }, x86::ACPI_TABLES.start);
     let e820 = layout().e820();
     assert_eq!(usize::from(params.e820_entries), e820.len());
     for (written, expected) in params.e820_table.iter().zip(&e820) {
@@ -68,7 +71,7 @@ fn a_bzimage_is_entered_64_bit_with_its_zero_page_filled_in() {
     // The protected-mode code (after the two setup sectors) is at 1 MiB.
     let mut loaded = vec![0u8; 4096];
     memory
-        .read_slice(&mut loaded, GuestAddress(HIGH_MEMORY_START))
+        .read_slice(&mut loaded, GuestAddress(x86::HIGH_MEMORY_START))
         .unwrap();
     assert_eq!(&loaded[..], &image[1024..]);
     // The initrd: page-aligned, at the top of RAM, above what the kernel decompresses into.
@@ -76,7 +79,7 @@ fn a_bzimage_is_entered_64_bit_with_its_zero_page_filled_in() {
     assert_eq!(size, initrd.len() as u64);
     assert_eq!(start % 4096, 0);
     assert!(start + size <= RAM && start + size > RAM - 4096);
-    assert!(start >= HIGH_MEMORY_START + (16 << 20));
+    assert!(start >= x86::HIGH_MEMORY_START + (16 << 20));
     let mut copied = vec![0u8; initrd.len()];
     memory.read_slice(&mut copied, GuestAddress(start)).unwrap();
     assert_eq!(copied, initrd);
@@ -92,10 +95,10 @@ fn an_elf_kernel_without_a_pvh_note_is_entered_at_its_elf_entry() {
     assert_eq!(
         entry.protocol,
         EntryProtocol::Linux64 {
-            zero_page: ZERO_PAGE
+            zero_page: x86::ZERO_PAGE.start
         }
     );
-    let params: boot_params = memory.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+    let params: boot_params = memory.read_obj(GuestAddress(x86::ZERO_PAGE.start)).unwrap();
     assert_eq!(
         { params.hdr.header },
         0x5372_6448,
@@ -117,13 +120,15 @@ fn an_elf_kernel_with_a_pvh_note_is_entered_through_pvh_with_its_start_info() {
     assert_eq!(
         entry.protocol,
         EntryProtocol::Pvh {
-            start_info: PVH_START_INFO
+            start_info: x86::PVH_START_INFO.start
         }
     );
-    let info: hvm_start_info = memory.read_obj(GuestAddress(PVH_START_INFO)).unwrap();
+    let info: hvm_start_info = memory
+        .read_obj(GuestAddress(x86::PVH_START_INFO.start))
+        .unwrap();
     assert_eq!(info.magic, 0x336e_c578);
-    assert_eq!(info.cmdline_paddr, CMDLINE_START);
-    assert_eq!(info.rsdp_paddr, ACPI_START);
+    assert_eq!(info.cmdline_paddr, x86::CMDLINE.start);
+    assert_eq!(info.rsdp_paddr, x86::ACPI_TABLES.start);
     assert_eq!(info.nr_modules, 1);
     let module: hvm_modlist_entry = memory.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
     assert_eq!(module.size, 5000);
@@ -300,7 +305,7 @@ fn a_kernel_and_initrd_from_files_are_streamed_into_guest_memory() {
     let (entry, memory) = load(&LinuxBoot::new(&kernel).initrd(&initrd)).unwrap();
 
     assert!(matches!(entry.protocol, EntryProtocol::Linux64 { .. }));
-    let params: boot_params = memory.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+    let params: boot_params = memory.read_obj(GuestAddress(x86::ZERO_PAGE.start)).unwrap();
     let (start, size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
     assert_eq!(size as usize, contents.len());
     let mut copied = vec![0u8; contents.len()];

@@ -6,16 +6,14 @@
 
 mod common;
 
+use kvmkit_boot::x86;
 use std::ptr::NonNull;
 
 use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use common::{memory, Memory, RAM};
-use kvmkit_boot::{
-    write_acpi_tables, write_mp_table, DeviceKind, LegacyDevices, PhysicalLayout, ACPI_START,
-    EBDA_START, IOAPIC_ADDR, VIRTIO_MMIO_START,
-};
+use kvmkit_boot::{write_acpi_tables, write_mp_table, DeviceKind, LegacyDevices, PhysicalLayout};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Maps guest-physical addresses to where guest memory is in this process.
@@ -61,7 +59,7 @@ fn machine(
             .unwrap();
     }
     let rsdp = write_acpi_tables(&*memory, &layout, vcpus).unwrap();
-    assert_eq!(rsdp, ACPI_START);
+    assert_eq!(rsdp, x86::ACPI_TABLES.start);
     // SAFETY: the RSDP was just written at `rsdp`, and the handler maps guest memory.
     let tables =
         unsafe { AcpiTables::from_rsdp(GuestHandler(memory.clone()), rsdp as usize) }.unwrap();
@@ -94,7 +92,7 @@ fn the_madt_lists_one_enabled_local_apic_per_vcpu_the_ioapic_and_the_pit_overrid
         }
     }
     assert_eq!(apic_ids, vec![0, 1, 2, 3]);
-    assert_eq!(ioapics, vec![(IOAPIC_ADDR as u32, 0)]);
+    assert_eq!(ioapics, vec![(x86::IOAPIC.start as u32, 0)]);
     assert_eq!(overrides, vec![(0, 2)]);
 }
 
@@ -123,7 +121,10 @@ fn the_fadt_is_hardware_reduced_with_sleep_control_and_reset_registers() {
 
 #[test]
 fn the_dsdt_describes_s5_com1_and_every_virtio_window_with_its_irq() {
-    let windows = [(VIRTIO_MMIO_START, 5), (VIRTIO_MMIO_START + 0x1000, 6)];
+    let windows = [
+        (x86::VIRTIO_MMIO.start, 5),
+        (x86::VIRTIO_MMIO.start + 0x1000, 6),
+    ];
     let (memory, tables) = machine(2, &windows);
 
     let dsdt = tables.dsdt().unwrap();
@@ -169,7 +170,7 @@ fn the_mp_floating_pointer_is_found_where_the_kernel_scans() {
 
     let mut pointer = [0u8; 16];
     memory
-        .read_slice(&mut pointer, GuestAddress(EBDA_START))
+        .read_slice(&mut pointer, GuestAddress(x86::EBDA.start))
         .unwrap();
     assert_eq!(&pointer[..4], b"_MP_");
     assert_eq!(pointer.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);

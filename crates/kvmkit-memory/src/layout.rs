@@ -3,13 +3,8 @@
 
 //! Where guest RAM lies in the guest-physical address space.
 
+use crate::x86::MMIO_HOLE;
 use crate::Error;
-
-/// Start of the x86 32-bit MMIO hole: guest RAM above this address is moved above 4 GiB
-/// so that PCI BARs, the IOAPIC, the local APIC and the firmware can sit below 4 GiB.
-pub const X86_MMIO_HOLE_START: u64 = 0xc000_0000;
-/// End of the x86 32-bit MMIO hole (4 GiB).
-pub const X86_MMIO_HOLE_END: u64 = 0x1_0000_0000;
 
 /// One contiguous range of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +41,7 @@ pub struct MemoryLayout {
 
 impl MemoryLayout {
     /// The PC layout for `size` bytes of RAM: RAM from 0 up to the MMIO hole at
-    /// [`X86_MMIO_HOLE_START`], and whatever does not fit below the hole from 4 GiB up.
+    /// the start of the [`MMIO_HOLE`], and whatever does not fit below the hole from 4 GiB up.
     ///
     /// ```
     /// use kvmkit_memory::{MemoryLayout, RegionSpec};
@@ -58,14 +53,14 @@ impl MemoryLayout {
     /// );
     /// ```
     pub fn x86_64(size: u64) -> Result<Self, Error> {
-        let low = size.min(X86_MMIO_HOLE_START);
+        let low = size.min(MMIO_HOLE.start);
         let mut regions = vec![RegionSpec {
             guest_addr: 0,
             size: low,
         }];
         if size > low {
             regions.push(RegionSpec {
-                guest_addr: X86_MMIO_HOLE_END,
+                guest_addr: MMIO_HOLE.end(),
                 size: size - low,
             });
         }
@@ -163,7 +158,7 @@ mod tests {
         let layout = MemoryLayout::x86_64(3 * GIB).unwrap();
 
         assert_eq!(layout.regions().len(), 1);
-        assert!(!layout.is_ram(X86_MMIO_HOLE_START));
+        assert!(!layout.is_ram(MMIO_HOLE.start));
     }
 
     #[test]
@@ -171,11 +166,11 @@ mod tests {
         let layout = MemoryLayout::x86_64(6 * GIB).unwrap();
 
         assert_eq!(layout.total_size(), 6 * GIB);
-        assert!(layout.is_ram(X86_MMIO_HOLE_START - 1));
-        assert!(!layout.is_ram(X86_MMIO_HOLE_START));
-        assert!(!layout.is_ram(X86_MMIO_HOLE_END - 1));
-        assert!(layout.is_ram(X86_MMIO_HOLE_END));
-        assert_eq!(layout.regions()[1].end(), X86_MMIO_HOLE_END + 3 * GIB);
+        assert!(layout.is_ram(MMIO_HOLE.start - 1));
+        assert!(!layout.is_ram(MMIO_HOLE.start));
+        assert!(!layout.is_ram(MMIO_HOLE.end() - 1));
+        assert!(layout.is_ram(MMIO_HOLE.end()));
+        assert_eq!(layout.regions()[1].end(), MMIO_HOLE.end() + 3 * GIB);
     }
 
     #[test]

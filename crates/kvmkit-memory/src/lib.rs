@@ -40,6 +40,7 @@ pub mod host;
 mod layout;
 mod ram;
 mod report;
+pub mod x86;
 
 pub use backing::Backing;
 pub use config::MemoryConfig;
@@ -47,6 +48,6 @@ pub use error::{Conflict, Error};
 #[cfg(feature = "test-utils")]
 pub use host::KsmScanning;
 pub use host::{HugePagePool, KsmCounters};
-pub use layout::{MemoryLayout, RegionSpec, X86_MMIO_HOLE_END, X86_MMIO_HOLE_START};
+pub use layout::{MemoryLayout, RegionSpec};
 pub use ram::{GuestMemory, GuestRam, RamRegion, DIRTY_PAGE_SIZE};
 pub use report::{MemoryReport, RegionReport, VmFlags};

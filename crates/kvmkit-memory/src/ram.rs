@@ -286,7 +286,7 @@ mod tests {
 
         let result = ram
             .memory()
-            .read_obj::<u32>(GuestAddress(crate::X86_MMIO_HOLE_START));
+            .read_obj::<u32>(GuestAddress(crate::x86::MMIO_HOLE.start));
 
         assert!(result.is_err());
     }

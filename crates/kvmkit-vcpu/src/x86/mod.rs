@@ -12,6 +12,4 @@ pub(crate) mod msrs;
 
 pub use cpuid::{shape as shape_cpuid, CpuTopology};
 pub use mode::enter as set_mode;
-pub use mode::{
-    CpuMode, GDT_ADDR, IDENTITY_MAPPED_BYTES, IDT_ADDR, PAGE_TABLES_ADDR, PAGE_TABLES_END,
-};
+pub use mode::{CpuMode, IDENTITY_MAPPED_BYTES};

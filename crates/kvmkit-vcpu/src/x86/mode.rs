@@ -9,26 +9,21 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
+use kvmkit_memory::x86::{GDT, IDT, PAGE_TABLES};
+
 use crate::Error;
 
-/// Guest-physical address of the GDT written for protected and long mode.
-pub const GDT_ADDR: u64 = 0x500;
-/// Guest-physical address of the (empty) IDT: any exception before the guest loads
-/// its own IDT escalates to a triple fault, which KVM reports as a shutdown.
-pub const IDT_ADDR: u64 = 0x520;
-/// Guest-physical address of the long-mode page tables (PML4, PDPT, then 4 PDs).
-pub const PAGE_TABLES_ADDR: u64 = 0x9000;
-/// First guest-physical address past the long-mode page tables.
-pub const PAGE_TABLES_END: u64 = PAGE_TABLES_ADDR + 6 * PAGE_SIZE;
 /// Bytes identity-mapped by the long-mode page tables (4 GiB in 2 MiB pages), so code
 /// can reach RAM and the 32-bit MMIO hole alike.
 pub const IDENTITY_MAPPED_BYTES: u64 = 4 << 30;
 
 const PAGE_SIZE: u64 = 0x1000;
-const PML4_ADDR: u64 = PAGE_TABLES_ADDR;
-const PDPT_ADDR: u64 = PAGE_TABLES_ADDR + PAGE_SIZE;
-const PD_ADDR: u64 = PAGE_TABLES_ADDR + 2 * PAGE_SIZE;
+const PML4_ADDR: u64 = PAGE_TABLES.start;
+const PDPT_ADDR: u64 = PAGE_TABLES.start + PAGE_SIZE;
+const PD_ADDR: u64 = PAGE_TABLES.start + 2 * PAGE_SIZE;
 const PD_COUNT: u64 = IDENTITY_MAPPED_BYTES >> 30;
+// The PML4, the PDPT and the page directories fill the map's page-table range.
+const _: () = assert!(PD_ADDR + PD_COUNT * PAGE_SIZE == PAGE_TABLES.end());
 
 const CODE_SELECTOR: u16 = 0x08;
 const DATA_SELECTOR: u16 = 0x10;
@@ -184,18 +179,18 @@ fn flat_segments(sregs: &mut kvm_sregs, long: bool) {
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.base = GDT.start;
     sregs.gdt.limit = 3 * 8 - 1;
-    sregs.idt.base = IDT_ADDR;
+    sregs.idt.base = IDT.start;
     sregs.idt.limit = 0;
 }
 
 fn write_gdt<M: GuestMemory + ?Sized>(memory: &M, entries: &[u64]) -> Result<(), Error> {
     for (index, entry) in entries.iter().enumerate() {
-        let addr = GDT_ADDR + 8 * index as u64;
+        let addr = GDT.start + 8 * index as u64;
         write_guest(memory, "GDT", addr, *entry)?;
     }
-    write_guest(memory, "IDT", IDT_ADDR, 0u64)
+    write_guest(memory, "IDT", IDT.start, 0u64)
 }
 
 /// PML4[0] -> PDPT; PDPT[i] -> PD i; PD i maps 1 GiB in 2 MiB pages.
