@@ -18,7 +18,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use kvmkit::guest_asm::{asm::*, programs, Bitness, GuestProgram};
+use kvmkit::guest_asm::{asm::*, programs, CpuMode, GuestProgram};
 use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::MachineBuilder;
 
@@ -28,7 +28,7 @@ const MAX_VCPUS: u32 = 64;
 
 /// Assembles the guest for `vcpus` vCPUs; each starts with its index in RDI.
 fn guest(vcpus: u32) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
-    GuestProgram::assemble(Bitness::Long64, LOAD_ADDR, |a| {
+    GuestProgram::assemble(CpuMode::Long, LOAD_ADDR, |a| {
         let mut turn = a.create_label();
         let mut greeting = a.create_label();
         let mut prefix = a.create_label();

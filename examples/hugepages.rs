@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::memory::MemoryConfig;
 use kvmkit::vcpu::{IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::MachineBuilder;
@@ -55,7 +55,7 @@ const OPTIONAL: [&str; 2] = ["hugetlb_1g", "hugetlbfs_2m"];
 
 /// Reads and writes back one byte of every 4 KiB page of `size` bytes, then halts.
 fn toucher(size: u64) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
-    GuestProgram::assemble(Bitness::Long64, LOAD_ADDR, |a| {
+    GuestProgram::assemble(CpuMode::Long, LOAD_ADDR, |a| {
         let mut next = a.create_label();
         a.xor(edi, edi)?;
         a.mov(rcx, size / 4096)?;

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::memory::{KsmCounters, KsmScanning, MemoryConfig};
 use kvmkit::vcpu::{IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::{MachineBuilder, RunningMachine};
@@ -33,7 +33,7 @@ const PAGE: u64 = 4096;
 
 /// Writes the same qword at the start of every page from FILL_START to `size`.
 fn filler(size: u64) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
-    GuestProgram::assemble(Bitness::Long64, LOAD_ADDR, |a| {
+    GuestProgram::assemble(CpuMode::Long, LOAD_ADDR, |a| {
         let mut next = a.create_label();
         a.mov(rdi, FILL_START)?;
         a.mov(rcx, (size - FILL_START) / PAGE)?;

@@ -49,14 +49,14 @@ mod virtio;
 
 pub use error::Error;
 pub use kvmkit_boot as boot;
-pub use kvmkit_boot::{BootImage, LinuxBoot};
+pub use kvmkit_boot::{BootImage, LinuxBoot, RawProgram};
 pub use kvmkit_devices as devices;
 #[cfg(feature = "guest-asm")]
 pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
 pub use kvmkit_virtio as virtio_devices;
-pub use machine::{BootedMachine, Machine, MachineBuilder, RawProgram, RunningMachine};
+pub use machine::{BootedMachine, Machine, MachineBuilder, RunningMachine};
 pub use placement::PlatformDevices;
 pub use platform::{Platform, PlatformConfig, PlatformIo};
 pub use run::VmOutcome;

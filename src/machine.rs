@@ -6,70 +6,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kvmkit_boot::{
-    load_program, BootEntry, BootError, BootImage, EntryMode, EntryProtocol, PhysicalLayout,
-};
+use kvmkit_boot::{BootEntry, BootImage, EntryProtocol, PhysicalLayout};
 use kvmkit_memory::x86::PAGE_TABLES;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{
     CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, Vcpu, VcpuHandle,
     VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm,
 };
-use vm_memory::GuestMemoryBackend;
 
 use crate::{Error, PlatformDevices};
-
-/// Machine code and where it runs: a [`BootImage`] every vCPU runs from its load
-/// address, vCPU n with n in `RDI` and its own 4 KiB stack below the program.
-///
-/// With the `guest-asm` feature, `kvmkit_guest_asm::GuestProgram` boots the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawProgram {
-    mode: CpuMode,
-    load_addr: u64,
-    bytes: Vec<u8>,
-}
-
-impl RawProgram {
-    /// `bytes` to run in `mode` from guest-physical `load_addr`.
-    pub fn new(mode: CpuMode, load_addr: u64, bytes: impl Into<Vec<u8>>) -> Self {
-        RawProgram {
-            mode,
-            load_addr,
-            bytes: bytes.into(),
-        }
-    }
-}
-
-impl BootImage for RawProgram {
-    fn load<M: GuestMemoryBackend>(
-        &self,
-        memory: &M,
-        _layout: &PhysicalLayout,
-        vcpus: u32,
-    ) -> Result<BootEntry, BootError> {
-        let mode = entry_mode(self.mode);
-        load_program(memory, mode, self.load_addr, &self.bytes, vcpus)
-    }
-}
-
-/// The boot crate's name for a CPU mode.
-fn entry_mode(mode: CpuMode) -> EntryMode {
-    match mode {
-        CpuMode::Real => EntryMode::Real,
-        CpuMode::Protected => EntryMode::Protected,
-        _ => EntryMode::Long,
-    }
-}
-
-/// The CPU mode of a boot crate's entry mode.
-fn cpu_mode(mode: EntryMode) -> CpuMode {
-    match mode {
-        EntryMode::Real => CpuMode::Real,
-        EntryMode::Protected => CpuMode::Protected,
-        _ => CpuMode::Long,
-    }
-}
 
 /// Builds a [`Machine`].
 #[derive(Debug, Clone)]
@@ -283,8 +228,7 @@ impl Machine {
         Ok(BootedMachine { machine: self })
     }
 
-    fn enter_program(&self, entry: &BootEntry, mode: EntryMode, stride: u64) -> Result<(), Error> {
-        let mode = cpu_mode(mode);
+    fn enter_program(&self, entry: &BootEntry, mode: CpuMode, stride: u64) -> Result<(), Error> {
         let stacks = self.vcpus.len() as u64 * stride;
         let stack_base = entry
             .stack_top

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvmkit::guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::{Error, MachineBuilder};
 
@@ -20,11 +20,11 @@ impl IoHandler for Indexes {
     }
 }
 
-fn report_rdi_then_halt(bitness: Bitness, load_addr: u64) -> GuestProgram {
+fn report_rdi_then_halt(bitness: CpuMode, load_addr: u64) -> GuestProgram {
     GuestProgram::assemble(bitness, load_addr, |a| {
         a.mov(dx, 0x80u32)?;
         match bitness {
-            Bitness::Real16 => a.mov(ax, di)?,
+            CpuMode::Real => a.mov(ax, di)?,
             _ => a.mov(eax, edi)?,
         }
         a.out(dx, al)?;
@@ -35,7 +35,7 @@ fn report_rdi_then_halt(bitness: Bitness, load_addr: u64) -> GuestProgram {
 
 #[test]
 fn every_vcpu_starts_at_the_program_with_its_index_in_rdi() {
-    let program = report_rdi_then_halt(Bitness::Long64, 0x10_0000);
+    let program = report_rdi_then_halt(CpuMode::Long, 0x10_0000);
     let machine = MachineBuilder::new()
         .memory_mib(8)
         .vcpus(3)
@@ -59,7 +59,7 @@ fn every_vcpu_starts_at_the_program_with_its_index_in_rdi() {
 
 #[test]
 fn real_mode_program_boots_through_the_builder() {
-    let program = report_rdi_then_halt(Bitness::Real16, 0x7c00);
+    let program = report_rdi_then_halt(CpuMode::Real, 0x7c00);
     let machine = MachineBuilder::new().memory_mib(2).build().unwrap();
     let seen = Arc::new(Indexes::default());
 
@@ -100,7 +100,7 @@ fn missing_kvm_device_surfaces_the_vcpu_crate_error() {
 
 #[test]
 fn long_mode_program_over_the_page_tables_is_refused_before_it_is_written() {
-    let program = report_rdi_then_halt(Bitness::Long64, 0x9000);
+    let program = report_rdi_then_halt(CpuMode::Long, 0x9000);
     let machine = MachineBuilder::new().memory_mib(2).build().unwrap();
 
     let error = machine.boot(&program).unwrap_err();
@@ -119,7 +119,7 @@ fn long_mode_program_over_the_page_tables_is_refused_before_it_is_written() {
 
 #[test]
 fn program_beyond_guest_ram_is_a_clear_error() {
-    let program = report_rdi_then_halt(Bitness::Long64, 64 << 20);
+    let program = report_rdi_then_halt(CpuMode::Long, 64 << 20);
     let machine = MachineBuilder::new().memory_mib(2).build().unwrap();
 
     let error = machine.boot(&program).unwrap_err();
@@ -132,7 +132,7 @@ fn program_beyond_guest_ram_is_a_clear_error() {
 
 #[test]
 fn stop_ends_every_vcpu_of_a_running_machine() {
-    let spin = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+    let spin = GuestProgram::assemble(CpuMode::Long, 0x10_0000, |a| {
         let mut top = a.create_label();
         a.set_label(&mut top)?;
         a.pause()?;
@@ -227,7 +227,7 @@ fn dropping_a_running_machine_stops_its_vcpus_before_guest_ram_goes() {
     use kvmkit::vcpu::ExitReason;
     // Each vCPU writes and checks its own words of RAM forever; any I/O exit, MMIO
     // exit, triple fault or KVM_RUN error would show in its exit counters.
-    let guest = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+    let guest = GuestProgram::assemble(CpuMode::Long, 0x10_0000, |a| {
         let mut top = a.create_label();
         let mut bad = a.create_label();
         a.mov(rsi, 0x20_0000u64)?;
@@ -286,7 +286,7 @@ fn dirty_pages_are_the_pages_the_guest_wrote_and_the_pages_devices_wrote() {
     use vm_memory::{Bytes, GuestAddress};
     const GUEST_PAGE: u64 = 0x40_0000;
     const DEVICE_PAGE: u64 = 0x50_0000;
-    let guest = GuestProgram::assemble(Bitness::Long64, 0x10_0000, |a| {
+    let guest = GuestProgram::assemble(CpuMode::Long, 0x10_0000, |a| {
         let mut idle = a.create_label();
         a.mov(rdi, GUEST_PAGE)?;
         a.mov(qword_ptr(rdi), 1i32)?;
@@ -346,7 +346,7 @@ impl kvmkit::BootImage for StacksBelowZero {
     ) -> Result<kvmkit::boot::BootEntry, kvmkit::boot::BootError> {
         Ok(kvmkit::boot::BootEntry {
             protocol: kvmkit::boot::EntryProtocol::Program {
-                mode: kvmkit::boot::EntryMode::Long,
+                mode: kvmkit::boot::CpuMode::Long,
                 stack_stride: 0x1000,
             },
             entry: 0x10_0000,

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvmkit::devices::{BusDevice, DateTime, SerialOutput, SharedBuffer, ShutdownReason, COM1_PORT};
-use kvmkit::guest_asm::{asm::*, programs, Bitness, GuestProgram};
+use kvmkit::guest_asm::{asm::*, programs, CpuMode, GuestProgram};
 use kvmkit::{MachineBuilder, Platform, PlatformConfig, VmOutcome};
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -19,7 +19,7 @@ const PROBE_PORT: u64 = 0x500;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn program(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestProgram {
-    GuestProgram::assemble(Bitness::Long64, LOAD_ADDR, write).unwrap()
+    GuestProgram::assemble(CpuMode::Long, LOAD_ADDR, write).unwrap()
 }
 
 fn test_config(output: &SharedBuffer) -> PlatformConfig {

@@ -4,8 +4,9 @@
 //! The guest-physical address map of an x86-64 VM, as typed ranges: one description
 //! from which the e820 map, the ACPI tables and the device windows are all derived.
 
-use crate::{BootError, LayoutError, LegacyDevices};
 use kvmkit_memory::x86;
+
+use crate::{BootError, LayoutError, LegacyDevices};
 
 /// What a range of guest-physical addresses is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,9 +16,13 @@
 //!   [acpi_tables](https://docs.rs/acpi_tables), so a kernel without an MP-table parser
 //!   or `virtio_mmio.device=` support finds its CPUs and virtio devices.
 //! - [`write_mp_table`]: the Intel MP table, for kernels booted with `acpi=off`.
+//! - [`BootImage`]: the seam a VMM boots through, implemented by [`LinuxBoot`] and by
+//!   [`RawProgram`] (machine code every vCPU runs in one [`CpuMode`]).
+//! - [`x86`]: the fixed guest-physical addresses all of this writes to.
 
 mod acpi;
 mod error;
+mod image;
 mod layout;
 mod linux;
 mod mptable;
@@ -26,12 +30,12 @@ mod program;
 
 pub use acpi::{write_acpi_tables, LegacyDevices, MAX_VCPUS, S5_SLEEP_TYPE};
 pub use error::{BootError, BootFile, BootStructure, LayoutError};
+pub use image::{BootEntry, BootImage, EntryProtocol};
 pub use kvmkit_memory::x86;
+pub use kvmkit_memory::x86::CpuMode;
 pub use layout::{
     AddressRange, DeviceKind, E820Entry, PhysicalLayout, RangeKind, E820_RAM, E820_RESERVED,
 };
-pub use linux::{
-    detect_format, BootEntry, BootImage, EntryMode, EntryProtocol, KernelFormat, LinuxBoot,
-};
+pub use linux::{detect_format, KernelFormat, LinuxBoot};
 pub use mptable::write_mp_table;
-pub use program::{load_program, PROGRAM_STACK_PER_VCPU};
+pub use program::{load_program, RawProgram, PROGRAM_STACK_PER_VCPU};

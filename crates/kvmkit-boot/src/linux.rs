@@ -4,11 +4,11 @@
 //! Loading a Linux kernel, its initrd and command line, and writing what its boot
 //! protocol hands it: the zero page (64-bit boot protocol) or `hvm_start_info` (PVH).
 
-use kvmkit_memory::x86;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use kvmkit_memory::x86;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::layout::PhysicalLayout;
 use crate::{write_acpi_tables, write_mp_table, BootError, BootFile, BootStructure, LayoutError};
+use crate::{BootEntry, BootImage, EntryProtocol};
 
 /// The oldest boot protocol with the 64-bit entry point (`xloadflags`): 2.12.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
@@ -50,68 +51,6 @@ const PVH_MAGIC: u32 = 0x336e_c578;
 const DEFAULT_KERNEL_ALIGNMENT: u32 = 0x20_0000;
 /// The most e820 entries a zero page holds.
 const E820_MAX: usize = 128;
-
-/// How a kernel is entered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EntryProtocol {
-    /// The 64-bit boot protocol: long mode with identity-mapped paging, `RSI` holding
-    /// the zero page's address.
-    Linux64 {
-        /// Guest-physical address of `boot_params`.
-        zero_page: u64,
-    },
-    /// PVH: 32-bit protected mode without paging, `EBX` holding the start info's
-    /// address.
-    Pvh {
-        /// Guest-physical address of `hvm_start_info`.
-        start_info: u64,
-    },
-    /// A program run by every vCPU from the same entry point in `mode`: vCPU n starts
-    /// with n in `RDI` and its stack `n * stack_stride` bytes below `stack_top`.
-    Program {
-        /// The CPU mode.
-        mode: EntryMode,
-        /// Bytes of stack each vCPU gets.
-        stack_stride: u64,
-    },
-}
-
-/// The CPU mode a program is entered in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EntryMode {
-    /// 16-bit real mode.
-    Real,
-    /// 32-bit flat protected mode without paging.
-    Protected,
-    /// 64-bit long mode with identity-mapped paging.
-    Long,
-}
-
-/// Anything a VMM can boot: it writes itself (and whatever its boot protocol needs)
-/// into guest memory, and says how the vCPUs enter it.
-pub trait BootImage {
-    /// Loads into `memory`, laid out as `layout`, for `vcpus` vCPUs.
-    fn load<M: GuestMemoryBackend>(
-        &self,
-        memory: &M,
-        layout: &PhysicalLayout,
-        vcpus: u32,
-    ) -> Result<BootEntry, BootError>;
-}
-
-/// Where and how the vCPUs enter the guest. For a kernel, only the boot vCPU does; the
-/// others wait for the kernel's INIT and startup IPIs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BootEntry {
-    /// The boot protocol and its register argument.
-    pub protocol: EntryProtocol,
-    /// The entry point's guest-physical address.
-    pub entry: u64,
-    /// The (boot) vCPU's stack pointer.
-    pub stack_top: u64,
-}
 
 /// The kernel image formats [`LinuxBoot`] loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,13 +6,13 @@
 
 mod common;
 
-use kvmkit_boot::x86;
 use std::ptr::NonNull;
 
 use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use common::{memory, Memory, RAM};
+use kvmkit_boot::x86;
 use kvmkit_boot::{write_acpi_tables, write_mp_table, DeviceKind, LegacyDevices, PhysicalLayout};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 

@@ -33,7 +33,7 @@ use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
 use kvmkit::PlatformIo;
 use kvmkit_devices::{AddressSpace, Bus, BusDevice, VmShutdown};
-use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_guest_asm::{asm::*, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{
     CpuMode, EventFd, ExitCounts, Hypervisor, IoAccess, IoAction, IoEventAddress, IoHandler,
@@ -130,7 +130,7 @@ impl ExitClass {
 
     /// The guest that causes this exit forever.
     fn program(self) -> GuestProgram {
-        let assembled = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+        let assembled = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
             let mut top = a.create_label();
             match self {
                 ExitClass::PioWrite | ExitClass::PioRead | ExitClass::PioWriteDevice => {
@@ -393,7 +393,7 @@ impl LatencyVm {
         let program = class.program();
         kvmkit::boot::load_program(
             ram.memory(),
-            program.entry_mode(),
+            program.mode(),
             program.load_addr(),
             program.bytes(),
             1,
@@ -677,7 +677,7 @@ mod tests {
     fn every_class_guest_assembles_in_long_mode() {
         for class in ExitClass::ALL {
             let program = class.program();
-            assert_eq!(program.bitness(), Bitness::Long64, "{class}");
+            assert_eq!(program.mode(), CpuMode::Long, "{class}");
             assert!(!program.bytes().is_empty(), "{class}");
         }
     }

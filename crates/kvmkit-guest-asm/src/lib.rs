@@ -9,13 +9,13 @@
 //! them as hand-written opcode bytes makes them unreadable and unreviewable; this crate
 //! lets them be written as assembly with [`iced_x86`]'s code assembler and turns them
 //! into a [`GuestProgram`]: the bytes, the guest-physical address they were assembled
-//! for, and the CPU mode they expect.
+//! for, and the CPU mode they expect, which boots as a [`RawProgram`] does.
 //!
 //! ```
-//! use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+//! use kvmkit_guest_asm::{asm::*, CpuMode, GuestProgram};
 //!
 //! // Write 'A' to port 0x3f8, then halt.
-//! let program = GuestProgram::assemble(Bitness::Long64, 0x1000, |a| {
+//! let program = GuestProgram::assemble(CpuMode::Long, 0x1000, |a| {
 //!     a.mov(dx, 0x3f8u32)?;
 //!     a.mov(al, b'A' as u32)?;
 //!     a.out(dx, al)?;
@@ -31,7 +31,8 @@ pub mod programs;
 
 use iced_x86::code_asm::CodeAssembler;
 use iced_x86::IcedError;
-use kvmkit_boot::{load_program, BootEntry, BootError, BootImage, EntryMode, PhysicalLayout};
+pub use kvmkit_boot::CpuMode;
+use kvmkit_boot::{BootEntry, BootError, BootImage, PhysicalLayout, RawProgram};
 use vm_memory::GuestMemoryBackend;
 
 /// The code assembler and its register names, re-exported so a guest program can be
@@ -41,25 +42,12 @@ pub mod asm {
     pub use iced_x86::IcedError;
 }
 
-/// The operand size a program is assembled for, which is the CPU mode it must run in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Bitness {
-    /// 16-bit code for real mode.
-    Real16,
-    /// 32-bit code for flat protected mode.
-    Protected32,
-    /// 64-bit code for long mode.
-    Long64,
-}
-
-impl Bitness {
-    /// The number of bits, as the assembler takes it.
-    pub fn bits(self) -> u32 {
-        match self {
-            Bitness::Real16 => 16,
-            Bitness::Protected32 => 32,
-            Bitness::Long64 => 64,
-        }
+/// The operand size, in bits, of code for `mode`, as the assembler takes it.
+fn bits(mode: CpuMode) -> u32 {
+    match mode {
+        CpuMode::Real => 16,
+        CpuMode::Protected => 32,
+        CpuMode::Long => 64,
     }
 }
 
@@ -68,10 +56,10 @@ impl Bitness {
 #[non_exhaustive]
 pub enum Error {
     /// The program's source did not assemble (bad operand, unbound label, ...).
-    #[error("guest program for {bitness:?} at {load_addr:#x} does not assemble: {source}")]
+    #[error("guest program for {mode:?} mode at {load_addr:#x} does not assemble: {source}")]
     Assemble {
         /// The mode the program was written for.
-        bitness: Bitness,
+        mode: CpuMode,
         /// The address it was assembled at.
         load_addr: u64,
         /// The assembler's error.
@@ -83,90 +71,78 @@ pub enum Error {
     RealModeAddress(u64),
 }
 
-/// Assembled guest code, ready to copy into guest memory.
+/// Assembled guest code, ready to copy into guest memory: a [`RawProgram`] made from
+/// readable assembly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestProgram {
-    bitness: Bitness,
-    load_addr: u64,
-    bytes: Vec<u8>,
+    program: RawProgram,
 }
 
 impl GuestProgram {
     /// Assembles the instructions that `write` emits, for code placed at the
-    /// guest-physical address `load_addr` (which is also its entry point).
+    /// guest-physical address `load_addr` (which is also its entry point) and run in
+    /// `mode`.
     ///
-    /// `write` receives a fresh assembler of the right bitness and returns the
+    /// `write` receives a fresh assembler of the mode's operand size and returns the
     /// assembler's own errors with `?`.
-    pub fn assemble<F>(bitness: Bitness, load_addr: u64, write: F) -> Result<Self, Error>
+    pub fn assemble<F>(mode: CpuMode, load_addr: u64, write: F) -> Result<Self, Error>
     where
         F: FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
     {
-        if bitness == Bitness::Real16 && load_addr >= 0x10_0000 {
+        if mode == CpuMode::Real && load_addr >= 0x10_0000 {
             return Err(Error::RealModeAddress(load_addr));
         }
         let assemble = || -> Result<Vec<u8>, IcedError> {
-            let mut assembler = CodeAssembler::new(bitness.bits())?;
+            let mut assembler = CodeAssembler::new(bits(mode))?;
             write(&mut assembler)?;
             assembler.assemble(load_addr)
         };
         let bytes = assemble().map_err(|source| Error::Assemble {
-            bitness,
+            mode,
             load_addr,
             source,
         })?;
         Ok(GuestProgram {
-            bitness,
-            load_addr,
-            bytes,
+            program: RawProgram::new(mode, load_addr, bytes),
         })
     }
 
     /// The mode the program was assembled for.
-    pub fn bitness(&self) -> Bitness {
-        self.bitness
+    pub fn mode(&self) -> CpuMode {
+        self.program.mode()
     }
 
     /// The guest-physical address to copy the program to; execution starts there.
     pub fn load_addr(&self) -> u64 {
-        self.load_addr
+        self.program.load_addr()
     }
 
     /// The machine code.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// The CPU mode the program runs in.
-    pub fn entry_mode(&self) -> EntryMode {
-        match self.bitness {
-            Bitness::Real16 => EntryMode::Real,
-            Bitness::Protected32 => EntryMode::Protected,
-            Bitness::Long64 => EntryMode::Long,
-        }
+        self.program.bytes()
     }
 
     /// The first guest-physical address past the program.
     pub fn end_addr(&self) -> u64 {
-        self.load_addr + self.bytes.len() as u64
+        self.program.end_addr()
+    }
+
+    /// The program, to boot or copy.
+    pub fn raw(&self) -> &RawProgram {
+        &self.program
     }
 }
 
-/// A program boots as every vCPU running it from its load address, vCPU n with n in
-/// `RDI` and its own stack below the program.
+/// A program boots as its [`RawProgram`] does: every vCPU runs it from its load
+/// address, vCPU n with n in `RDI` and its own stack below the program.
 impl BootImage for GuestProgram {
     fn load<M: GuestMemoryBackend>(
         &self,
         memory: &M,
-        _layout: &PhysicalLayout,
+        layout: &PhysicalLayout,
         vcpus: u32,
     ) -> Result<BootEntry, BootError> {
-        load_program(
-            memory,
-            self.entry_mode(),
-            self.load_addr,
-            &self.bytes,
-            vcpus,
-        )
+        self.program.load(memory, layout, vcpus)
     }
 }
 
@@ -177,7 +153,7 @@ mod tests {
 
     #[test]
     fn real_mode_program_encodes_16_bit_operands() {
-        let program = GuestProgram::assemble(Bitness::Real16, 0x7c00, |a| {
+        let program = GuestProgram::assemble(CpuMode::Real, 0x7c00, |a| {
             a.mov(ax, 0x1234u32)?;
             a.hlt()
         })
@@ -190,7 +166,7 @@ mod tests {
 
     #[test]
     fn labels_resolve_against_the_load_address() {
-        let program = GuestProgram::assemble(Bitness::Long64, 0x2000, |a| {
+        let program = GuestProgram::assemble(CpuMode::Long, 0x2000, |a| {
             let mut data = a.create_label();
             a.lea(rax, ptr(data))?;
             a.hlt()?;
@@ -205,14 +181,14 @@ mod tests {
 
     #[test]
     fn register_of_another_mode_is_an_assembly_error() {
-        let result = GuestProgram::assemble(Bitness::Protected32, 0x1000, |a| a.inc(rax));
+        let result = GuestProgram::assemble(CpuMode::Protected, 0x1000, |a| a.inc(rax));
 
         assert!(matches!(result, Err(Error::Assemble { .. })));
     }
 
     #[test]
     fn real_mode_program_above_one_megabyte_is_refused() {
-        let result = GuestProgram::assemble(Bitness::Real16, 0x10_0000, |a| a.hlt());
+        let result = GuestProgram::assemble(CpuMode::Real, 0x10_0000, |a| a.hlt());
 
         assert!(matches!(result, Err(Error::RealModeAddress(0x10_0000))));
     }

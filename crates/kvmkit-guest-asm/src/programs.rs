@@ -4,7 +4,7 @@
 //! Ready-made guests that more than one test, example or benchmark runs.
 
 use crate::asm::*;
-use crate::{Bitness, Error, GuestProgram};
+use crate::{CpuMode, Error, GuestProgram};
 
 /// The port of the first serial port (COM1).
 pub const COM1: u32 = 0x3f8;
@@ -42,7 +42,7 @@ pub fn emit_print_routine(
 /// Other vCPUs started at the same entry (RDI = their index, as
 /// `kvmkit::MachineBuilder` sets) halt with interrupts off.
 pub fn serial_echo(load_addr: u64) -> Result<GuestProgram, Error> {
-    GuestProgram::assemble(Bitness::Long64, load_addr, |a| {
+    GuestProgram::assemble(CpuMode::Long, load_addr, |a| {
         let mut idt = a.create_label();
         let mut idtr = a.create_label();
         let mut handler = a.create_label();
@@ -175,7 +175,7 @@ pub fn virtio_driver(
     assert!(requests
         .iter()
         .all(|r| !r.buffers.is_empty() && r.buffers.len() <= QUEUE_SIZE as usize));
-    GuestProgram::assemble(Bitness::Long64, load_addr, |a| {
+    GuestProgram::assemble(CpuMode::Long, load_addr, |a| {
         let mut idt = a.create_label();
         let mut idtr = a.create_label();
         let mut handler = a.create_label();
@@ -389,7 +389,7 @@ mod tests {
     fn serial_echo_assembles_with_its_idt_after_the_code() {
         let program = serial_echo(0x10_0000).unwrap();
 
-        assert_eq!(program.bitness(), Bitness::Long64);
+        assert_eq!(program.mode(), CpuMode::Long);
         // The IDT (256 16-byte gates) ends the program.
         assert!(program.bytes().len() > 256 * 16);
         assert!(program.bytes().windows(7).any(|w| w == b"ready\n\0"));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Recorder, TestVm, CODE_ADDR, MMIO_ADDR};
-use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_guest_asm::{asm::*, GuestProgram};
 use kvmkit_vcpu::{CpuMode, Error, IoKind, VcpuExit};
 
 const RESULT_PORT: u16 = 0x500;
@@ -22,7 +22,7 @@ fn written_to(recorder: &Recorder, port: u16) -> Vec<Vec<u8>> {
 
 #[test]
 fn real_mode_guest_sums_one_to_hundred() {
-    let program = GuestProgram::assemble(Bitness::Real16, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Real, CODE_ADDR, |a| {
         let mut top = a.create_label();
         a.xor(ax, ax)?;
         a.mov(cx, 100u32)?;
@@ -48,7 +48,7 @@ fn real_mode_guest_sums_one_to_hundred() {
 
 #[test]
 fn real_mode_entry_above_64k_runs_with_a_based_code_segment() {
-    let program = GuestProgram::assemble(Bitness::Real16, 0x2_3000, |a| {
+    let program = GuestProgram::assemble(CpuMode::Real, 0x2_3000, |a| {
         a.mov(ax, 0x4242u32)?;
         a.mov(dx, u32::from(RESULT_PORT))?;
         a.out(dx, ax)?;
@@ -64,7 +64,7 @@ fn real_mode_entry_above_64k_runs_with_a_based_code_segment() {
 
 #[test]
 fn protected_mode_guest_computes_factorial_with_32_bit_registers() {
-    let program = GuestProgram::assemble(Bitness::Protected32, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Protected, CODE_ADDR, |a| {
         let mut top = a.create_label();
         a.mov(eax, 1u32)?;
         a.mov(ecx, 12u32)?;
@@ -88,7 +88,7 @@ fn protected_mode_guest_computes_factorial_with_32_bit_registers() {
 
 #[test]
 fn protected_mode_guest_reaches_memory_above_one_megabyte() {
-    let program = GuestProgram::assemble(Bitness::Protected32, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Protected, CODE_ADDR, |a| {
         a.mov(dword_ptr(0x30_0000), 0xfeed_f00du32)?;
         a.mov(eax, dword_ptr(0x30_0000))?;
         a.mov(dx, u32::from(RESULT_PORT))?;
@@ -109,7 +109,7 @@ fn protected_mode_guest_reaches_memory_above_one_megabyte() {
 #[test]
 fn long_mode_guest_computes_fibonacci_with_64_bit_registers() {
     // fib(90) = 2880067194370816120 needs 62 bits.
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         let mut top = a.create_label();
         a.xor(rax, rax)?;
         a.mov(rbx, 1u64)?;
@@ -140,7 +140,7 @@ fn long_mode_guest_computes_fibonacci_with_64_bit_registers() {
 fn long_mode_identity_map_reaches_ram_above_two_gigabytes() {
     // 3 GiB of RAM: the page at 2.5 GiB is RAM and must be mapped 1:1.
     let addr = 0xa000_0000u64;
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         a.mov(rdi, addr)?;
         a.mov(rax, 0x1122_3344_5566_7788u64)?;
         a.mov(qword_ptr(rdi), rax)?;
@@ -211,5 +211,5 @@ fn in_kernel_pit_answers_port_reads_without_exits() {
 }
 
 fn long_mode(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestProgram {
-    GuestProgram::assemble(Bitness::Long64, CODE_ADDR, write).unwrap()
+    GuestProgram::assemble(CpuMode::Long, CODE_ADDR, write).unwrap()
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Recorder, CODE_ADDR, STACK_TOP};
-use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_guest_asm::{asm::*, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout, RegionSpec};
 use kvmkit_vcpu::{CpuMode, Error, Hypervisor, Memslot, MemslotOptions, VcpuExit, Vm};
 use vm_memory::{Bytes, GuestAddress};
@@ -18,7 +18,7 @@ const DATA: u64 = 16 * MIB;
 #[test]
 fn exactly_the_pages_the_guest_writes_are_dirty_and_reading_clears_the_log() {
     let written = [DATA, DATA + 0x5000, DATA + 0x5008, DATA + 8 * MIB - 8];
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         a.mov(rax, 0x1234u64)?;
         for addr in written {
             a.mov(rdi, addr)?;

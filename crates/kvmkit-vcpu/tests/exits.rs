@@ -6,11 +6,11 @@
 mod common;
 
 use common::{Recorder, Seen, TestVm, CODE_ADDR, MMIO_ADDR};
-use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit_vcpu::{Error, ExitReason, IoAccess, IoAction, IoHandler, IoKind, VcpuExit};
 
 fn long_mode(write: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestProgram {
-    GuestProgram::assemble(Bitness::Long64, CODE_ADDR, write).unwrap()
+    GuestProgram::assemble(CpuMode::Long, CODE_ADDR, write).unwrap()
 }
 
 fn seen(kind: IoKind, addr: u64, data: &[u8]) -> Seen {

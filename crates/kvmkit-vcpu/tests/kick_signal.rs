@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Recorder, TestVm, CODE_ADDR, STACK_TOP};
-use kvmkit_guest_asm::{Bitness, GuestProgram};
+use kvmkit_guest_asm::{CpuMode, GuestProgram};
 use kvmkit_vcpu::{kick_signal, Error, VcpuThread, VcpuThreadConfig};
 
 extern "C" fn someone_elses_handler(_: libc::c_int) {}
@@ -25,7 +25,7 @@ fn spawning_refuses_to_replace_a_foreign_kick_signal_handler() {
         )
     };
     let vm = TestVm::new(4);
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| a.hlt()).unwrap();
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| a.hlt()).unwrap();
     vm.load(&program);
     let vcpu = vm.vcpu_at(0, &program, STACK_TOP);
 

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Recorder, CODE_ADDR, STACK_TOP};
-use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_guest_asm::{asm::*, GuestProgram};
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout, RegionSpec};
 use kvmkit_vcpu::{CpuMode, Error, Hypervisor, IoKind, VcpuExit, Vm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -49,7 +49,7 @@ fn a_registration_refused_halfway_leaves_no_slot_behind() {
 
 #[test]
 fn guest_memory_stays_mapped_while_a_vcpu_lives_after_the_owner_and_the_vm_are_dropped() {
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         a.mov(rdi, 0x20_0000u64)?;
         a.mov(eax, dword_ptr(rdi))?;
         a.mov(dx, 0x80u32)?;

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Recorder, TestVm, CODE_ADDR, STACK_TOP};
-use kvmkit_guest_asm::{asm::*, Bitness, GuestProgram};
+use kvmkit_guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit_vcpu::{
     Error, ExitReason, IoAction, IoHandler, VcpuExit, VcpuHandle, VcpuOutcome, VcpuThread,
     VcpuThreadConfig,
@@ -34,7 +34,7 @@ fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
 
 /// Increments the qword at [rdi] forever, never exiting.
 fn spinner() -> GuestProgram {
-    GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         let mut top = a.create_label();
         a.set_label(&mut top)?;
         a.inc(qword_ptr(rdi))?;
@@ -63,7 +63,7 @@ fn start(vm: &TestVm, id: u32, program: &GuestProgram, handler: Arc<Recorder>) -
 fn two_vcpus_run_at_the_same_time() {
     // Each vCPU raises its own flag, then waits for the other's: only vCPUs that run
     // concurrently (and share guest memory) get past the wait.
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         let mut wait = a.create_label();
         a.mov(qword_ptr(rdi), 1i32)?;
         a.set_label(&mut wait)?;
@@ -148,7 +148,7 @@ fn kick_makes_a_spinning_vcpu_exit_once_and_run_on() {
 #[test]
 fn stop_ends_a_vcpu_halted_inside_the_kernel() {
     // With the in-kernel irqchip, hlt blocks inside KVM_RUN instead of exiting.
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         a.cli()?;
         a.mov(qword_ptr(rdi), 1i32)?;
         a.hlt()
@@ -168,7 +168,7 @@ fn stop_ends_a_vcpu_halted_inside_the_kernel() {
 
 #[test]
 fn guest_exit_ends_the_thread_with_that_exit() {
-    let program = GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| a.hlt()).unwrap();
+    let program = GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| a.hlt()).unwrap();
     let vm = TestVm::new(4);
     vm.load(&program);
 
@@ -204,7 +204,7 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 fn port_write_then_halt() -> GuestProgram {
-    GuestProgram::assemble(Bitness::Long64, CODE_ADDR, |a| {
+    GuestProgram::assemble(CpuMode::Long, CODE_ADDR, |a| {
         a.mov(dx, 0x80u32)?;
         a.out(dx, al)?;
         a.hlt()

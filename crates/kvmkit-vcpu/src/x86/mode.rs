@@ -9,6 +9,7 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
+pub use kvmkit_memory::x86::CpuMode;
 use kvmkit_memory::x86::{GDT, IDT, PAGE_TABLES};
 
 use crate::Error;
@@ -41,18 +42,6 @@ const PTE_HUGE: u64 = 1 << 7;
 
 /// RFLAGS bit 1 is reserved and always set.
 const RFLAGS_RESERVED: u64 = 1 << 1;
-
-/// The CPU mode a vCPU starts the guest in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CpuMode {
-    /// 16-bit real mode, segments based so that the entry point is reachable.
-    Real,
-    /// 32-bit protected mode with flat 4 GiB code and data segments, no paging.
-    Protected,
-    /// 64-bit long mode with the first [`IDENTITY_MAPPED_BYTES`] identity-mapped.
-    Long,
-}
 
 /// Sets the segment, control and general registers of `fd` for `mode`, writing the
 /// GDT and page tables the mode needs into `memory`: what [`Vcpu::enter_mode`] does,

@@ -7,9 +7,9 @@
 
 use std::sync::Mutex;
 
-use kvmkit_guest_asm::{Bitness, GuestProgram};
+use kvmkit_guest_asm::GuestProgram;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
-use kvmkit_vcpu::{CpuMode, Hypervisor, IoAction, IoHandler, IoKind, Vcpu, Vm};
+use kvmkit_vcpu::{Hypervisor, IoAction, IoHandler, IoKind, Vcpu, Vm};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Where test programs are loaded and where their stack starts.
@@ -45,7 +45,7 @@ impl TestVm {
         let vcpu = self.vm.create_vcpu(id).unwrap();
         vcpu.enter_mode(
             self.ram.memory(),
-            mode_of(program.bitness()),
+            program.mode(),
             program.load_addr(),
             stack_top,
         )
@@ -59,14 +59,6 @@ impl TestVm {
         vm.load(program);
         let vcpu = vm.vcpu_at(0, program, STACK_TOP);
         (vm, vcpu)
-    }
-}
-
-pub fn mode_of(bitness: Bitness) -> CpuMode {
-    match bitness {
-        Bitness::Real16 => CpuMode::Real,
-        Bitness::Protected32 => CpuMode::Protected,
-        Bitness::Long64 => CpuMode::Long,
     }
 }
 
