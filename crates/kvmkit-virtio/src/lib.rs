@@ -22,6 +22,7 @@
 //! `DEVICE_NEEDS_RESET`, counts it, and the VMM goes on serving everything else.
 
 mod block;
+mod chain;
 mod console;
 mod device;
 mod interrupt;

@@ -18,7 +18,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, VolatileSlice};
 
-use crate::queue::{Buffer, Chain, ChainError};
+use crate::chain::{Buffer, Chain, ChainError};
 use crate::GuestMemory;
 
 /// Bytes of one descriptor in the table.
@@ -191,5 +191,165 @@ impl<'m> Ring<'m> {
     pub(crate) fn finish(&self, queue: &mut Queue) {
         queue.set_next_avail(self.next_avail);
         queue.set_next_used(self.next_used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+
+    const RAM: u64 = 0x10_0000;
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    }
+
+    /// Puts `descs` in a fresh 16-entry queue at 0x8000, offers chain head 0, and
+    /// walks it as a device does.
+    fn first_chain(memory: &GuestMemory, descs: &[RawDescriptor]) -> Result<Chain, ChainError> {
+        let mock = MockSplitQueue::create(memory, GuestAddress(0x8000), 16);
+        for (index, descriptor) in descs.iter().enumerate() {
+            mock.desc_table().store(index as u16, *descriptor).unwrap();
+        }
+        mock.avail().ring().ref_at(0).unwrap().store(0);
+        mock.avail().idx().store(1);
+        let queue: Queue = mock.create_queue().unwrap();
+        let mut ring = Ring::new(&queue, memory).unwrap();
+        assert_eq!(ring.pending(), Ok(1));
+        let mut chain = Chain::default();
+        let (head, result) = ring.take(&mut chain);
+        assert_eq!(head, 0);
+        result.map(|()| chain)
+    }
+
+    #[test]
+    fn a_well_formed_chain_splits_into_readable_then_writable_buffers() {
+        let memory = memory();
+
+        let chain = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT, 1),
+                desc(0x2000, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2),
+                desc(0x3000, 1, VRING_DESC_F_WRITE, 0),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(chain.readable.len(), 1);
+        assert_eq!(chain.writable.len(), 2);
+        assert_eq!(chain.writable[1].len, 1);
+    }
+
+    #[test]
+    fn a_descriptor_loop_is_refused_as_truncated() {
+        let memory = memory();
+
+        let looped = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT, 1),
+                desc(0x2000, 16, VRING_DESC_F_NEXT, 0),
+            ],
+        );
+
+        assert_eq!(looped, Err(ChainError::Truncated));
+    }
+
+    #[test]
+    fn a_next_index_past_the_table_is_refused_as_truncated() {
+        let memory = memory();
+
+        let result = first_chain(&memory, &[desc(0x1000, 16, VRING_DESC_F_NEXT, 40)]);
+
+        assert_eq!(result, Err(ChainError::Truncated));
+    }
+
+    #[test]
+    fn buffers_outside_ram_or_wrapping_are_refused() {
+        let memory = memory();
+
+        let outside = first_chain(&memory, &[desc(RAM - 8, 16, 0, 0)]);
+        let wrapping = first_chain(&memory, &[desc(u64::MAX - 4, 16, 0, 0)]);
+
+        assert!(matches!(outside, Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(wrapping, Err(ChainError::OutOfMemory { .. })));
+    }
+
+    #[test]
+    fn a_readable_buffer_after_a_writable_one_is_refused() {
+        let memory = memory();
+
+        let result = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 1),
+                desc(0x2000, 16, 0, 0),
+            ],
+        );
+
+        assert_eq!(result, Err(ChainError::ReadableAfterWritable));
+    }
+
+    #[test]
+    fn lengths_adding_up_past_4_gib_are_refused() {
+        // 3 GiB more at 4 GiB (mapped, never touched), for two 2 GiB buffers in RAM.
+        let high = 1u64 << 32;
+        let memory = GuestMemory::from_ranges(&[
+            (GuestAddress(0), RAM as usize),
+            (GuestAddress(high), 3 << 30),
+        ])
+        .unwrap();
+
+        let result = first_chain(
+            &memory,
+            &[
+                desc(high, 1 << 31, VRING_DESC_F_NEXT, 1),
+                desc(high + (1 << 31), 1 << 31, 0, 0),
+            ],
+        );
+
+        assert_eq!(result, Err(ChainError::Truncated));
+    }
+
+    #[test]
+    fn indirect_tables_well_formed_or_not_are_refused_without_the_feature() {
+        let memory = memory();
+        // A well-formed indirect table at 0x4000 holding one readable buffer.
+        Bytes::write_obj(&memory, desc(0x1000, 16, 0, 0), GuestAddress(0x4000)).unwrap();
+
+        let well_formed = first_chain(&memory, &[desc(0x4000, 16, VRING_DESC_F_INDIRECT, 0)]);
+        let misaligned = first_chain(&memory, &[desc(0x4000, 15, VRING_DESC_F_INDIRECT, 0)]);
+        let outside = first_chain(&memory, &[desc(RAM + 0x1000, 16, VRING_DESC_F_INDIRECT, 0)]);
+        let after_a_buffer = first_chain(
+            &memory,
+            &[
+                desc(0x1000, 16, VRING_DESC_F_NEXT, 1),
+                desc(0x4000, 16, VRING_DESC_F_INDIRECT, 0),
+            ],
+        );
+
+        for result in [well_formed, misaligned, outside, after_a_buffer] {
+            assert_eq!(result, Err(ChainError::Truncated));
+        }
+    }
+
+    #[test]
+    fn an_available_index_past_the_queue_size_is_a_broken_ring() {
+        let memory = memory();
+        let mock = MockSplitQueue::create(&memory, GuestAddress(0x8000), 16);
+        mock.avail().idx().store(17);
+        let queue: Queue = mock.create_queue().unwrap();
+
+        let ring = Ring::new(&queue, &memory).unwrap();
+
+        assert_eq!(ring.pending(), Err(RingError::AvailIndexJump(17)));
     }
 }
