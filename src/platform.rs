@@ -18,7 +18,7 @@ use kvmkit_devices::{
     DEBUG_EXIT_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET,
     SERIAL_PORT_LEN,
 };
-use kvmkit_devices::{ConsoleInput, ConsoleOutput};
+use kvmkit_devices::{ConsoleInput, ConsoleOutput, EventSources};
 use kvmkit_vcpu::{IoAction, IoHandler, Vm};
 use kvmkit_virtio::{
     Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
@@ -274,11 +274,12 @@ impl Platform {
         let irq = *VIRTIO_IRQS.get(index).ok_or(Error::TooManyVirtioDevices {
             max: VIRTIO_IRQS.len(),
         })?;
-        let events = self
-            .event_loop
-            .as_ref()
-            .ok_or(Error::PlatformRunning)?
-            .handle();
+        let events: Arc<dyn EventSources> = Arc::new(
+            self.event_loop
+                .as_ref()
+                .ok_or(Error::PlatformRunning)?
+                .handle(),
+        );
         let slot = VirtioMmioSlot {
             base: VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW,
             size: MMIO_WINDOW,

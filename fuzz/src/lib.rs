@@ -269,7 +269,7 @@ impl VirtioRig {
             0xd000_0000,
             Arc::clone(&memory),
             interrupt,
-            event_loop.handle(),
+            Arc::new(event_loop.handle()),
             Arc::new(NoShortcut),
         );
         VirtioRig {

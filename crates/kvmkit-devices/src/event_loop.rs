@@ -40,7 +40,8 @@ pub enum LoopEnd {
     Stopped,
 }
 
-type Handler = Box<dyn FnMut() -> Flow + Send>;
+/// A source's handler, run on the I/O thread.
+pub type Handler = Box<dyn FnMut() -> Flow + Send>;
 
 struct Source {
     fd: RawFd,
@@ -71,6 +72,32 @@ pub struct EventLoop {
     handle: LoopHandle,
 }
 
+/// Where a device adds the event sources it serves from, without knowing whose event
+/// loop runs them: [`LoopHandle`] adds them to an [`EventLoop`]; another VMM
+/// implements it on its own loop (an `event-manager`, a tokio reactor, a test that
+/// polls by hand).
+///
+/// The loop runs `handler` on its I/O thread whenever `fd` is readable (or hangs up),
+/// until the handler returns [`Flow::Remove`]; it keeps its own duplicate of `fd`.
+pub trait EventSources: Send + Sync {
+    /// Watches `fd`.
+    fn add(&self, fd: BorrowedFd<'_>, handler: Handler) -> io::Result<()>;
+    /// Watches `fd` with a handler that may return [`Flow::Pause`]: the loop then
+    /// stops watching `fd` until `wake` is signalled (reading `wake` itself), runs
+    /// the handler at once and watches `fd` again.
+    fn add_pausable(&self, fd: BorrowedFd<'_>, wake: &EventFd, handler: Handler) -> io::Result<()>;
+}
+
+impl EventSources for LoopHandle {
+    fn add(&self, fd: BorrowedFd<'_>, handler: Handler) -> io::Result<()> {
+        self.send(fd, None, handler)
+    }
+
+    fn add_pausable(&self, fd: BorrowedFd<'_>, wake: &EventFd, handler: Handler) -> io::Result<()> {
+        self.send(fd, Some(wake.try_clone()?), handler)
+    }
+}
+
 /// Adds event sources to an [`EventLoop`] from any thread, while it runs: what a
 /// device activated on a vCPU thread (a virtio driver setting DRIVER_OK) uses to have
 /// its queues served on the I/O thread. Cheap to clone.
@@ -87,27 +114,6 @@ impl std::fmt::Debug for LoopHandle {
 }
 
 impl LoopHandle {
-    /// Has the loop run `handler` whenever `fd` is readable, from its next wake-up on.
-    /// The loop keeps its own duplicate of `fd`; the handler returns [`Flow::Remove`]
-    /// to end the watch. Fails once the loop is gone.
-    pub fn add(
-        &self,
-        fd: BorrowedFd<'_>,
-        handler: impl FnMut() -> Flow + Send + 'static,
-    ) -> io::Result<()> {
-        self.send(fd, None, Box::new(handler))
-    }
-
-    /// As [`EventLoop::add_pausable`], from any thread.
-    pub fn add_pausable(
-        &self,
-        fd: BorrowedFd<'_>,
-        wake: &EventFd,
-        handler: impl FnMut() -> Flow + Send + 'static,
-    ) -> io::Result<()> {
-        self.send(fd, Some(wake.try_clone()?), Box::new(handler))
-    }
-
     fn send(&self, fd: BorrowedFd<'_>, wake: Option<EventFd>, handler: Handler) -> io::Result<()> {
         let remote = Remote {
             fd: fd.try_clone_to_owned()?,
@@ -736,11 +742,14 @@ mod tests {
         let done = served.clone();
         std::thread::spawn(move || {
             handle
-                .add(event_fd(&kick), move || {
-                    let _ = reader.read();
-                    done.write(1).unwrap();
-                    Flow::Remove
-                })
+                .add(
+                    event_fd(&kick),
+                    Box::new(move || {
+                        let _ = reader.read();
+                        done.write(1).unwrap();
+                        Flow::Remove
+                    }),
+                )
                 .unwrap();
             kick.write(1).unwrap();
         })

@@ -51,7 +51,8 @@ pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 pub use console::{ConsoleInput, ConsoleOutput, FlushState, SerialOutput, OUTPUT_QUEUE_BYTES};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{
-    event_fd, EventLoop, Flow, LoopEnd, LoopHandle, TerminationSignals, TERMINATION_SIGNALS,
+    event_fd, EventLoop, EventSources, Flow, Handler, LoopEnd, LoopHandle, TerminationSignals,
+    TERMINATION_SIGNALS,
 };
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET};
 pub use interrupt::{EventFdInterrupt, Interrupt};

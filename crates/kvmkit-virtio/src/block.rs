@@ -8,7 +8,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -23,8 +22,8 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
-use crate::queue::{serve_on_notify, Buffer, Chain, ChainError, Served};
-use crate::{ActivateError, Activation, GuestMemory, QueueCounters, VirtioDevice};
+use crate::queue::{Buffer, Chain, ChainError, Served};
+use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
 
 /// Bytes in a sector, as virtio-blk counts.
 pub const SECTOR_SIZE: u64 = 512;
@@ -75,8 +74,7 @@ pub struct Block {
     readonly: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: Vec<u8>,
-    counters: Arc<QueueCounters>,
-    generation: Arc<AtomicU64>,
+    lifecycle: DeviceLifecycle,
 }
 
 impl Block {
@@ -111,8 +109,7 @@ impl Block {
             readonly,
             id: serial,
             config: config_space(capacity),
-            counters: Arc::default(),
-            generation: Arc::default(),
+            lifecycle: DeviceLifecycle::new(1),
         }
     }
 
@@ -190,21 +187,18 @@ impl VirtioDevice for Block {
             id: self.id,
             scratch: vec![0u8; CHUNK],
         };
-        serve_on_notify(
-            &activation,
-            queue,
-            Arc::clone(&self.counters),
-            Arc::clone(&self.generation),
-            move |memory, chain| disk.serve(memory, chain),
-        )
+        self.lifecycle
+            .serve_on_notify(&activation, queue, move |memory, chain| {
+                disk.serve(memory, chain)
+            })
     }
 
     fn reset(&mut self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lifecycle.reset();
     }
 
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
-        vec![Arc::clone(&self.counters)]
+        self.lifecycle.counters()
     }
 }
 

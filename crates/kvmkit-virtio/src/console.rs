@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvmkit_devices::{ConsoleInput, ConsoleOutput, Flow};
@@ -16,13 +15,8 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::queue::{
-    run_queue, serve_on_notify, watch_notifier, Chain, ChainError, QueueServer, Served,
-};
-use crate::{
-    ActivateError, Activation, DeviceFault, GuestMemory, QueueCounters, VirtioDevice,
-    VirtioInterrupt,
-};
+use crate::queue::{Chain, ChainError, QueueRunner, Served};
+use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
 
 /// Host input the console holds for the guest before it stops taking more.
 pub const CONSOLE_INPUT_BYTES: usize = 4096;
@@ -38,8 +32,7 @@ const TRANSMIT: u16 = 1;
 pub struct Console {
     output: Arc<ConsoleOutput>,
     input: Arc<ConsoleInputPort>,
-    counters: [Arc<QueueCounters>; 2],
-    generation: Arc<AtomicU64>,
+    lifecycle: DeviceLifecycle,
 }
 
 impl std::fmt::Debug for Console {
@@ -58,8 +51,7 @@ impl Console {
                 ready: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
                 receive: Mutex::new(None),
             }),
-            counters: Default::default(),
-            generation: Arc::default(),
+            lifecycle: DeviceLifecycle::new(2),
         })
     }
 
@@ -70,20 +62,12 @@ impl Console {
     }
 }
 
-/// The receive queue while the device is active.
-struct Receive {
-    server: QueueServer,
-    memory: Arc<GuestMemory>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    fault: Arc<DeviceFault>,
-}
-
 /// A console's input side: host bytes wait here (up to [`CONSOLE_INPUT_BYTES`]) until
 /// the driver offers receive buffers.
 pub struct ConsoleInputPort {
     pending: Mutex<VecDeque<u8>>,
     ready: EventFd,
-    receive: Mutex<Option<Receive>>,
+    receive: Mutex<Option<QueueRunner>>,
 }
 
 impl ConsoleInputPort {
@@ -94,18 +78,13 @@ impl ConsoleInputPort {
     /// Moves pending input into the driver's receive buffers, as far as both go.
     fn deliver(&self) -> Flow {
         let mut receive = self.receive.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(rx) = receive.as_mut() else {
+        let Some(runner) = receive.as_mut() else {
             return Flow::Continue;
         };
         let before = self.pending().len();
-        let memory = Arc::clone(&rx.memory);
-        let flow = run_queue(
-            &mut rx.server,
-            &rx.memory,
-            &*rx.interrupt,
-            &rx.fault,
+        let flow = runner.run(
             || !self.pending().is_empty(),
-            |chain| self.fill(&memory, chain),
+            |memory, chain| self.fill(memory, chain),
         );
         if flow == Flow::Remove {
             *receive = None;
@@ -180,34 +159,28 @@ impl VirtioDevice for Console {
         let transmit = activation.take_queue(TRANSMIT)?;
         let output = Arc::clone(&self.output);
         let mut scratch = vec![0u8; TX_MAX_REQUEST];
-        serve_on_notify(
-            &activation,
-            transmit,
-            Arc::clone(&self.counters[1]),
-            Arc::clone(&self.generation),
-            move |memory, chain| send(memory, chain, &output, &mut scratch),
-        )?;
-        *self.input.receive.lock().unwrap_or_else(|e| e.into_inner()) = Some(Receive {
-            server: QueueServer::new(receive.queue, Arc::clone(&self.counters[0])),
-            memory: Arc::clone(&activation.memory),
-            interrupt: Arc::clone(&activation.interrupt),
-            fault: Arc::clone(&activation.fault),
-        });
+        self.lifecycle
+            .serve_on_notify(&activation, transmit, move |memory, chain| {
+                send(memory, chain, &output, &mut scratch)
+            })?;
+        let runner = self
+            .lifecycle
+            .runner(&activation, receive.index, receive.queue);
+        *self.input.receive.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner);
         // The driver's new receive buffers are the cue to deliver pending input.
         let input = Arc::clone(&self.input);
-        let generation = Arc::clone(&self.generation);
-        watch_notifier(&activation, &receive.notifier, generation, move || {
-            input.deliver()
-        })
+        self.lifecycle
+            .watch(&activation, &receive.notifier, move || input.deliver())
     }
 
     fn reset(&mut self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Quiesce first: delivering input holds the receive lock during its turn.
+        self.lifecycle.reset();
         *self.input.receive.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
-        self.counters.to_vec()
+        self.lifecycle.counters()
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kvmkit_devices::LoopHandle;
+use kvmkit_devices::EventSources;
 use virtio_queue::Queue;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::GuestMemoryMmap;
@@ -40,14 +40,19 @@ pub trait VirtioDevice: Send {
     }
     /// Starts serving the queues the driver set up (on `DRIVER_OK`).
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
-    /// Stops serving the queues and returns to the state before activation. Sources
-    /// the device added to the event loop remove themselves on their next event.
+    /// Stops serving the queues and returns to the state before activation. When it
+    /// returns, no work of the old activation touches guest memory or raises the
+    /// interrupt again ([`DeviceLifecycle::reset`](crate::DeviceLifecycle::reset));
+    /// sources the device added to the event loop remove themselves on their next
+    /// event.
     fn reset(&mut self);
     /// Per-queue counters, in queue order.
     fn counters(&self) -> Vec<Arc<QueueCounters>>;
 }
 
-/// What a device gets when the driver sets `DRIVER_OK`.
+/// What a device gets when the driver sets `DRIVER_OK`: built by a transport (this
+/// crate's [`MmioTransport`](crate::MmioTransport), or another VMM's virtio-pci or
+/// vhost-user frontend) with [`Activation::new`].
 #[non_exhaustive]
 pub struct Activation {
     /// Guest memory.
@@ -61,10 +66,31 @@ pub struct Activation {
     /// Set when the device can serve no more until reset.
     pub fault: Arc<DeviceFault>,
     /// Where the device adds its event sources (the I/O thread's loop).
-    pub events: LoopHandle,
+    pub events: Arc<dyn EventSources>,
 }
 
 impl Activation {
+    /// What a transport hands a device on `DRIVER_OK`: the driver's accepted
+    /// `features` and ready `queues`, the device's `interrupt` and `fault` flag, and
+    /// the `events` its queue work is served from.
+    pub fn new(
+        memory: Arc<GuestMemory>,
+        features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        fault: Arc<DeviceFault>,
+        events: Arc<dyn EventSources>,
+    ) -> Self {
+        Activation {
+            memory,
+            features,
+            queues,
+            interrupt,
+            fault,
+            events,
+        }
+    }
+
     /// Takes queue `index` out of the activation, or says the driver did not set it up.
     pub fn take_queue(&mut self, index: u16) -> Result<ActiveQueue, ActivateError> {
         let position = self.queues.iter().position(|q| q.index == index);
@@ -83,6 +109,18 @@ pub struct ActiveQueue {
     pub queue: Queue,
     /// Signalled when the driver notifies the queue.
     pub notifier: Arc<EventFd>,
+}
+
+impl ActiveQueue {
+    /// Queue `index`, set up by the driver as `queue` (ready, its rings checked to lie
+    /// in guest memory), whose notifications signal `notifier`.
+    pub fn new(index: u16, queue: Queue, notifier: Arc<EventFd>) -> Self {
+        ActiveQueue {
+            index,
+            queue,
+            notifier,
+        }
+    }
 }
 
 /// Why a device could not start.

@@ -102,7 +102,8 @@ impl DeviceFault {
         self.0.load(Ordering::Acquire)
     }
 
-    pub(crate) fn clear(&self) {
+    /// Clears the flag: what a transport does when the driver resets the device.
+    pub fn clear(&self) {
         self.0.store(false, Ordering::Release);
     }
 }

@@ -25,7 +25,9 @@ mod block;
 mod chain;
 mod console;
 mod device;
+mod epoch;
 mod interrupt;
+mod lifecycle;
 mod mmio;
 mod net;
 mod notify;
@@ -38,7 +40,9 @@ pub use console::{Console, ConsoleInputPort, CONSOLE_INPUT_BYTES};
 pub use device::{
     ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters, VirtioDevice,
 };
+pub use epoch::{Epoch, Gate, Turn};
 pub use interrupt::{DeviceFault, EventFdVirtioInterrupt, InterruptKind, VirtioInterrupt};
+pub use lifecycle::DeviceLifecycle;
 pub use mmio::{MmioTransport, TransportCounters, MMIO_WINDOW, QUEUE_NOTIFY};
 pub use net::{DatagramBackend, Net, NetBackend, Tap, TapError, NET_HEADER_LEN};
 pub use notify::{NoShortcut, QueueNotifiers};

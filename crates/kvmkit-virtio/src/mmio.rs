@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvmkit_devices::{BusDevice, LoopHandle};
+use kvmkit_devices::{BusDevice, EventSources};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -114,7 +114,7 @@ pub struct MmioTransport {
     memory: Arc<GuestMemory>,
     interrupt: Arc<dyn VirtioInterrupt>,
     fault: Arc<DeviceFault>,
-    events: LoopHandle,
+    events: Arc<dyn EventSources>,
     shortcut: Arc<dyn QueueNotifiers>,
     counters: TransportCounters,
 }
@@ -128,7 +128,7 @@ impl MmioTransport {
         base: u64,
         memory: Arc<GuestMemory>,
         interrupt: Arc<dyn VirtioInterrupt>,
-        events: LoopHandle,
+        events: Arc<dyn EventSources>,
         shortcut: Arc<dyn QueueNotifiers>,
     ) -> Self {
         let max_sizes = device.queue_max_sizes();
@@ -388,7 +388,7 @@ impl MmioTransport {
             queues,
             interrupt: Arc::clone(&self.interrupt),
             fault: Arc::clone(&self.fault),
-            events: self.events.clone(),
+            events: Arc::clone(&self.events),
         };
         if state.device.activate(activation).is_err() {
             self.fail();

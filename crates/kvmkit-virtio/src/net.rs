@@ -10,7 +10,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvmkit_devices::Flow;
@@ -20,11 +19,8 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
 
-use crate::queue::{run_queue, serve_on_notify, Chain, ChainError, QueueServer, Served};
-use crate::{
-    ActivateError, Activation, DeviceFault, GuestMemory, QueueCounters, VirtioDevice,
-    VirtioInterrupt,
-};
+use crate::queue::{Chain, ChainError, QueueRunner, Served};
+use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
 
 /// The virtio-net header with `VIRTIO_F_VERSION_1` (`virtio_net_hdr_v1`), which the
 /// tap reads and writes in front of every frame too.
@@ -205,8 +201,7 @@ impl NetBackend for DatagramBackend {
 pub struct Net {
     tap: Arc<dyn NetBackend>,
     mac: [u8; 6],
-    counters: [Arc<QueueCounters>; 2],
-    generation: Arc<AtomicU64>,
+    lifecycle: DeviceLifecycle,
 }
 
 impl std::fmt::Debug for Net {
@@ -224,8 +219,7 @@ impl Net {
         Net {
             tap,
             mac,
-            counters: Default::default(),
-            generation: Arc::default(),
+            lifecycle: DeviceLifecycle::new(2),
         }
     }
 }
@@ -261,44 +255,37 @@ impl VirtioDevice for Net {
         self.tap.set_offloads(0).map_err(ActivateError::Events)?;
         let tap = Arc::clone(&self.tap);
         let mut frame = vec![0u8; MAX_PACKET];
-        serve_on_notify(
-            &activation,
-            transmit,
-            Arc::clone(&self.counters[1]),
-            Arc::clone(&self.generation),
-            move |memory, chain| send(memory, chain, &*tap, &mut frame),
-        )?;
+        self.lifecycle
+            .serve_on_notify(&activation, transmit, move |memory, chain| {
+                send(memory, chain, &*tap, &mut frame)
+            })?;
         let receiver = Arc::new(Mutex::new(Receiver {
-            server: QueueServer::new(receive.queue, Arc::clone(&self.counters[0])),
-            memory: Arc::clone(&activation.memory),
-            interrupt: Arc::clone(&activation.interrupt),
-            fault: Arc::clone(&activation.fault),
+            runner: self
+                .lifecycle
+                .runner(&activation, receive.index, receive.queue),
             tap: Arc::clone(&self.tap),
             pending: RefCell::new(VecDeque::new()),
             frame: vec![0u8; MAX_PACKET],
         }));
         // The tap is read while the driver has receive buffers; without them it is
         // left unread (paused) until the driver notifies the receive queue.
-        let generation = Arc::clone(&self.generation);
-        let born = generation.load(Ordering::Acquire);
-        activation
-            .events
-            .add_pausable(self.tap.as_fd(), &receive.notifier, move || {
-                if generation.load(Ordering::Acquire) != born {
-                    return Flow::Remove;
-                }
+        self.lifecycle.watch_pausable(
+            &activation,
+            self.tap.as_fd(),
+            &receive.notifier,
+            move || {
                 let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
                 receiver.receive()
-            })
-            .map_err(ActivateError::Events)
+            },
+        )
     }
 
     fn reset(&mut self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lifecycle.reset();
     }
 
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
-        self.counters.to_vec()
+        self.lifecycle.counters()
     }
 }
 
@@ -340,10 +327,7 @@ fn send(
 
 /// The receive side, on the I/O thread.
 struct Receiver {
-    server: QueueServer,
-    memory: Arc<GuestMemory>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    fault: Arc<DeviceFault>,
+    runner: QueueRunner,
     tap: Arc<dyn NetBackend>,
     /// A frame read from the tap that no receive buffer has taken yet.
     pending: RefCell<VecDeque<Vec<u8>>>,
@@ -369,20 +353,11 @@ impl Receiver {
                 }
             }
             let Receiver {
-                server,
-                memory,
-                interrupt,
-                fault,
-                pending,
-                ..
+                runner, pending, ..
             } = self;
-            let flow = run_queue(
-                server,
-                memory,
-                &**interrupt,
-                fault,
+            let flow = runner.run(
                 || !pending.borrow().is_empty(),
-                |chain| deliver(memory, chain, &mut pending.borrow_mut()),
+                |memory, chain| deliver(memory, chain, &mut pending.borrow_mut()),
             );
             match flow {
                 Flow::Remove => return Flow::Remove,

@@ -2,19 +2,23 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Serving a queue: taking the driver's descriptor chains, checking them, and putting
-//! them in the used ring, with notification suppression in both directions.
+//! them in the used ring, with notification suppression in both directions, in turns
+//! that a reset can stop ([`Turn`]).
+//!
+//! [`QueueServer`] serves one batch; [`QueueRunner`] adds what a device's queue needs
+//! around it (guest memory, the interrupt, the fault flag and the device's epoch) and
+//! is what a device runs on each notification, its own or one it watches through
+//! [`DeviceLifecycle`](crate::DeviceLifecycle).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kvmkit_devices::{event_fd, Flow};
+use kvmkit_devices::Flow;
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 pub use crate::chain::{Buffer, Chain, ChainError};
+use crate::epoch::{Epoch, Turn};
 use crate::ring::{Ring, RingError};
-use crate::{ActivateError, VirtioInterrupt};
-use crate::{Activation, ActiveQueue, DeviceFault, GuestMemory, InterruptKind, QueueCounters};
+use crate::{Activation, DeviceFault, GuestMemory, InterruptKind, QueueCounters, VirtioInterrupt};
 
 /// What serving one chain came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,26 +94,38 @@ impl QueueServer {
     /// in the used ring with nothing written and counted as an error. At most the
     /// queue's size of chains is taken per call, so a driver that keeps adding cannot
     /// keep the I/O thread here: [`Progress::more`] then says to call again.
+    ///
+    /// The batch stops as soon as `turn` is no longer current (the device is being
+    /// reset): the chain being served is not published, nor anything after it.
     pub fn serve(
         &mut self,
+        turn: &Turn<'_>,
         memory: &GuestMemory,
         serve: impl FnMut(Result<&Chain, ChainError>) -> Served,
     ) -> Result<Progress, BrokenQueue> {
-        self.serve_while(memory, || true, serve)
+        self.serve_while(turn, memory, || true, serve)
     }
 
     /// As [`serve`](Self::serve), taking a chain only while `has_work` says there is
     /// something to put in it (a receive queue's buffers wait for input).
     pub fn serve_while(
         &mut self,
+        turn: &Turn<'_>,
         memory: &GuestMemory,
         mut has_work: impl FnMut() -> bool,
         mut serve: impl FnMut(Result<&Chain, ChainError>) -> Served,
     ) -> Result<Progress, BrokenQueue> {
+        const STOPPED: Progress = Progress {
+            interrupt: false,
+            more: false,
+        };
         let budget = self.queue.size();
         let mut taken = 0u16;
         let mut ring = Ring::new(&self.queue, memory)?;
         loop {
+            if !turn.is_current() {
+                return Ok(STOPPED);
+            }
             self.queue.disable_notification(memory)?;
             let mut pending = ring.pending()?;
             while taken < budget && pending > 0 && has_work() {
@@ -117,6 +133,9 @@ impl QueueServer {
                 pending -= 1;
                 taken += 1;
                 let served = serve(parsed.map(|()| &self.chain));
+                if !turn.is_current() {
+                    return Ok(STOPPED);
+                }
                 if served.failed {
                     self.counters.add_error();
                 } else {
@@ -143,92 +162,89 @@ impl QueueServer {
     }
 }
 
-/// Serves `active` on the I/O thread: each notification of the queue runs the chains
-/// the driver made available through `serve`, then interrupts the driver if it wants.
-/// A queue whose rings the driver broke marks the device faulted (it then needs a
-/// reset) and is watched no more; so is a queue of a device reset since (its
-/// `generation` moved on).
-pub fn serve_on_notify(
-    activation: &Activation,
-    active: ActiveQueue,
-    counters: Arc<QueueCounters>,
-    generation: Arc<AtomicU64>,
-    serve: impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served + Send + 'static,
-) -> Result<(), ActivateError> {
-    let memory = Arc::clone(&activation.memory);
-    let interrupt = Arc::clone(&activation.interrupt);
-    let fault = Arc::clone(&activation.fault);
-    let mut server = QueueServer::new(active.queue, counters);
-    let mut serve = serve;
-    watch_notifier(activation, &active.notifier, generation, move || {
-        run_queue(
-            &mut server,
-            &memory,
-            &*interrupt,
-            &fault,
-            || true,
-            |chain| serve(&memory, chain),
-        )
-    })
+/// A queue of an active device with what serving it touches: guest memory, the
+/// device's interrupt and fault flag, and the epoch that a reset ends. What a device
+/// runs on each notification of the queue (or when it has input for it).
+pub struct QueueRunner {
+    server: QueueServer,
+    memory: Arc<GuestMemory>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    fault: Arc<DeviceFault>,
+    epoch: Epoch,
 }
 
-/// Runs `work` on the I/O thread each time `notifier` (a queue's notification) is
-/// signalled, until the device is reset (`generation` moves on) or `work` returns
-/// [`Flow::Remove`]. Work that returns [`Flow::Pause`] (chains left when its budget ran
-/// out) is run again after the loop's other sources.
-pub(crate) fn watch_notifier(
-    activation: &Activation,
-    notifier: &Arc<EventFd>,
-    generation: Arc<AtomicU64>,
-    mut work: impl FnMut() -> Flow + Send + 'static,
-) -> Result<(), ActivateError> {
-    let born = generation.load(Ordering::Acquire);
-    let handler_notifier = Arc::clone(notifier);
-    activation
-        .events
-        .add(event_fd(notifier), move || {
-            let _ = handler_notifier.read();
-            if generation.load(Ordering::Acquire) != born {
-                return Flow::Remove;
-            }
-            match work() {
-                Flow::Pause => {
-                    let _ = handler_notifier.write(1);
+impl std::fmt::Debug for QueueRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueRunner")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueRunner {
+    /// Serves `queue` of the device `activation` started, counting into `counters`,
+    /// for as long as `epoch` lasts.
+    pub fn new(
+        activation: &Activation,
+        queue: Queue,
+        counters: Arc<QueueCounters>,
+        epoch: Epoch,
+    ) -> Self {
+        QueueRunner {
+            server: QueueServer::new(queue, counters),
+            memory: Arc::clone(&activation.memory),
+            interrupt: Arc::clone(&activation.interrupt),
+            fault: Arc::clone(&activation.fault),
+            epoch,
+        }
+    }
+
+    /// Serves one turn (see [`QueueServer::serve_while`]) and raises what follows:
+    /// the used-buffer interrupt if the driver wants it, `Flow::Pause` if chains are
+    /// left for later, the fault and a config interrupt if the rings are broken
+    /// (`Flow::Remove`). A queue of a device reset since its epoch began touches
+    /// nothing and returns `Flow::Remove`.
+    pub fn run(
+        &mut self,
+        has_work: impl FnMut() -> bool,
+        mut serve: impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served,
+    ) -> Flow {
+        let QueueRunner {
+            server,
+            memory,
+            interrupt,
+            fault,
+            epoch,
+        } = self;
+        let Some(turn) = epoch.enter() else {
+            return Flow::Remove;
+        };
+        let result = server.serve_while(&turn, memory, has_work, |chain| serve(memory, chain));
+        if !turn.is_current() {
+            return Flow::Remove;
+        }
+        match result {
+            Ok(progress) => {
+                if progress.interrupt {
+                    let _ = interrupt.signal(InterruptKind::UsedBuffer);
+                }
+                if progress.more {
+                    Flow::Pause
+                } else {
                     Flow::Continue
                 }
-                flow => flow,
             }
-        })
-        .map_err(ActivateError::Events)
-}
+            Err(_) => {
+                server.counters().add_error();
+                fault.set();
+                let _ = interrupt.signal(InterruptKind::ConfigChange);
+                Flow::Remove
+            }
+        }
+    }
 
-/// Serves `server` once (see [`QueueServer::serve_while`]) and raises what follows: the
-/// used-buffer interrupt if the driver wants it, the fault and a config interrupt if
-/// the rings are broken (`Flow::Remove`), `Flow::Pause` if chains are left for later.
-pub(crate) fn run_queue(
-    server: &mut QueueServer,
-    memory: &GuestMemory,
-    interrupt: &dyn VirtioInterrupt,
-    fault: &DeviceFault,
-    has_work: impl FnMut() -> bool,
-    serve: impl FnMut(Result<&Chain, ChainError>) -> Served,
-) -> Flow {
-    match server.serve_while(memory, has_work, serve) {
-        Ok(progress) => {
-            if progress.interrupt {
-                let _ = interrupt.signal(InterruptKind::UsedBuffer);
-            }
-            if progress.more {
-                Flow::Pause
-            } else {
-                Flow::Continue
-            }
-        }
-        Err(_) => {
-            server.counters().add_error();
-            fault.set();
-            let _ = interrupt.signal(InterruptKind::ConfigChange);
-            Flow::Remove
-        }
+    /// The epoch it serves in.
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
     }
 }

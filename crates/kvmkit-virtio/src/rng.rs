@@ -3,7 +3,6 @@
 
 //! virtio-rng: entropy from the host's `getrandom` into the guest's buffers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -11,8 +10,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
 
-use crate::queue::{serve_on_notify, Chain, ChainError, Served};
-use crate::{ActivateError, Activation, GuestMemory, QueueCounters, VirtioDevice};
+use crate::queue::{Chain, ChainError, Served};
+use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
 
 /// The most bytes one request gets: a guest cannot make the VMM allocate or draw
 /// entropy without bound with one huge buffer.
@@ -21,10 +20,17 @@ const QUEUE_SIZE: u16 = 256;
 
 /// A virtio entropy device: one queue of device-writable buffers, each filled (up to
 /// [`RNG_MAX_REQUEST`] bytes) from `getrandom`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rng {
-    counters: Arc<QueueCounters>,
-    generation: Arc<AtomicU64>,
+    lifecycle: DeviceLifecycle,
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Rng {
+            lifecycle: DeviceLifecycle::new(1),
+        }
+    }
 }
 
 impl Rng {
@@ -54,21 +60,18 @@ impl VirtioDevice for Rng {
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         let queue = activation.take_queue(0)?;
         let mut scratch = vec![0u8; RNG_MAX_REQUEST];
-        serve_on_notify(
-            &activation,
-            queue,
-            Arc::clone(&self.counters),
-            Arc::clone(&self.generation),
-            move |memory, chain| fill(memory, chain, &mut scratch),
-        )
+        self.lifecycle
+            .serve_on_notify(&activation, queue, move |memory, chain| {
+                fill(memory, chain, &mut scratch)
+            })
     }
 
     fn reset(&mut self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lifecycle.reset();
     }
 
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
-        vec![Arc::clone(&self.counters)]
+        self.lifecycle.counters()
     }
 }
 

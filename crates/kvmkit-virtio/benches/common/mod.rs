@@ -39,7 +39,7 @@ impl Driven {
             0xd000_0000,
             Arc::clone(&memory),
             Arc::new(EventFdVirtioInterrupt::new().unwrap()),
-            event_loop.handle(),
+            Arc::new(event_loop.handle()),
             Arc::new(NoShortcut),
         );
         let driven = Driven {

@@ -68,7 +68,7 @@ impl Rig {
             BASE,
             Arc::clone(&memory),
             interrupt.clone(),
-            event_loop.handle(),
+            Arc::new(event_loop.handle()),
             shortcut,
         ));
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();

@@ -1,0 +1,163 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What every device keeps across activations, and the one way its queues are served
+//! and stopped: [`DeviceLifecycle`].
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use kvmkit_devices::{event_fd, Flow};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::epoch::{Epoch, Gate};
+use crate::queue::{Chain, ChainError, QueueRunner, Served};
+use crate::{ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters};
+
+/// The part of a virtio device that is the same for every device type: per-queue
+/// counters that outlive activations, and the epoch that each reset ends (what
+/// Cloud Hypervisor's `VirtioCommon` is to its devices).
+///
+/// A device serves its queues through [`serve_on_notify`](Self::serve_on_notify),
+/// [`runner`](Self::runner), [`watch`](Self::watch) and
+/// [`watch_pausable`](Self::watch_pausable), so that every piece of its queue work runs
+/// under the current epoch; its [`VirtioDevice::reset`](crate::VirtioDevice::reset)
+/// calls [`reset`](Self::reset), which returns only once none of that work can touch
+/// guest memory or the interrupt again.
+///
+/// ```
+/// use kvmkit_virtio::DeviceLifecycle;
+///
+/// let lifecycle = DeviceLifecycle::new(2);
+/// let before = lifecycle.epoch();
+/// lifecycle.reset();
+/// assert!(!before.is_current());
+/// assert_eq!(lifecycle.counters().len(), 2);
+/// ```
+#[derive(Debug)]
+pub struct DeviceLifecycle {
+    counters: Vec<Arc<QueueCounters>>,
+    gate: Arc<Gate>,
+}
+
+impl DeviceLifecycle {
+    /// The lifecycle of a device with `queues` queues.
+    pub fn new(queues: usize) -> Self {
+        DeviceLifecycle {
+            counters: (0..queues).map(|_| Arc::default()).collect(),
+            gate: Arc::default(),
+        }
+    }
+
+    /// Per-queue counters, in queue order (what [`VirtioDevice::counters`] returns).
+    ///
+    /// [`VirtioDevice::counters`]: crate::VirtioDevice::counters
+    pub fn counters(&self) -> Vec<Arc<QueueCounters>> {
+        self.counters.clone()
+    }
+
+    /// The counters of queue `index` (fresh ones for a queue the device did not
+    /// declare).
+    pub fn queue_counters(&self, index: u16) -> Arc<QueueCounters> {
+        self.counters
+            .get(usize::from(index))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The current epoch, for work the device runs itself.
+    pub fn epoch(&self) -> Epoch {
+        self.gate.epoch()
+    }
+
+    /// Stops the device: ends the current epoch and waits for the turn of queue work
+    /// in flight, if any. Work of the old epoch then touches nothing, and its event
+    /// sources remove themselves on their next event. Call it from a thread that is
+    /// not serving the device's queues (a transport's, on a vCPU thread).
+    pub fn reset(&self) {
+        self.gate.revoke();
+    }
+
+    /// A runner for queue `index` (`queue`, as the driver set it up) in the current
+    /// epoch; its notifier is the caller's to watch.
+    pub fn runner(&self, activation: &Activation, index: u16, queue: Queue) -> QueueRunner {
+        QueueRunner::new(activation, queue, self.queue_counters(index), self.epoch())
+    }
+
+    /// Serves `queue` on each of its notifications: the chains the driver made
+    /// available go through `serve`, then the driver is interrupted if it wants.
+    /// A queue whose rings the driver broke marks the device faulted (it then needs a
+    /// reset) and is watched no more; so is the queue of a device reset since.
+    pub fn serve_on_notify(
+        &self,
+        activation: &Activation,
+        queue: ActiveQueue,
+        mut serve: impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served + Send + 'static,
+    ) -> Result<(), ActivateError> {
+        let mut runner = self.runner(activation, queue.index, queue.queue);
+        self.watch(activation, &queue.notifier, move || {
+            runner.run(|| true, &mut serve)
+        })
+    }
+
+    /// Runs `work` on the I/O thread each time `notifier` (a queue's notification) is
+    /// signalled, until the device is reset or `work` returns [`Flow::Remove`]. Work
+    /// that returns [`Flow::Pause`] (chains left when its budget ran out) runs again
+    /// after the loop's other sources.
+    pub fn watch(
+        &self,
+        activation: &Activation,
+        notifier: &Arc<EventFd>,
+        mut work: impl FnMut() -> Flow + Send + 'static,
+    ) -> Result<(), ActivateError> {
+        let epoch = self.epoch();
+        let handler_notifier = Arc::clone(notifier);
+        activation
+            .events
+            .add(
+                event_fd(notifier),
+                Box::new(move || {
+                    let _ = handler_notifier.read();
+                    if !epoch.is_current() {
+                        return Flow::Remove;
+                    }
+                    match work() {
+                        Flow::Pause => {
+                            let _ = handler_notifier.write(1);
+                            Flow::Continue
+                        }
+                        flow => flow,
+                    }
+                }),
+            )
+            .map_err(ActivateError::Events)
+    }
+
+    /// Runs `work` on the I/O thread whenever `fd` (a backend: a tap, a socket) is
+    /// readable, until the device is reset or `work` returns [`Flow::Remove`]; work
+    /// that returns [`Flow::Pause`] (a backend waiting for the driver's buffers) is
+    /// not run again until `wake` (the queue's notifier) is signalled.
+    pub fn watch_pausable(
+        &self,
+        activation: &Activation,
+        fd: BorrowedFd<'_>,
+        wake: &EventFd,
+        mut work: impl FnMut() -> Flow + Send + 'static,
+    ) -> Result<(), ActivateError> {
+        let epoch = self.epoch();
+        activation
+            .events
+            .add_pausable(
+                fd,
+                wake,
+                Box::new(move || {
+                    if !epoch.is_current() {
+                        return Flow::Remove;
+                    }
+                    work()
+                }),
+            )
+            .map_err(ActivateError::Events)
+    }
+}
