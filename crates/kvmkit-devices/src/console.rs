@@ -272,3 +272,30 @@ fn wait_writable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
     ready == 1 && pollfd.revents & libc::POLLOUT != 0
 }
+/// A writer that collects bytes for another thread to read, e.g. a test.
+#[cfg(feature = "test-utils")]
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuffer(std::sync::Arc<Mutex<Vec<u8>>>);
+
+#[cfg(feature = "test-utils")]
+impl SharedBuffer {
+    /// A copy of everything written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(feature = "test-utils")]
+impl Write for SharedBuffer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -4,7 +4,6 @@
 //! How a device raises its interrupt, without knowing the hypervisor.
 
 use std::io;
-use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -42,8 +41,10 @@ impl Interrupt for EventFdInterrupt {
 }
 
 /// Adapts an [`Interrupt`] to vm-superio's trigger.
-pub(crate) struct SuperioTrigger(pub(crate) Arc<dyn Interrupt>);
+#[cfg(feature = "uart")]
+pub(crate) struct SuperioTrigger(pub(crate) std::sync::Arc<dyn Interrupt>);
 
+#[cfg(feature = "uart")]
 impl vm_superio::Trigger for SuperioTrigger {
     type E = io::Error;
 

@@ -7,7 +7,8 @@
 //! - [`Bus`]: a port or MMIO address space routing each access to the [`BusDevice`]
 //!   registered for its range (logarithmic lookup, overlaps refused, unmapped
 //!   accesses counted and read as all-ones, no global lock on the access path).
-//! - Devices: [`SerialPort`] (16550A on vm-superio), [`I8042`] (reset),
+//! - Devices: `SerialPort` (16550A on vm-superio, feature `uart`, on by default),
+//!   [`I8042`] (reset),
 //!   [`CmosRtc`] (host wall clock, BCD or binary), [`AcpiSleepControl`] (power-off),
 //!   [`DebugExit`] (exit codes for test guests).
 //! - [`Interrupt`]: how a device raises its line; [`EventFdInterrupt`] is an event
@@ -34,13 +35,16 @@
 mod acpi;
 mod bus;
 mod console;
+mod console_io;
 mod debug_exit;
 mod event_loop;
 mod i8042;
 mod interrupt;
 mod rtc;
+#[cfg(feature = "uart")]
 mod serial;
 mod shutdown;
+mod signals;
 mod terminal;
 
 pub use acpi::{
@@ -48,17 +52,16 @@ pub use acpi::{
     S5_SLEEP_TYPE,
 };
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
+#[cfg(feature = "test-utils")]
+pub use console::SharedBuffer;
 pub use console::{ConsoleInput, ConsoleOutput, FlushState, SerialOutput, OUTPUT_QUEUE_BYTES};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
-pub use event_loop::{
-    event_fd, EventLoop, EventSources, Flow, Handler, LoopEnd, LoopHandle, TerminationSignals,
-    TERMINATION_SIGNALS,
-};
+pub use event_loop::{event_fd, EventLoop, EventSources, Flow, Handler, LoopEnd, LoopHandle};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
-#[cfg(feature = "test-utils")]
-pub use serial::SharedBuffer;
+#[cfg(feature = "uart")]
 pub use serial::{SerialPort, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 pub use shutdown::{ShutdownReason, VmShutdown};
+pub use signals::{TerminationSignals, TERMINATION_SIGNALS};
 pub use terminal::RawTerminal;
