@@ -18,6 +18,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use clap::Parser;
 use kvmkit::guest_asm::{asm::*, programs, CpuMode, GuestProgram};
 use kvmkit::vcpu::{IoAction, IoHandler, VcpuExit, VcpuOutcome};
 use kvmkit::MachineBuilder;
@@ -142,30 +143,13 @@ fn thread_names() -> Vec<String> {
     named.into_iter().map(|(_, name)| name).collect()
 }
 
-fn parse_vcpus() -> Result<u32, String> {
-    let mut vcpus = 1;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = match arg.as_str() {
-            "--vcpus" => args.next().ok_or("--vcpus needs a number")?,
-            other if other.starts_with("--vcpus=") => other["--vcpus=".len()..].to_string(),
-            "-h" | "--help" => return Err("usage: hello [--vcpus N]".to_string()),
-            other => {
-                return Err(format!(
-                    "unknown argument '{other}'\nusage: hello [--vcpus N]"
-                ))
-            }
-        };
-        vcpus = match value.parse::<u32>() {
-            Ok(n) if (1..=MAX_VCPUS).contains(&n) => n,
-            _ => {
-                return Err(format!(
-                    "--vcpus takes a whole number from 1 to {MAX_VCPUS}, not '{value}'"
-                ))
-            }
-        };
-    }
-    Ok(vcpus)
+/// A minimal VM: each vCPU says hello through a port, then halts.
+#[derive(Debug, Parser)]
+#[command(name = "hello")]
+struct Options {
+    /// vCPU threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS)))]
+    vcpus: u32,
 }
 
 fn run(vcpus: u32) -> Result<(), Box<dyn std::error::Error>> {
@@ -201,14 +185,7 @@ fn run(vcpus: u32) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let vcpus = match parse_vcpus() {
-        Ok(vcpus) => vcpus,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(vcpus) {
+    match run(Options::parse().vcpus) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("hello: {error}");

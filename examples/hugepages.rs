@@ -24,6 +24,8 @@
 //! and `echo 1 > /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages`.
 
 use std::process::ExitCode;
+
+use clap::Parser;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,47 +121,27 @@ fn row(
     Ok(line)
 }
 
+/// The same guest memory on each backing, with what the kernel did.
+#[derive(Debug, Parser)]
+#[command(name = "hugepages")]
 struct Options {
+    /// Guest memory in MiB: an even number from 2 to MAX_MIB.
+    #[arg(long, default_value_t = 1024, value_parser = parse_mib)]
     mib: u64,
+    /// Print each backing's memory report (from /proc/self/smaps) under its row.
+    #[arg(long)]
     report: bool,
 }
 
-fn parse_args() -> Result<Options, String> {
-    let mut mib = 1024;
-    let mut report = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--report" => report = true,
-            "--mib" => {
-                let value = args.next().ok_or("--mib needs a number")?;
-                mib = match value.parse::<u64>() {
-                    Ok(n) if (2..=MAX_MIB).contains(&n) && n % 2 == 0 => n,
-                    _ => {
-                        return Err(format!(
-                            "--mib takes an even number of MiB from 2 to {MAX_MIB}, not '{value}'"
-                        ))
-                    }
-                };
-            }
-            _ => {
-                return Err(format!(
-                    "unknown argument '{arg}'\nusage: hugepages [--mib M] [--report]"
-                ))
-            }
-        }
+fn parse_mib(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (2..=MAX_MIB).contains(&n) && n % 2 == 0 => Ok(n),
+        _ => Err(format!("an even number of MiB from 2 to {MAX_MIB}")),
     }
-    Ok(Options { mib, report })
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::parse();
     let mut failed = false;
     for (name, memory_options) in BACKINGS {
         match row(name, memory_options, options.mib, options.report) {

@@ -18,6 +18,8 @@
 
 use std::fs;
 use std::process::ExitCode;
+
+use clap::Parser;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,9 @@ use kvmkit::{MachineBuilder, RunningMachine};
 const LOAD_ADDR: u64 = 0x10_0000;
 /// Guests fill RAM from here up, past their code, stacks and page tables.
 const FILL_START: u64 = 0x20_0000;
-const PAGE: u64 = 4096;
+const PAGE: u64 = PAGE_STEP as u64;
+/// A page, as the instruction's immediate.
+const PAGE_STEP: i32 = 4096;
 
 /// Writes the same qword at the start of every page from FILL_START to `size`.
 fn filler(size: u64) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
@@ -40,7 +44,7 @@ fn filler(size: u64) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
         a.mov(rax, 0x6b76_6d6b_6974_2121u64)?;
         a.set_label(&mut next)?;
         a.mov(qword_ptr(rdi), rax)?;
-        a.add(rdi, PAGE as i32)?;
+        a.add(rdi, PAGE_STEP)?;
         a.dec(rcx)?;
         a.jnz(next)?;
         a.hlt()
@@ -50,41 +54,16 @@ fn filler(size: u64) -> Result<GuestProgram, kvmkit::guest_asm::Error> {
 struct NoDevices;
 impl IoHandler for NoDevices {}
 
+/// N VMs with identical memory, merged by KSM.
+#[derive(Debug, Parser)]
+#[command(name = "ksm_density")]
 struct Options {
+    /// VMs to run side by side.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     vms: u32,
+    /// Guest memory of each, in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(4..=3072))]
     mib: u64,
-}
-
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options { vms: 4, mib: 64 };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args.next().ok_or(format!("{arg} needs a number"))?;
-        match arg.as_str() {
-            "--vms" => {
-                options.vms = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or(format!("--vms takes a number from 1 to 64, not '{value}'"))?
-            }
-            "--mib" => {
-                options.mib = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (4..=3072).contains(n))
-                    .ok_or(format!(
-                        "--mib takes a number from 4 to 3072, not '{value}'"
-                    ))?
-            }
-            _ => {
-                return Err(format!(
-                    "unknown argument '{arg}'\nusage: ksm_density [--vms N] [--mib M]"
-                ))
-            }
-        }
-    }
-    Ok(options)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -172,7 +151,7 @@ fn teardown(vms: Vec<RunningMachine>) -> Result<(), Box<dyn std::error::Error>> 
                 unsafe {
                     libc::madvise(
                         region.host_addr as *mut libc::c_void,
-                        region.spec.size as usize,
+                        usize::try_from(region.spec.size).unwrap_or(usize::MAX),
                         libc::MADV_UNMERGEABLE,
                     )
                 };
@@ -256,13 +235,7 @@ fn wait_for_merging(pages: u64) -> KsmCounters {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::parse();
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

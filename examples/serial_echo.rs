@@ -16,32 +16,17 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use kvmkit::guest_asm::programs;
 use kvmkit::{MachineBuilder, Platform, PlatformConfig};
 
-fn parse_vcpus() -> Result<u32, String> {
-    let mut vcpus = 1;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--vcpus" => {
-                let value = args.next().ok_or("--vcpus needs a number")?;
-                vcpus = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or(format!(
-                        "--vcpus takes a number from 1 to 64, not '{value}'"
-                    ))?;
-            }
-            _ => {
-                return Err(format!(
-                    "unknown argument '{arg}'\nusage: serial_echo [--vcpus N]"
-                ))
-            }
-        }
-    }
-    Ok(vcpus)
+/// An interactive VM: the guest echoes what you type through COM1.
+#[derive(Debug, Parser)]
+#[command(name = "serial_echo")]
+struct Options {
+    /// vCPU threads (vCPU 0 echoes, the others halt).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    vcpus: u32,
 }
 
 fn run(vcpus: u32) -> Result<i32, Box<dyn std::error::Error>> {
@@ -59,14 +44,7 @@ fn run(vcpus: u32) -> Result<i32, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let vcpus = match parse_vcpus() {
-        Ok(vcpus) => vcpus,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(vcpus) {
+    match run(Options::parse().vcpus) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(error) => {
             eprintln!("serial_echo: {error}");

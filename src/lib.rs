@@ -9,7 +9,7 @@
 //! | `kvmkit-memory` | [`memory`] | guest memory layouts and backings, no KVM dependency |
 //! | `kvmkit-vcpu` | [`vcpu`] | VM and vCPU control on KVM: memslots, CPU modes, typed exits, vCPU threads |
 //! | `kvmkit-devices` | [`devices`] | PIO/MMIO bus, legacy devices, the I/O event loop, no KVM dependency |
-//! | `kvmkit-virtio` | [`virtio_devices`] | the virtio-mmio transport and virtio devices, no KVM dependency |
+//! | `kvmkit-virtio` | [`virtio`] | the virtio-mmio transport and virtio devices, no KVM dependency |
 //! | `kvmkit-boot` | [`boot`] | Linux boot: bzImage, ELF, PVH, initrd, command line, e820, ACPI and MP tables, no KVM dependency |
 //! | `kvmkit-guest-asm` | `guest_asm` (feature `guest-asm`) | small x86 guest programs from readable assembly |
 //!
@@ -45,7 +45,7 @@ mod machine;
 mod placement;
 pub mod platform;
 mod run;
-mod virtio;
+mod virtio_mmio;
 
 pub use error::Error;
 pub use kvmkit_boot as boot;
@@ -55,9 +55,9 @@ pub use kvmkit_devices as devices;
 pub use kvmkit_guest_asm as guest_asm;
 pub use kvmkit_memory as memory;
 pub use kvmkit_vcpu as vcpu;
-pub use kvmkit_virtio as virtio_devices;
+pub use kvmkit_virtio as virtio;
 pub use machine::{BootedMachine, Machine, MachineBuilder, RunningMachine};
 pub use placement::PlatformDevices;
 pub use platform::{Platform, PlatformConfig, PlatformIo};
 pub use run::VmOutcome;
-pub use virtio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
+pub use virtio_mmio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

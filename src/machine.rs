@@ -208,7 +208,9 @@ impl Machine {
         image: &impl BootImage,
         layout: &PhysicalLayout,
     ) -> Result<BootedMachine, Error> {
-        let entry = image.load(self.ram.memory(), layout, self.vcpus.len() as u32)?;
+        // The builder made at most u32::MAX vCPUs.
+        let vcpus = u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX);
+        let entry = image.load(self.ram.memory(), layout, vcpus)?;
         match entry.protocol {
             EntryProtocol::Program { mode, stack_stride } => {
                 self.enter_program(&entry, mode, stack_stride)?

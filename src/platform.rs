@@ -25,7 +25,7 @@ use kvmkit_virtio::{
     VirtioDevice, MMIO_WINDOW,
 };
 
-use crate::virtio::{VirtioMmioDevice, VmNotifiers};
+use crate::virtio_mmio::{VirtioMmioDevice, VmNotifiers};
 use crate::{Error, NotifyPath, PlatformDevices, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
 
 /// The I/O handler of every vCPU: port and MMIO accesses go to the buses; once a
@@ -128,7 +128,7 @@ impl PlatformConfig {
             serial_output: SerialOutput::Stdout,
             stdin_to_serial: true,
             handle_signals: true,
-            debug_exit_port: Some(DEBUG_EXIT_PORT as u16),
+            debug_exit_port: Some(port(DEBUG_EXIT_PORT)),
         }
     }
 
@@ -237,10 +237,10 @@ impl Platform {
     /// COM1, the sleep control and status registers and the i8042's reset.
     pub fn legacy_devices() -> kvmkit_boot::LegacyDevices {
         kvmkit_boot::LegacyDevices {
-            serial: Some((COM1_PORT as u16, COM1_IRQ)),
-            sleep_control_port: ACPI_SLEEP_CONTROL_PORT as u16,
-            sleep_status_port: (ACPI_SLEEP_CONTROL_PORT + ACPI_SLEEP_STATUS_OFFSET) as u16,
-            reset: (I8042_COMMAND_PORT as u16, I8042_PULSE_RESET),
+            serial: Some((port(COM1_PORT), COM1_IRQ)),
+            sleep_control_port: port(ACPI_SLEEP_CONTROL_PORT),
+            sleep_status_port: port(ACPI_SLEEP_CONTROL_PORT + ACPI_SLEEP_STATUS_OFFSET),
+            reset: (port(I8042_COMMAND_PORT), I8042_PULSE_RESET),
         }
     }
 
@@ -386,6 +386,15 @@ impl Platform {
     pub(crate) fn console_outputs(&self) -> impl Iterator<Item = &Arc<ConsoleOutput>> {
         std::iter::once(self.serial.output()).chain(&self.console_outputs)
     }
+}
+
+/// A port of the devices crate (an address on its port bus) as the 16-bit port the
+/// guest's tables name.
+// The assertion makes the cast exact; for the constants it runs at compile time.
+#[allow(clippy::cast_possible_truncation)]
+const fn port(addr: u64) -> u16 {
+    assert!(addr <= 0xffff, "not an x86 I/O port");
+    addr as u16
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ fn vcpu_outcome(vcpus: &[VcpuOutcome]) -> VmOutcome {
         .iter()
         .enumerate()
         .find_map(|(id, outcome)| match outcome {
-            VcpuOutcome::Exited(exit) => Some((id as u32, exit.clone())),
+            VcpuOutcome::Exited(exit) => Some((u32::try_from(id).ok()?, exit.clone())),
             _ => None,
         });
     match ended {

@@ -4,6 +4,11 @@
 //! The legacy platform on real KVM: serial with interrupts, i8042 reset, RTC, debug
 //! exit, concurrent devices, unmapped accesses, and the VM's lifecycle.
 
+// Test code: the values cast are small constants and sizes this file chose (queue
+// slots, sector numbers, test buffer lengths), which its own assertions would catch
+// truncating.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};

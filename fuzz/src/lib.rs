@@ -252,14 +252,15 @@ struct VirtioRig {
 }
 
 /// Guest RAM of the virtio targets.
-const VIRTIO_RAM: u64 = 0x4_0000;
+const VIRTIO_RAM: usize = 0x4_0000;
 /// Where the virtio targets' rings live, and where the blk target's buffers start.
-const VIRTIO_RINGS: u64 = 0x1000;
+const VIRTIO_RINGS: u64 = VIRTIO_RINGS_32 as u64;
+const VIRTIO_RINGS_32: u32 = 0x1000;
 const VIRTIO_BUFFERS: u64 = 0x2_0000;
 
 impl VirtioRig {
     fn new(device: Box<dyn VirtioDevice>) -> Self {
-        let ram = [(GuestAddress(0), VIRTIO_RAM as usize)];
+        let ram = [(GuestAddress(0), VIRTIO_RAM)];
         let memory = Arc::new(GuestMemory::from_ranges(&ram).expect("guest RAM"));
         let event_loop = EventLoop::new(Arc::new(VmShutdown::new().expect("an eventfd")))
             .expect("an event loop");
@@ -306,11 +307,11 @@ impl VirtioRig {
         self.write(0x20, 1);
         self.write(0x70, 0xb);
         for queue in 0..count {
-            let base = VIRTIO_RINGS + 0x400 * u64::from(queue);
+            let base = VIRTIO_RINGS_32 + 0x400 * queue;
             self.write(0x30, queue);
             self.write(0x38, 16);
             for (register, addr) in [(0x80, base), (0x90, base + 0x100), (0xa0, base + 0x200)] {
-                self.write(register, addr as u32);
+                self.write(register, addr);
                 self.write(register + 4, 0);
             }
             self.write(0x44, 1);
@@ -397,7 +398,7 @@ pub fn virtio_blk(data: &[u8]) {
     rig.set_up_queue();
     let offered = u16::from(ring[0] & 0x1f);
     for slot in 0..offered.min(16) {
-        let head = u16::from(ring[1].wrapping_add(slot as u8)) % 16;
+        let head = (u16::from(ring[1]) + slot) % 16;
         let at = GuestAddress(VIRTIO_RINGS + 0x100 + 4 + 2 * u64::from(slot));
         let _ = vm_memory::Bytes::write_obj(&*memory, head, at);
     }
@@ -429,8 +430,7 @@ pub fn virtio_net(data: &[u8]) {
     let mut rig = VirtioRig::new(Box::new(Net::new(backend, [0x52, 0x54, 0, 0, 0, 1])));
     let memory = Arc::clone(&rig.memory);
     // Queue 0 (receive) at VIRTIO_RINGS, queue 1 (transmit) at VIRTIO_RINGS + 0x400.
-    for queue in 0..2u64 {
-        let table = &tables[queue as usize * 256..(queue as usize + 1) * 256];
+    for (queue, table) in (0u64..).zip(tables.chunks_exact(256).take(2)) {
         let _ = vm_memory::Bytes::write_slice(
             &*memory,
             table,
@@ -444,12 +444,12 @@ pub fn virtio_net(data: &[u8]) {
         let _ = peer.send(chunk);
     }
     rig.set_up_queues(2);
-    for queue in 0..2u64 {
-        let count = u16::from(offers[queue as usize * 2] % 17);
-        let first = offers[queue as usize * 2 + 1];
-        let avail = VIRTIO_RINGS + queue * 0x400 + 0x100;
+    for (queue, offer) in (0u32..).zip(offers.chunks_exact(2)) {
+        let count = u16::from(offer[0] % 17);
+        let first = offer[1];
+        let avail = VIRTIO_RINGS + u64::from(queue) * 0x400 + 0x100;
         for slot in 0..count {
-            let head = u16::from(first.wrapping_add(slot as u8)) % 16;
+            let head = (u16::from(first) + slot) % 16;
             let _ = vm_memory::Bytes::write_obj(
                 &*memory,
                 head,
@@ -457,7 +457,7 @@ pub fn virtio_net(data: &[u8]) {
             );
         }
         let _ = vm_memory::Bytes::write_obj(&*memory, count, GuestAddress(avail + 2));
-        rig.write(0x50, queue as u32);
+        rig.write(0x50, queue);
     }
     rig.settle();
     let mut frame = vec![0u8; 1 << 17];

@@ -152,15 +152,17 @@ const LOCAL_APIC_ENABLED: u32 = 1;
 /// (GSIs from 0), the PIT's IRQ 0 routed to GSI 2, and LINT1 as NMI on every CPU.
 fn madt(vcpus: u32) -> Sdt {
     let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, *b"KVMKMADT", OEM_REVISION);
-    madt.write(36, (x86::LAPIC.start as u32).to_le_bytes());
+    madt.write(36, x86::LAPIC.start_u32().to_le_bytes());
     madt.write(40, MADT_PCAT_COMPAT.to_le_bytes());
     for id in 0..vcpus {
-        let mut entry = vec![MADT_LOCAL_APIC, 8, id as u8, id as u8];
+        // At most MAX_VCPUS, checked by the caller: an 8-bit APIC id.
+        let id = u8::try_from(id).unwrap_or(u8::MAX);
+        let mut entry = vec![MADT_LOCAL_APIC, 8, id, id];
         entry.extend_from_slice(&LOCAL_APIC_ENABLED.to_le_bytes());
         madt.append_slice(&entry);
     }
     let mut ioapic = vec![MADT_IO_APIC, 12, 0, 0];
-    ioapic.extend_from_slice(&(x86::IOAPIC.start as u32).to_le_bytes());
+    ioapic.extend_from_slice(&x86::IOAPIC.start_u32().to_le_bytes());
     ioapic.extend_from_slice(&0u32.to_le_bytes());
     madt.append_slice(&ioapic);
     // Bus 0 (ISA), IRQ 0 -> GSI 2, flags: conforming polarity and trigger.
@@ -195,7 +197,11 @@ fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
         let name = format!("VR{index:02X}");
         let hid = aml::Name::new("_HID".into(), &"LNRO0005");
         let uid = aml::Name::new("_UID".into(), &index);
-        let registers = aml::Memory32Fixed::new(true, base as u32, size as u32);
+        // Device windows lie in the MMIO hole, below 4 GiB (PhysicalLayout checks).
+        let (Ok(base), Ok(size)) = (u32::try_from(base), u32::try_from(size)) else {
+            continue;
+        };
+        let registers = aml::Memory32Fixed::new(true, base, size);
         let interrupt = aml::Interrupt::new(true, true, false, false, irq);
         let crs = aml::Name::new(
             "_CRS".into(),

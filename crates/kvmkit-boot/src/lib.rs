@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 //! Booting Linux on an x86-64 VM: what a VMM writes into guest memory before the first
 //! vCPU runs. No KVM dependency: the result is guest memory and a [`BootEntry`] that
 //! says where and how the boot vCPU enters the kernel.

@@ -262,7 +262,8 @@ impl LinuxBoot {
             Some(reader) => Some(place_initrd(memory, layout, reader, &kernel, &limits)?),
             None => None,
         };
-        let cmdline_len = self.cmdline.len() as u32;
+        // checked_cmdline kept it within the command line's 64 KiB.
+        let cmdline_len = u32::try_from(self.cmdline.len()).unwrap_or(u32::MAX);
         match kernel.format {
             KernelFormat::Pvh => {
                 let start_info = write_start_info(memory, layout, ramdisk, rsdp)?;
@@ -288,7 +289,7 @@ impl LinuxBoot {
 
     fn checked_cmdline(&self, limit: usize) -> Result<Cmdline, BootError> {
         // The limit counts the terminating NUL.
-        let limit = limit.min(x86::CMDLINE.size as usize);
+        let limit = limit.min(usize::try_from(x86::CMDLINE.size).unwrap_or(usize::MAX));
         if self.cmdline.len() + 1 > limit {
             return Err(BootError::CmdlineTooLong {
                 len: self.cmdline.len(),
@@ -551,11 +552,16 @@ fn write_zero_page<M: GuestMemoryBackend>(
     rsdp: u64,
 ) -> Result<(), BootError> {
     let mut params = boot_params::default();
-    header.cmd_line_ptr = x86::CMDLINE.start as u32;
+    header.cmd_line_ptr = x86::CMDLINE.start_u32();
     header.cmdline_size = cmdline_len;
     if let Some((start, size)) = ramdisk {
-        header.ramdisk_image = start as u32;
-        header.ramdisk_size = size as u32;
+        // place_initrd put it below initrd_addr_max, a 32-bit address.
+        let too_large = |_| BootError::InitrdTooLarge {
+            size,
+            room: u64::from(u32::MAX),
+        };
+        header.ramdisk_image = u32::try_from(start).map_err(too_large)?;
+        header.ramdisk_size = u32::try_from(size).map_err(too_large)?;
     }
     params.hdr = header;
     params.acpi_rsdp_addr = rsdp;
@@ -574,7 +580,8 @@ fn write_zero_page<M: GuestMemoryBackend>(
             r#type: entry.kind,
         };
     }
-    params.e820_entries = e820.len() as u8;
+    // At most E820_MAX, checked above.
+    params.e820_entries = u8::try_from(e820.len()).unwrap_or(u8::MAX);
     LinuxBootConfigurator::write_bootparams::<M>(
         &BootParams::new::<boot_params>(&params, GuestAddress(x86::ZERO_PAGE.start)),
         memory,
@@ -604,7 +611,7 @@ fn write_start_info<M: GuestMemoryBackend>(
         cmdline_paddr: x86::CMDLINE.start,
         rsdp_paddr: rsdp,
         memmap_paddr: x86::PVH_MEMMAP.start,
-        memmap_entries: memmap.len() as u32,
+        memmap_entries: u32::try_from(memmap.len()).unwrap_or(u32::MAX),
         ..Default::default()
     };
     let module_addr = x86::PVH_START_INFO.start + std::mem::size_of::<hvm_start_info>() as u64;

@@ -47,7 +47,7 @@ pub fn write_mp_table<M: GuestMemoryBackend>(memory: &M, vcpus: u32) -> Result<(
     if table.len() as u64 > x86::MP_TABLE.size {
         return Err(LayoutError::MpTableTooLarge.into());
     }
-    let pointer = floating_pointer(x86::MP_TABLE.start as u32);
+    let pointer = floating_pointer(x86::MP_TABLE.start_u32());
     for (bytes, addr) in [
         (&pointer[..], x86::EBDA.start),
         (&table[..], x86::MP_TABLE.start),
@@ -83,7 +83,9 @@ fn configuration_table(vcpus: u32) -> Vec<u8> {
     };
     for id in 0..vcpus {
         let flags = CPU_ENABLED | if id == 0 { CPU_BOOT_PROCESSOR } else { 0 };
-        let mut cpu = vec![ENTRY_PROCESSOR, id as u8, APIC_VERSION, flags];
+        // At most MAX_VCPUS, checked above: an 8-bit APIC id.
+        let id = u8::try_from(id).unwrap_or(u8::MAX);
+        let mut cpu = vec![ENTRY_PROCESSOR, id, APIC_VERSION, flags];
         cpu.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
         cpu.extend_from_slice(&CPU_FEATURES.to_le_bytes());
         cpu.extend_from_slice(&[0; 8]);
@@ -91,7 +93,7 @@ fn configuration_table(vcpus: u32) -> Vec<u8> {
     }
     push(&[ENTRY_BUS, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
     let mut ioapic = vec![ENTRY_IOAPIC, IOAPIC_ID, IOAPIC_VERSION, 1];
-    ioapic.extend_from_slice(&(x86::IOAPIC.start as u32).to_le_bytes());
+    ioapic.extend_from_slice(&x86::IOAPIC.start_u32().to_le_bytes());
     push(&ioapic);
     push(&[
         ENTRY_IO_INTERRUPT,
@@ -122,7 +124,8 @@ fn configuration_table(vcpus: u32) -> Vec<u8> {
     push(&[ENTRY_LOCAL_INTERRUPT, INTERRUPT_EXTINT, 0, 0, 0, 0, 0xff, 0]);
     push(&[ENTRY_LOCAL_INTERRUPT, INTERRUPT_NMI, 0, 0, 0, 0, 0xff, 1]);
 
-    let length = (44 + entries.len()) as u16;
+    // One entry per vCPU (at most MAX_VCPUS) and a few more: well within 16 bits.
+    let length = u16::try_from(44 + entries.len()).unwrap_or(u16::MAX);
     let mut table = Vec::with_capacity(usize::from(length));
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&length.to_le_bytes());
@@ -133,7 +136,7 @@ fn configuration_table(vcpus: u32) -> Vec<u8> {
     table.extend_from_slice(&0u32.to_le_bytes()); // OEM table
     table.extend_from_slice(&0u16.to_le_bytes()); // its size
     table.extend_from_slice(&count.to_le_bytes());
-    table.extend_from_slice(&(x86::LAPIC.start as u32).to_le_bytes());
+    table.extend_from_slice(&x86::LAPIC.start_u32().to_le_bytes());
     table.extend_from_slice(&[0; 4]); // extended table length, checksum, reserved
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
@@ -150,12 +153,12 @@ mod tests {
 
     #[test]
     fn the_floating_pointer_and_table_sum_to_zero_and_point_at_each_other() {
-        let pointer = floating_pointer(x86::MP_TABLE.start as u32);
+        let pointer = floating_pointer(x86::MP_TABLE.start_u32());
         let table = configuration_table(2);
 
         assert_eq!(sum(&pointer), 0);
         assert_eq!(sum(&table), 0);
-        assert_eq!(&pointer[4..8], &(x86::MP_TABLE.start as u32).to_le_bytes());
+        assert_eq!(&pointer[4..8], &x86::MP_TABLE.start_u32().to_le_bytes());
         assert_eq!(
             u16::from_le_bytes([table[4], table[5]]) as usize,
             table.len()

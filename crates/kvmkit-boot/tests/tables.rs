@@ -4,6 +4,11 @@
 //! The ACPI tables, parsed back from guest memory by an independent parser (the `acpi`
 //! crate, which also checks every checksum), and the MP table.
 
+// Test code: the values cast are small constants and sizes this file chose (queue
+// slots, sector numbers, test buffer lengths), which its own assertions would catch
+// truncating.
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::ptr::NonNull;

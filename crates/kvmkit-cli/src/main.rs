@@ -8,6 +8,8 @@
 //! orderly stop, the terminal restored); an error before the guest runs gives 1 with a
 //! line that names the option and the fix.
 
+#![forbid(unsafe_code)]
+
 mod stats;
 
 use std::fs::File;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use kvmkit::devices::SerialOutput;
-use kvmkit::virtio_devices::{Block, Net, Rng, Tap};
+use kvmkit::virtio::{Block, Net, Rng, Tap};
 use kvmkit::{LinuxBoot, MachineBuilder, Platform, PlatformConfig, VmOutcome};
 
 use kvmkit_cli::options::{ConsoleMode, Options};

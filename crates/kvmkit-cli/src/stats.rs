@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kvmkit::memory::MemoryReport;
 use kvmkit::vcpu::{ExitReason, ExitStats};
-use kvmkit::virtio_devices::MmioTransport;
+use kvmkit::virtio::MmioTransport;
 use kvmkit::Platform;
 
 /// The virtio devices of the VM, by name, for their counters.

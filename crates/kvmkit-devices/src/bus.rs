@@ -244,7 +244,7 @@ mod tests {
 
     impl BusDevice for Recorder {
         fn read(&self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill((offset & 0xff) as u8);
         }
         fn write(&self, offset: u64, data: &[u8]) {
             self.seen.lock().unwrap().push((offset, data.to_vec()));

@@ -88,7 +88,10 @@ fn civil_from_days(days: i64) -> (u32, u32, u32) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as u32, month as u32, day as u32)
+    // month and day are in range by construction; a year past u32 (a clock set
+    // billions of years ahead) saturates.
+    let small = |value: i64| u32::try_from(value).unwrap_or(u32::MAX);
+    (small(year), small(month), small(day))
 }
 
 /// Where the RTC takes the time from.
@@ -141,7 +144,9 @@ impl CmosRtc {
     fn register(&self, state: &State, index: u8) -> u8 {
         let status_b = state.nvram[REG_STATUS_B as usize];
         let encode = |value: u32| {
-            let value = value as u8;
+            // Every field is below 100 (the year is given modulo 100): BCD holds two
+            // digits.
+            let value = (value % 100) as u8;
             if status_b & STATUS_B_BINARY != 0 {
                 value
             } else {

@@ -27,7 +27,7 @@ pub const COM1_IRQ: u32 = 4;
 pub const SERIAL_PORT_LEN: u64 = 8;
 
 /// The modem control register's offset, and its loopback bit.
-const MCR_OFFSET: u64 = 4;
+const MCR_OFFSET: u8 = 4;
 const MCR_LOOP: u8 = 0x10;
 
 /// vm-superio's events: the receive FIFO ran empty, so input can flow again.
@@ -135,7 +135,7 @@ impl ConsoleInput for SerialPort {
 }
 
 fn room(uart: &mut Uart) -> usize {
-    if uart.read(MCR_OFFSET as u8) & MCR_LOOP != 0 {
+    if uart.read(MCR_OFFSET) & MCR_LOOP != 0 {
         0
     } else {
         uart.fifo_capacity()
@@ -144,16 +144,22 @@ fn room(uart: &mut Uart) -> usize {
 
 impl BusDevice for SerialPort {
     fn read(&self, offset: u64, data: &mut [u8]) {
-        let value = self.uart().read(offset as u8);
+        // The bus hands offsets inside the 8-byte window.
+        let Ok(offset) = u8::try_from(offset) else {
+            return reply_byte(data, 0xff);
+        };
+        let value = self.uart().read(offset);
         reply_byte(data, value);
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        let Some(&value) = data.first() else { return };
+        let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) else {
+            return;
+        };
         let mut uart = self.uart();
         // A failed interrupt must not stop the guest; output goes to the queue, which
         // never fails.
-        let _ = uart.write(offset as u8, value);
+        let _ = uart.write(offset, value);
         if offset == MCR_OFFSET && room(&mut uart) > 0 {
             // Leaving loopback mode lets input flow again.
             let _ = self.input_ready.write(1);
@@ -236,9 +242,9 @@ mod tests {
     fn loopback_mode_takes_no_input_and_leaving_it_signals_room() {
         let serial = port(SerialOutput::Sink);
 
-        serial.write(MCR_OFFSET, &[MCR_LOOP]);
+        serial.write(u64::from(MCR_OFFSET), &[MCR_LOOP]);
         let in_loopback = (serial.input_room(), serial.enqueue_input(b"abc").unwrap());
-        serial.write(MCR_OFFSET, &[0]);
+        serial.write(u64::from(MCR_OFFSET), &[0]);
 
         assert_eq!(in_loopback, (0, 0));
         assert_eq!(serial.input_room(), 64);

@@ -140,10 +140,8 @@ mod tests {
 
     fn raise_in_this_thread(signal: i32) {
         // SAFETY: sends `signal` to this thread, which has it blocked.
-        assert_eq!(
-            unsafe { libc::pthread_kill(libc::pthread_self(), signal) },
-            0
-        );
+        let sent = unsafe { libc::pthread_kill(libc::pthread_self(), signal) };
+        assert_eq!(sent, 0);
     }
 
     #[test]

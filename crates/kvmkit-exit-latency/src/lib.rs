@@ -327,9 +327,9 @@ impl Baseline {
         let vm = kvm.create_vm().map_err(baseline_error("KVM_CREATE_VM"))?;
         vm.set_tss_address(0xfffb_d000)
             .map_err(baseline_error("KVM_SET_TSS_ADDR"))?;
-        for (slot, region) in ram.regions().iter().enumerate() {
+        for (slot, region) in (0u32..).zip(ram.regions()) {
             let memslot = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.spec.guest_addr,
                 memory_size: region.spec.size,

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 //! Small x86 guest programs, written as readable assembly and assembled at run time.
 //!
 //! Tests, examples and benchmarks of a VMM need guests: a loop that writes a port, a

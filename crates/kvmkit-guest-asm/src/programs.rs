@@ -162,6 +162,9 @@ pub struct VirtioBuffer {
 /// interrupt count to [`virtio_layout::REPORT_PORT`] and ends through the debug exit
 /// port. What the buffers hold (a request header, data to write) is whatever is in
 /// guest memory there.
+// The casts take ring addresses in the layout's first megabytes and request counts
+// of a test, to the 32-bit immediates the instructions hold.
+#[allow(clippy::cast_possible_truncation)]
 pub fn virtio_driver(
     load_addr: u64,
     mmio_base: u64,
@@ -272,6 +275,9 @@ pub fn virtio_driver(
 /// queue: its chain at the queue's descriptors 0.., the head in the available ring, the
 /// notify (RBX holds the MMIO base), then the wait for the queue's used index to reach
 /// `position` and the interrupt count to reach `serial`.
+// At most QUEUE_SIZE buffers (asserted by virtio_driver): their table offsets and
+// indices fit the instructions' immediates.
+#[allow(clippy::cast_possible_truncation)]
 fn emit_request(
     a: &mut CodeAssembler,
     request: &VirtioRequest,

@@ -184,7 +184,7 @@ fn advise(region: &RamRegion, advice: i32, name: &'static str) -> Result<(), Err
     let ret = unsafe {
         libc::madvise(
             region.host_addr as *mut libc::c_void,
-            region.spec.size as usize,
+            usize::try_from(region.spec.size).unwrap_or(usize::MAX),
             advice,
         )
     };

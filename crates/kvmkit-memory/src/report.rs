@@ -262,11 +262,13 @@ fn resident_bytes(region: &RamRegion) -> Result<u64, Error> {
     let mut offset = 0;
     while offset < region.spec.size {
         let len = CHUNK.min(region.spec.size - offset);
-        vec.resize(len.div_ceil(page) as usize, 0u8);
+        // At most CHUNK (1 GiB) bytes: a length and a page count any usize holds.
+        let bytes = usize::try_from(len).unwrap_or(usize::MAX);
+        vec.resize(usize::try_from(len.div_ceil(page)).unwrap_or(0), 0u8);
         let addr = (region.host_addr as u64 + offset) as *mut libc::c_void;
         // SAFETY: `addr..addr + len` lies inside the region's live mapping, and `vec`
         // holds one byte per page of it, as mincore requires.
-        let ret = unsafe { libc::mincore(addr, len as usize, vec.as_mut_ptr()) };
+        let ret = unsafe { libc::mincore(addr, bytes, vec.as_mut_ptr()) };
         if ret != 0 {
             return Err(Error::Report {
                 what: format!("mincore on guest memory at {:#x}", region.spec.guest_addr),

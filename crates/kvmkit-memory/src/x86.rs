@@ -50,6 +50,16 @@ impl FixedRange {
         self.start < other.end() && other.start < self.end()
     }
 
+    /// The first address as the 32-bit field a firmware table or boot protocol holds
+    /// it in. Every range here but RAM's lies below 4 GiB; one that did not would
+    /// fail to compile where this is evaluated in a constant, and panic otherwise.
+    // The assertion makes the cast exact.
+    #[allow(clippy::cast_possible_truncation)]
+    pub const fn start_u32(&self) -> u32 {
+        assert!(self.end() <= 1 << 32, "the range is not below 4 GiB");
+        self.start as u32
+    }
+
     /// Whether `other` lies wholly inside `self`.
     pub const fn contains(&self, other: &FixedRange) -> bool {
         self.start <= other.start && other.end() <= self.end()

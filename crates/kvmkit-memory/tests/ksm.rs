@@ -6,6 +6,11 @@
 //! Needs KSM scanning (`/sys/kernel/mm/ksm/run` = 1), which the test turns on itself
 //! when it runs as root and restores afterwards; `.ci/run` runs it as root.
 
+// Test code: the values cast are small constants and sizes this file chose (queue
+// slots, sector numbers, test buffer lengths), which its own assertions would catch
+// truncating.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::time::{Duration, Instant};
 
 use kvmkit_memory::{GuestRam, KsmCounters, KsmScanning, MemoryConfig, MemoryLayout};

@@ -208,13 +208,16 @@ impl Vcpu {
         let io = unsafe { run.__bindgen_anon_1.io };
         let size = usize::from(io.size).max(1);
         let len = size * io.count as usize;
+        // An offset into the kvm_run mapping, which lies in this process's address
+        // space: it fits a usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let data_offset = io.data_offset as usize;
         let base = (run as *mut kvm_run).cast::<u8>();
         // SAFETY: for KVM_EXIT_IO the kernel places `size * count` bytes (at most one
         // page) at `data_offset` inside the vCPU's kvm_run mapping, as kvm-ioctls'
         // own decoding relies on; that mapping lives as long as `self.fd`, and nothing
         // else refers to those bytes while this borrow of `self.fd` lasts.
-        let data =
-            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(data_offset), len) };
         let write = u32::from(io.direction) == KVM_EXIT_IO_OUT;
         let mut action = IoAction::Continue;
         for element in data.chunks_exact_mut(size) {

@@ -342,7 +342,10 @@ impl Vm {
         }
         let bits = self
             .fd
-            .get_dirty_log(memslot.slot, memslot.size as usize)
+            .get_dirty_log(
+                memslot.slot,
+                usize::try_from(memslot.size).unwrap_or(usize::MAX),
+            )
             .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
         Ok(DirtyBitmap {
             guest_addr: memslot.guest_addr,

@@ -26,7 +26,9 @@ use crate::queue::{Buffer, Chain, ChainError, Served};
 use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
 
 /// Bytes in a sector, as virtio-blk counts.
-pub const SECTOR_SIZE: u64 = 512;
+pub const SECTOR_SIZE: u64 = BLOCK_SIZE as u64;
+/// The block size the device reports (`blk_size`): one sector.
+const BLOCK_SIZE: u32 = 512;
 const QUEUE_SIZE: u16 = 256;
 /// Bytes moved between the file and guest memory per system call.
 const CHUNK: usize = 128 << 10;
@@ -134,7 +136,7 @@ fn config_space(capacity: u64) -> Vec<u8> {
         |offset: usize, bytes: &[u8]| config[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(0, &capacity.to_le_bytes());
     put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
-    put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+    put(20, &BLOCK_SIZE.to_le_bytes()); // blk_size
     put(36, &u32::MAX.to_le_bytes()); // max_discard_sectors
     put(40, &MAX_RANGES.to_le_bytes()); // max_discard_seg
     put(44, &1u32.to_le_bytes()); // discard_sector_alignment
@@ -211,6 +213,18 @@ struct Disk {
     scratch: Vec<u8>,
 }
 
+/// A request status as the byte the driver reads (the bindings give them as `u32`).
+// The assertion makes the cast exact; it runs at compile time for the constants below.
+#[allow(clippy::cast_possible_truncation)]
+const fn status_byte_of(status: u32) -> u8 {
+    assert!(status <= 0xff);
+    status as u8
+}
+
+const STATUS_OK: u8 = status_byte_of(VIRTIO_BLK_S_OK);
+const STATUS_IOERR: u8 = status_byte_of(VIRTIO_BLK_S_IOERR);
+const STATUS_UNSUPP: u8 = status_byte_of(VIRTIO_BLK_S_UNSUPP);
+
 /// A request's failure, with the status the driver gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
@@ -221,8 +235,8 @@ enum Failure {
 impl Failure {
     fn status(self) -> u8 {
         match self {
-            Failure::IoError => VIRTIO_BLK_S_IOERR as u8,
-            Failure::Unsupported => VIRTIO_BLK_S_UNSUPP as u8,
+            Failure::IoError => STATUS_IOERR,
+            Failure::Unsupported => STATUS_UNSUPP,
         }
     }
 }
@@ -242,14 +256,15 @@ impl Disk {
         let result = read_header(memory, &mut readable)
             .and_then(|(kind, sector)| self.execute(memory, kind, sector, readable, data_in));
         let (status_value, written, bytes, failed) = match result {
-            Ok(done) => (VIRTIO_BLK_S_OK as u8, done.written, done.bytes, false),
+            Ok(done) => (STATUS_OK, done.written, done.bytes, false),
             Err(failure) => (failure.status(), 0, 0, true),
         };
         if memory.write_obj(status_value, status.addr).is_err() {
             return Served::FAILED;
         }
         Served {
-            written: (written + 1) as u32,
+            // The walk keeps a chain's lengths within 2^32 - 1 bytes in all.
+            written: u32::try_from(written + 1).unwrap_or(u32::MAX),
             bytes,
             failed,
         }
@@ -275,7 +290,9 @@ impl Disk {
                 Ok(Done::default())
             }
             VIRTIO_BLK_T_GET_ID => {
-                let len = (data_in.len as usize).min(self.id.len());
+                let len = usize::try_from(data_in.len)
+                    .unwrap_or(usize::MAX)
+                    .min(self.id.len());
                 let id = self.id;
                 data_in.write(memory, &id[..len])?;
                 Ok(Done {
@@ -400,7 +417,7 @@ impl Disk {
         {
             return Err(Failure::IoError);
         }
-        let mut bytes = vec![0u8; from.len as usize];
+        let mut bytes = vec![0u8; usize::try_from(from.len).map_err(|_| Failure::IoError)?];
         from.read(memory, &mut bytes)?;
         let mut done = 0u64;
         for range in bytes.chunks_exact(RANGE_LEN) {
@@ -537,7 +554,7 @@ impl<'a> Segments<'a> {
                 let offset = n * max as u64;
                 (
                     GuestAddress(base + offset),
-                    (take - offset).min(max as u64) as usize,
+                    usize::try_from((take - offset).min(max as u64)).unwrap_or(max),
                 )
             })
         })

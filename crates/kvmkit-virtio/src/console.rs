@@ -115,7 +115,8 @@ impl ConsoleInputPort {
             }
             written += take;
         }
-        Served::done(written as u32, written as u64)
+        // At most CONSOLE_INPUT_BYTES.
+        Served::done(u32::try_from(written).unwrap_or(u32::MAX), written as u64)
     }
 }
 

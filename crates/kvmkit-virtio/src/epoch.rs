@@ -47,7 +47,8 @@ impl Gate {
     }
 }
 
-/// One activation's right to serve a device's queues (see the [module](self)).
+/// One activation's right to serve a device's queues: work runs in turns ([`Epoch::enter`])
+/// that a reset ([`Gate::revoke`]) stops and waits for.
 #[derive(Debug, Clone)]
 pub struct Epoch {
     gate: Arc<Gate>,

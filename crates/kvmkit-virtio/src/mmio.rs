@@ -193,7 +193,7 @@ impl MmioTransport {
             DEVICE_ID => state.device.device_type(),
             VENDOR_ID => VENDOR,
             DEVICE_FEATURES => match state.device_features_sel {
-                0 => state.device.features() as u32,
+                0 => (state.device.features() & 0xffff_ffff) as u32,
                 1 => (state.device.features() >> 32) as u32,
                 _ => 0,
             },
@@ -358,6 +358,12 @@ impl MmioTransport {
                 return false;
             };
             let notifier = Arc::new(notifier);
+            // max_sizes has an entry per queue, each addressed by a 32-bit QUEUE_SEL
+            // and a 16-bit notify value: a device with more queues cannot start.
+            let Ok(index) = u16::try_from(index) else {
+                self.fail();
+                return false;
+            };
             queue.set_event_idx(event_idx);
             // The device gets its own copy; the transport keeps the setup to answer
             // the driver's reads until the reset.
@@ -366,11 +372,11 @@ impl MmioTransport {
                 return false;
             };
             queues.push(ActiveQueue {
-                index: index as u16,
+                index,
                 queue: copy,
                 notifier: Arc::clone(&notifier),
             });
-            notifiers.push((index as u16, notifier));
+            notifiers.push((index, notifier));
         }
         let mut registered = true;
         for (index, notifier) in &notifiers {
@@ -406,9 +412,11 @@ impl MmioTransport {
         state.device.reset();
         let addr = self.base + QUEUE_NOTIFY;
         for (index, notifier) in state.notifiers.iter().enumerate() {
-            let Some(notifier) = notifier else { continue };
+            let (Some(notifier), Ok(index)) = (notifier, u16::try_from(index)) else {
+                continue;
+            };
             if state.shortcut_registered {
-                let _ = self.shortcut.unregister(addr, index as u16, notifier);
+                let _ = self.shortcut.unregister(addr, index, notifier);
             }
             // Wakes the device's old handler, which sees the reset and removes itself.
             let _ = notifier.write(1);

@@ -79,7 +79,10 @@ impl Tap {
         for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
             *slot = byte as libc::c_char;
         }
-        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        // The flags are small constants (0x0002 | 0x1000 | 0x4000) that fit the short.
+        #[allow(clippy::cast_possible_truncation)]
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        request.ifr_ifru.ifru_flags = flags;
         let tap = Tap {
             file,
             name: name.into(),
@@ -89,7 +92,8 @@ impl Tap {
         tap.ioctl("TUNSETIFF", unsafe {
             libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETIFF, &mut request)
         })?;
-        let header_len = NET_HEADER_LEN as libc::c_int;
+        let header_len: libc::c_int = 12;
+        const _: () = assert!(NET_HEADER_LEN == 12);
         // SAFETY: TUNSETVNETHDRSZ reads one int.
         tap.ioctl("TUNSETVNETHDRSZ", unsafe {
             libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len)
@@ -405,5 +409,9 @@ fn deliver(
     }
     let len = frame.len();
     pending.pop_front();
-    Served::done(len as u32, (len - NET_HEADER_LEN) as u64)
+    // A frame is at most MAX_PACKET bytes.
+    Served::done(
+        u32::try_from(len).unwrap_or(u32::MAX),
+        (len - NET_HEADER_LEN) as u64,
+    )
 }

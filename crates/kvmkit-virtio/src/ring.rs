@@ -201,22 +201,24 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
-    const RAM: u64 = 0x10_0000;
+    const RAM: u64 = RAM_BYTES as u64;
+    const RAM_BYTES: usize = 0x10_0000;
 
     fn memory() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+        GuestMemory::from_ranges(&[(GuestAddress(0), RAM_BYTES)]).unwrap()
     }
 
     fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+        let flags = u16::try_from(flags).expect("descriptor flags are 16 bits");
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
     }
 
     /// Puts `descs` in a fresh 16-entry queue at 0x8000, offers chain head 0, and
     /// walks it as a device does.
     fn first_chain(memory: &GuestMemory, descs: &[RawDescriptor]) -> Result<Chain, ChainError> {
         let mock = MockSplitQueue::create(memory, GuestAddress(0x8000), 16);
-        for (index, descriptor) in descs.iter().enumerate() {
-            mock.desc_table().store(index as u16, *descriptor).unwrap();
+        for (index, descriptor) in (0u16..).zip(descs) {
+            mock.desc_table().store(index, *descriptor).unwrap();
         }
         mock.avail().ring().ref_at(0).unwrap().store(0);
         mock.avail().idx().store(1);
@@ -303,7 +305,7 @@ mod tests {
         // 3 GiB more at 4 GiB (mapped, never touched), for two 2 GiB buffers in RAM.
         let high = 1u64 << 32;
         let memory = GuestMemory::from_ranges(&[
-            (GuestAddress(0), RAM as usize),
+            (GuestAddress(0), RAM_BYTES),
             (GuestAddress(high), 3 << 30),
         ])
         .unwrap();

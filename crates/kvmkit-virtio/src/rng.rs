@@ -92,14 +92,15 @@ fn fill(memory: &GuestMemory, chain: Result<&Chain, ChainError>, scratch: &mut [
         let bytes = &mut scratch[..len];
         if getrandom(bytes).is_err() || memory.write_slice(bytes, buffer.addr).is_err() {
             return Served {
-                written: written as u32,
+                written: u32::try_from(written).unwrap_or(u32::MAX),
                 bytes: written as u64,
                 failed: true,
             };
         }
         written += len;
     }
-    Served::done(written as u32, written as u64)
+    // At most RNG_MAX_REQUEST.
+    Served::done(u32::try_from(written).unwrap_or(u32::MAX), written as u64)
 }
 
 fn getrandom(buffer: &mut [u8]) -> std::io::Result<()> {

@@ -4,6 +4,10 @@
 //! Guest memory and small kernel images built by hand, for the boot tests.
 
 #![allow(dead_code)]
+// Test code: the values cast are small constants and sizes this file chose (queue
+// slots, sector numbers, test buffer lengths), which its own assertions would catch
+// truncating.
+#![allow(clippy::cast_possible_truncation)]
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 

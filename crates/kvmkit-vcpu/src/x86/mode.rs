@@ -128,7 +128,8 @@ fn real_segment(base: u64, type_and_flags: u8) -> kvm_segment {
     kvm_segment {
         base,
         limit: 0xffff,
-        selector: (base >> 4) as u16,
+        // Real mode reaches 1 MiB: the segment base was checked below it.
+        selector: ((base >> 4) & 0xffff) as u16,
         type_: type_and_flags & 0xf,
         present: 1,
         s: 1,
