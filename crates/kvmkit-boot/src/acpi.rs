@@ -15,7 +15,7 @@ use acpi_tables::{Aml, AmlSink};
 use kvmkit_memory::x86;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::layout::PhysicalLayout;
+use crate::layout::{LegacyDevices, PhysicalLayout};
 use crate::{BootError, BootStructure, LayoutError};
 
 const OEM_ID: [u8; 6] = *b"KVMKIT";
@@ -24,32 +24,6 @@ const OEM_REVISION: u32 = 1;
 pub const S5_SLEEP_TYPE: u8 = 5;
 /// The most vCPUs the MADT describes (xAPIC ids are 8 bits; 0xff is broadcast).
 pub const MAX_VCPUS: u32 = 255;
-
-/// The legacy devices the tables describe, at their PC addresses by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LegacyDevices {
-    /// COM1: its port and interrupt line, if present.
-    pub serial: Option<(u16, u32)>,
-    /// The hardware-reduced sleep control register's port.
-    pub sleep_control_port: u16,
-    /// The sleep status register's port.
-    pub sleep_status_port: u16,
-    /// The reset register's port and the value that resets.
-    pub reset: (u16, u8),
-}
-
-impl Default for LegacyDevices {
-    /// COM1 at 0x3f8 (IRQ 4), sleep control and status at 0x600 and 0x601, reset by
-    /// writing 0xfe to the i8042's command port 0x64.
-    fn default() -> Self {
-        LegacyDevices {
-            serial: Some((0x3f8, 4)),
-            sleep_control_port: 0x600,
-            sleep_status_port: 0x601,
-            reset: (0x64, 0xfe),
-        }
-    }
-}
 
 /// Writes the RSDP at [`x86::ACPI_TABLES`] and the XSDT, FADT, MADT and DSDT after it, for
 /// `vcpus` vCPUs and the devices of `layout` (its windows and its legacy devices);

@@ -6,7 +6,7 @@
 
 use kvmkit_memory::x86;
 
-use crate::{BootError, LayoutError, LegacyDevices};
+use crate::{BootError, LayoutError};
 
 /// What a range of guest-physical addresses is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,32 @@ pub struct E820Entry {
 pub const E820_RAM: u32 = 1;
 /// e820 type of reserved memory.
 pub const E820_RESERVED: u32 = 2;
+
+/// The legacy devices the tables describe, at their PC addresses by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyDevices {
+    /// COM1: its port and interrupt line, if present.
+    pub serial: Option<(u16, u32)>,
+    /// The hardware-reduced sleep control register's port.
+    pub sleep_control_port: u16,
+    /// The sleep status register's port.
+    pub sleep_status_port: u16,
+    /// The reset register's port and the value that resets.
+    pub reset: (u16, u8),
+}
+
+impl Default for LegacyDevices {
+    /// COM1 at 0x3f8 (IRQ 4), sleep control and status at 0x600 and 0x601, reset by
+    /// writing 0xfe to the i8042's command port 0x64.
+    fn default() -> Self {
+        LegacyDevices {
+            serial: Some((0x3f8, 4)),
+            sleep_control_port: 0x600,
+            sleep_status_port: 0x601,
+            reset: (0x64, 0xfe),
+        }
+    }
+}
 
 /// The guest-physical address map: RAM (below 4 GiB up to the MMIO hole, the rest
 /// above it), the firmware's reserved area below 1 MiB, and the MMIO hole with the

@@ -29,13 +29,14 @@ mod linux;
 mod mptable;
 mod program;
 
-pub use acpi::{write_acpi_tables, LegacyDevices, MAX_VCPUS, S5_SLEEP_TYPE};
+pub use acpi::{write_acpi_tables, MAX_VCPUS, S5_SLEEP_TYPE};
 pub use error::{BootError, BootFile, BootStructure, LayoutError};
 pub use image::{BootEntry, BootImage, EntryProtocol};
 pub use kvmkit_memory::x86;
 pub use kvmkit_memory::x86::CpuMode;
 pub use layout::{
-    AddressRange, DeviceKind, E820Entry, PhysicalLayout, RangeKind, E820_RAM, E820_RESERVED,
+    AddressRange, DeviceKind, E820Entry, LegacyDevices, PhysicalLayout, RangeKind, E820_RAM,
+    E820_RESERVED,
 };
 pub use linux::{detect_format, KernelFormat, LinuxBoot};
 pub use mptable::write_mp_table;

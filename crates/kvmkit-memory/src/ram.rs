@@ -13,7 +13,6 @@ use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::host_page_size;
-use crate::report::MemoryReport;
 use crate::{Backing, Error, MemoryConfig, MemoryLayout, RegionSpec};
 
 /// Guest RAM as devices see it: vm-memory's mmap-backed memory with a dirty bitmap, in
@@ -132,12 +131,6 @@ impl GuestRam {
     /// Total bytes of guest RAM.
     pub fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.spec.size).sum()
-    }
-
-    /// What the kernel actually did for each region: page size, resident memory,
-    /// hugepages, advice flags, from `/proc/self/smaps`, and the KSM counters.
-    pub fn report(&self) -> Result<MemoryReport, Error> {
-        MemoryReport::read(&self.regions)
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::config::format_size;
 use crate::host::KsmCounters;
-use crate::{Error, RamRegion};
+use crate::{Error, GuestRam, RamRegion};
 
 /// The `VmFlags` of a mapping that matter for guest RAM.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -118,6 +118,14 @@ pub struct MemoryReport {
     pub regions: Vec<RegionReport>,
     /// KSM's state, if the kernel has KSM.
     pub ksm: Option<KsmCounters>,
+}
+
+impl GuestRam {
+    /// What the kernel actually did for each region: page size, resident memory,
+    /// hugepages, advice flags, from `/proc/self/smaps`, and the KSM counters.
+    pub fn report(&self) -> Result<MemoryReport, Error> {
+        MemoryReport::read(self.regions())
+    }
 }
 
 impl MemoryReport {

@@ -50,6 +50,7 @@
 mod error;
 mod exit;
 mod hypervisor;
+mod owners;
 mod stats;
 mod thread;
 mod vcpu;

@@ -12,7 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vm_memory::GuestMemory;
 
-use crate::vm::MemoryOwners;
+use crate::owners::MemoryOwners;
 use crate::{x86, CpuMode, Error, ExitReason, ExitStats, IoAccess, IoAction, IoHandler, IoKind};
 use crate::{SystemEventKind, VcpuExit};
 

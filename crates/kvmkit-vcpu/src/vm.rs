@@ -5,7 +5,7 @@
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MEM_LOG_DIRTY_PAGES,
@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use crate::error::MemslotError;
+use crate::owners::MemoryOwners;
 use crate::x86::CpuTopology;
 use crate::{x86, Error, Hypervisor, Vcpu};
 
@@ -124,21 +125,6 @@ impl Memslot {
     }
 }
 
-/// Every guest memory registered with a VM, kept mapped for as long as KVM may reach it.
-///
-/// KVM maps the host pages of a memslot into the guest until the VM is destroyed,
-/// which is when its last file descriptor closes: the VM's and every vCPU's. So the
-/// [`Vm`] and each [`Vcpu`] hold this, each declared after its file descriptor, and the
-/// mappings are unmapped only after the last descriptor closed.
-#[derive(Default)]
-pub(crate) struct MemoryOwners(Mutex<Vec<Arc<dyn Any + Send + Sync>>>);
-
-impl MemoryOwners {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<dyn Any + Send + Sync>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// A KVM virtual machine.
 ///
 /// Created from a [`Hypervisor`]; owns the VM file descriptor, the memslots (and keeps
@@ -234,7 +220,7 @@ impl Vm {
         // The owner is stored before KVM learns of the first region, so the mappings
         // outlive any slot that points at them, even one a failed call leaves behind.
         let owner: Arc<dyn Any + Send + Sync> = memory.clone();
-        self.memory.lock().push(owner);
+        self.memory.keep(owner);
         let mut added = Vec::with_capacity(regions);
         for region in memory.iter() {
             let slot = u32::try_from(memslots.len()).unwrap_or(u32::MAX);
