@@ -56,7 +56,9 @@ impl EventLoop {
                 }),
             ) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
-                other => other?,
+                other => {
+                    other?;
+                }
             }
         }
         Ok(())
@@ -78,6 +80,11 @@ fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
         // watching it until the guest does.
         return Flow::Pause;
     }
+    // The loop also runs this when the console makes room, whether or not input
+    // waits: a terminal or pipe may be in blocking mode, so never read it unready.
+    if !readable(input) {
+        return Flow::Continue;
+    }
     // SAFETY: reads at most `room` bytes into `buffer`, which has that many.
     let read = unsafe { libc::read(input.as_raw_fd(), buffer.as_mut_ptr().cast(), room) };
     match read {
@@ -98,6 +105,17 @@ fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
             Flow::Continue
         }
     }
+}
+
+/// Whether `fd` has something to read (or hung up), without waiting.
+fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor borrowed for the call; no waiting.
+    unsafe { libc::poll(&mut poll, 1, 0) == 1 }
 }
 
 #[cfg(all(test, feature = "uart"))]

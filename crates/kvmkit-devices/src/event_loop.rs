@@ -46,6 +46,8 @@ pub enum LoopEnd {
 pub type Handler = Box<dyn FnMut() -> Flow + Send>;
 
 struct Source {
+    /// Tells this source's events from those of an earlier source in the same slot.
+    generation: u32,
     fd: RawFd,
     events: EventSet,
     handler: Handler,
@@ -68,6 +70,10 @@ struct Remote {
 pub struct EventLoop {
     epoll: Epoll,
     sources: Vec<Option<Source>>,
+    /// Slots of removed sources, reused before the table grows.
+    free: Vec<usize>,
+    /// The generation the next source takes.
+    next_generation: u32,
     shutdown: Arc<VmShutdown>,
     dispatches: u64,
     remote: mpsc::Receiver<Remote>,
@@ -129,7 +135,7 @@ impl LoopHandle {
     }
 }
 
-/// The token of the VM shutdown event.
+/// The token of the VM shutdown event (a slot no table reaches).
 const SHUTDOWN_TOKEN: u64 = u64::MAX;
 /// The token of the event that says a [`LoopHandle`] sent sources.
 const REMOTE_TOKEN: u64 = u64::MAX - 2;
@@ -155,6 +161,8 @@ impl EventLoop {
         Ok(EventLoop {
             epoll,
             sources: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
             shutdown,
             dispatches: 0,
             remote,
@@ -180,8 +188,8 @@ impl EventLoop {
             // SAFETY: `remote.fd` moves into the source below, which keeps it open as
             // long as the loop watches it.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            self.add_source(borrowed, READABLE, remote.wake, remote.handler)?;
-            if let Some(Some(source)) = self.sources.last_mut() {
+            let index = self.add_source(borrowed, READABLE, remote.wake, remote.handler)?;
+            if let Some(Some(source)) = self.sources.get_mut(index) {
                 source._owned = Some(remote.fd);
             }
         }
@@ -196,11 +204,15 @@ impl EventLoop {
         handler: impl FnMut() -> Flow + Send + 'static,
     ) -> io::Result<()> {
         self.add_source(fd, READABLE, None, Box::new(handler))
+            .map(drop)
     }
 
     /// As [`add`](Self::add), for a source whose handler may return [`Flow::Pause`]:
     /// the loop then stops watching `fd` until `wake` is signalled (the loop reads
-    /// `wake` itself), and then runs the handler at once and watches `fd` again.
+    /// `wake` itself), and then runs the handler at once and watches `fd` again. A
+    /// `wake` while the source is not paused runs the handler too (so a device reset
+    /// meanwhile is seen, and its source removed, without waiting for `fd`): the
+    /// handler must not block when `fd` has nothing to read.
     pub fn add_pausable(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -208,6 +220,7 @@ impl EventLoop {
         handler: impl FnMut() -> Flow + Send + 'static,
     ) -> io::Result<()> {
         self.add_source(fd, READABLE, Some(wake.try_clone()?), Box::new(handler))
+            .map(drop)
     }
 
     /// Watches `fd` for `events` (the policy modules' way to watch for writability).
@@ -217,8 +230,10 @@ impl EventLoop {
         events: EventSet,
         wake: Option<EventFd>,
         handler: Handler,
-    ) -> io::Result<()> {
-        let token = (self.sources.len() as u64) << 1;
+    ) -> io::Result<usize> {
+        let index = self.free.last().copied().unwrap_or(self.sources.len());
+        let generation = self.next_generation;
+        let token = token(index, generation);
         self.epoll.ctl(
             ControlOperation::Add,
             fd.as_raw_fd(),
@@ -239,15 +254,28 @@ impl EventLoop {
                 return Err(error);
             }
         }
-        self.sources.push(Some(Source {
+        self.next_generation = generation.wrapping_add(1);
+        let source = Some(Source {
+            generation,
             fd: fd.as_raw_fd(),
             events,
             handler,
             wake,
             paused: false,
             _owned: None,
-        }));
-        Ok(())
+        });
+        if self.free.pop().is_some() {
+            self.sources[index] = source;
+        } else {
+            self.sources.push(source);
+        }
+        Ok(index)
+    }
+
+    /// Sources being watched (or paused): what a VMM that adds and removes devices
+    /// checks stays flat.
+    pub fn source_count(&self) -> usize {
+        self.sources.len() - self.free.len()
     }
 
     /// Waits for events and runs their handlers until the VM's shutdown is requested or
@@ -303,38 +331,45 @@ impl EventLoop {
     }
 
     fn dispatch(&mut self, token: u64) -> io::Result<Flow> {
-        let index = (token >> 1) as usize;
+        let (index, generation) = slot(token);
         let Some(Some(source)) = self.sources.get_mut(index) else {
             return Ok(Flow::Continue);
         };
+        if source.generation != generation {
+            // An event of the slot's earlier source, read in the same wait.
+            return Ok(Flow::Continue);
+        }
         if token & WAKE_BIT != 0 {
             if let Some(wake) = &source.wake {
                 let _ = wake.read();
             }
-            if !source.paused {
-                return Ok(Flow::Continue);
+            if source.paused {
+                // Watch the descriptor again, and run the handler now: what it paused
+                // for may be work it already holds (a frame read before the pause),
+                // which no readiness of the descriptor would bring back.
+                source.paused = false;
+                let event = EpollEvent::new(source.events, token & !WAKE_BIT);
+                self.epoll.ctl(ControlOperation::Add, source.fd, event)?;
             }
-            // Watch the descriptor again, and run the handler now: what it paused for
-            // may be work it already holds (a frame read before the pause), which no
-            // readiness of the descriptor would bring back.
-            source.paused = false;
-            let event = EpollEvent::new(source.events, token & !WAKE_BIT);
-            self.epoll.ctl(ControlOperation::Add, source.fd, event)?;
-        }
-        if source.paused {
+            // Not paused: run it anyway, so that what the wake says (a device reset,
+            // say) is seen now, not on the descriptor's next readiness.
+        } else if source.paused {
             return Ok(Flow::Continue);
         }
         self.dispatches += 1;
         let flow = (source.handler)();
         match flow {
-            Flow::Remove => {
-                self.unwatch(index)?;
-                self.sources[index] = None;
-            }
+            Flow::Remove => self.remove(index)?,
             Flow::Pause => {
-                self.unwatch(index)?;
                 if let Some(Some(source)) = self.sources.get_mut(index) {
-                    source.paused = true;
+                    if !source.paused {
+                        source.paused = true;
+                        self.epoll.ctl(
+                            ControlOperation::Delete,
+                            source.fd,
+                            EpollEvent::default(),
+                        )?;
+                    }
                 }
             }
             Flow::Continue | Flow::Stop => {}
@@ -342,13 +377,42 @@ impl EventLoop {
         Ok(flow)
     }
 
-    fn unwatch(&self, index: usize) -> io::Result<()> {
-        if let Some(Some(source)) = self.sources.get(index) {
+    /// Stops watching source `index` (its descriptor and its wake event) and frees its
+    /// slot.
+    fn remove(&mut self, index: usize) -> io::Result<()> {
+        let Some(source) = self.sources.get_mut(index).and_then(Option::take) else {
+            return Ok(());
+        };
+        self.free.push(index);
+        if !source.paused {
             self.epoll
                 .ctl(ControlOperation::Delete, source.fd, EpollEvent::default())?;
         }
+        if let Some(wake) = &source.wake {
+            // The wake is a duplicate of another's event fd: closing it alone would
+            // leave it registered while the original lives.
+            self.epoll.ctl(
+                ControlOperation::Delete,
+                wake.as_raw_fd(),
+                EpollEvent::default(),
+            )?;
+        }
         Ok(())
     }
+}
+
+/// The token of source `index` of `generation`: bit 0 tells its wake event from its
+/// descriptor, bits 1..33 the slot, the rest the generation.
+fn token(index: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 33) | ((index as u64 & 0xffff_ffff) << 1)
+}
+
+/// The slot and generation a token names.
+fn slot(token: u64) -> (usize, u32) {
+    // 32 bits each, by construction of `token`.
+    let index = ((token >> 1) & 0xffff_ffff) as usize;
+    let generation = ((token >> 33) & 0xffff_ffff) as u32;
+    (index, generation)
 }
 
 /// An event fd as a borrowed descriptor (vmm-sys-util's `EventFd` has no `AsFd`), to
@@ -463,5 +527,80 @@ pub(crate) mod tests {
         // The wake runs the handler (which pauses again): exactly one more run.
         assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 2);
         drop(owned);
+    }
+
+    #[test]
+    fn a_wake_runs_a_source_that_is_not_paused_so_it_can_remove_itself() {
+        // A device's receive source: its descriptor (a tap) stays quiet, its wake (the
+        // queue's notifier) is what a reset signals.
+        let (quiet, _writer) = pipe();
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::clone(&reset);
+        let owned: OwnedFd = quiet.into();
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        event_loop
+            .add_pausable(owned.as_fd(), &wake, move || {
+                if seen.load(std::sync::atomic::Ordering::SeqCst) {
+                    Flow::Remove
+                } else {
+                    Flow::Continue
+                }
+            })
+            .unwrap();
+
+        reset.store(true, std::sync::atomic::Ordering::SeqCst);
+        wake.write(1).unwrap();
+        event_loop.run_ready().unwrap();
+
+        assert_eq!(event_loop.source_count(), 0);
+    }
+
+    #[test]
+    fn removed_sources_free_their_slots_for_the_next_ones() {
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        let events: Vec<EventFd> = (0..4)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+
+        for _ in 0..1000 {
+            for event in &events {
+                event_loop.add(event_fd(event), || Flow::Remove).unwrap();
+                event.write(1).unwrap();
+            }
+            event_loop.run_ready().unwrap();
+        }
+
+        assert_eq!(event_loop.source_count(), 0);
+        assert!(
+            event_loop.sources.len() <= events.len(),
+            "{}",
+            event_loop.sources.len()
+        );
+    }
+
+    #[test]
+    fn an_event_of_a_removed_source_does_not_run_the_source_now_in_its_slot() {
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        let old = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let new = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        event_loop.add(event_fd(&old), || Flow::Remove).unwrap();
+        old.write(1).unwrap();
+        event_loop.run_ready().unwrap();
+        let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&runs);
+        event_loop
+            .add(event_fd(&new), move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Flow::Continue
+            })
+            .unwrap();
+
+        // The old source's token, as an event already read in the same wait would be.
+        let stale = token(0, 0);
+        event_loop.dispatch(stale).unwrap();
+
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(event_loop.source_count(), 1);
     }
 }

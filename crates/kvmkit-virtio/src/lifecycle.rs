@@ -5,7 +5,7 @@
 //! and stopped: [`DeviceLifecycle`].
 
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvmkit_devices::{event_fd, Flow};
 use virtio_queue::Queue;
@@ -39,6 +39,35 @@ use crate::{ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters};
 pub struct DeviceLifecycle {
     counters: Vec<Arc<QueueCounters>>,
     gate: Arc<Gate>,
+    /// The work of the current activation, dropped (buffers, backends, runners) when
+    /// the device is reset, however long the event loop takes to drop the sources.
+    work: Mutex<Vec<Arc<WorkSlot>>>,
+}
+
+/// A source's work, held for the activation it belongs to.
+type Work = Box<dyn FnMut() -> Flow + Send>;
+
+#[derive(Default)]
+struct WorkSlot(Mutex<Option<Work>>);
+
+impl std::fmt::Debug for WorkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkSlot").finish_non_exhaustive()
+    }
+}
+
+impl WorkSlot {
+    fn lock(&self) -> MutexGuard<'_, Option<Work>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the work, or says to drop the source once the device dropped it.
+    fn run(&self) -> Flow {
+        match self.lock().as_mut() {
+            Some(work) => work(),
+            None => Flow::Remove,
+        }
+    }
 }
 
 impl DeviceLifecycle {
@@ -47,6 +76,7 @@ impl DeviceLifecycle {
         DeviceLifecycle {
             counters: (0..queues).map(|_| Arc::default()).collect(),
             gate: Arc::default(),
+            work: Mutex::default(),
         }
     }
 
@@ -72,11 +102,26 @@ impl DeviceLifecycle {
     }
 
     /// Stops the device: ends the current epoch and waits for the turn of queue work
-    /// in flight, if any. Work of the old epoch then touches nothing, and its event
-    /// sources remove themselves on their next event. Call it from a thread that is
-    /// not serving the device's queues (a transport's, on a vCPU thread).
+    /// in flight, if any, then drops the old activation's work (its runners, buffers
+    /// and backends' handles). Work of the old epoch then touches nothing, and its
+    /// event sources remove themselves on their next event. Call it from a thread that
+    /// is not serving the device's queues (a transport's, on a vCPU thread).
     pub fn reset(&self) {
         self.gate.revoke();
+        let work = std::mem::take(&mut *self.work.lock().unwrap_or_else(|e| e.into_inner()));
+        for slot in work {
+            slot.lock().take();
+        }
+    }
+
+    /// Keeps `work` for the current activation: until the next reset.
+    fn hold(&self, work: impl FnMut() -> Flow + Send + 'static) -> Arc<WorkSlot> {
+        let slot = Arc::new(WorkSlot(Mutex::new(Some(Box::new(work)))));
+        self.work
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&slot));
+        slot
     }
 
     /// A runner for queue `index` (`queue`, as the driver set it up) in the current
@@ -109,9 +154,10 @@ impl DeviceLifecycle {
         &self,
         activation: &Activation,
         notifier: &Arc<EventFd>,
-        mut work: impl FnMut() -> Flow + Send + 'static,
+        work: impl FnMut() -> Flow + Send + 'static,
     ) -> Result<(), ActivateError> {
         let epoch = self.epoch();
+        let work = self.hold(work);
         let handler_notifier = Arc::clone(notifier);
         activation
             .events
@@ -122,7 +168,7 @@ impl DeviceLifecycle {
                     if !epoch.is_current() {
                         return Flow::Remove;
                     }
-                    match work() {
+                    match work.run() {
                         Flow::Pause => {
                             let _ = handler_notifier.write(1);
                             Flow::Continue
@@ -143,9 +189,10 @@ impl DeviceLifecycle {
         activation: &Activation,
         fd: BorrowedFd<'_>,
         wake: &EventFd,
-        mut work: impl FnMut() -> Flow + Send + 'static,
+        work: impl FnMut() -> Flow + Send + 'static,
     ) -> Result<(), ActivateError> {
         let epoch = self.epoch();
+        let work = self.hold(work);
         activation
             .events
             .add_pausable(
@@ -155,7 +202,7 @@ impl DeviceLifecycle {
                     if !epoch.is_current() {
                         return Flow::Remove;
                     }
-                    work()
+                    work.run()
                 }),
             )
             .map_err(ActivateError::Events)
