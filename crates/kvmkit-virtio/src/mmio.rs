@@ -94,8 +94,14 @@ struct State {
     queue_sel: u32,
     queues: Vec<Queue>,
     /// Each live queue's notifier, by queue index, while the device is active.
-    notifiers: Vec<Option<Arc<EventFd>>>,
-    shortcut_registered: bool,
+    notifiers: Vec<Option<LiveNotifier>>,
+}
+
+/// A live queue's notifier, and whether the hypervisor's shortcut took it.
+#[derive(Clone)]
+struct LiveNotifier {
+    event: Arc<EventFd>,
+    registered: bool,
 }
 
 /// A virtio device behind the virtio-mmio register layout, version 2.
@@ -144,7 +150,6 @@ impl MmioTransport {
                 queue_sel: 0,
                 queues,
                 notifiers: Vec::new(),
-                shortcut_registered: false,
             }),
             base,
             memory,
@@ -378,15 +383,13 @@ impl MmioTransport {
             });
             notifiers.push((index, notifier));
         }
-        let mut registered = true;
-        for (index, notifier) in &notifiers {
-            let addr = self.base + QUEUE_NOTIFY;
-            registered &= matches!(self.shortcut.register(addr, *index, notifier), Ok(true));
-        }
-        state.shortcut_registered = registered;
+        // Each queue on its own: one the shortcut did not take is notified through
+        // the register, and a reset withdraws exactly those it took.
+        let addr = self.base + QUEUE_NOTIFY;
         state.notifiers = vec![None; state.queues.len()];
-        for (index, notifier) in notifiers {
-            state.notifiers[usize::from(index)] = Some(notifier);
+        for (index, event) in notifiers {
+            let registered = matches!(self.shortcut.register(addr, index, &event), Ok(true));
+            state.notifiers[usize::from(index)] = Some(LiveNotifier { event, registered });
         }
         let activation = Activation {
             memory: Arc::clone(&self.memory),
@@ -415,14 +418,13 @@ impl MmioTransport {
             let (Some(notifier), Ok(index)) = (notifier, u16::try_from(index)) else {
                 continue;
             };
-            if state.shortcut_registered {
-                let _ = self.shortcut.unregister(addr, index, notifier);
+            if notifier.registered {
+                let _ = self.shortcut.unregister(addr, index, &notifier.event);
             }
             // Wakes the device's old handler, which sees the reset and removes itself.
-            let _ = notifier.write(1);
+            let _ = notifier.event.write(1);
         }
         state.notifiers.clear();
-        state.shortcut_registered = false;
         state.queues = fresh_queues(&state.max_sizes);
         state.status = 0;
         state.device_features_sel = 0;
@@ -440,7 +442,7 @@ impl MmioTransport {
         match state.notifiers.get(queue as usize) {
             Some(Some(notifier)) if live => {
                 self.counters.notifies.fetch_add(1, Ordering::Relaxed);
-                let _ = notifier.write(1);
+                let _ = notifier.event.write(1);
             }
             _ => {
                 self.counters.bad_notifies.fetch_add(1, Ordering::Relaxed);

@@ -344,6 +344,47 @@ fn driver_ok_registers_each_live_queue_notifier_and_reset_withdraws_it() {
     assert_eq!(*shortcut.unregistered.lock().unwrap(), registered);
 }
 
+/// Takes queue 0's notifier and refuses queue 1's, as KVM refuses an ioeventfd when
+/// it runs out of I/O bus devices.
+#[derive(Default)]
+struct HalfShortcut {
+    unregistered: Mutex<Vec<u16>>,
+}
+
+impl QueueNotifiers for HalfShortcut {
+    fn register(&self, _addr: u64, queue: u16, _event: &EventFd) -> io::Result<bool> {
+        if queue == 0 {
+            Ok(true)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
+
+    fn unregister(&self, _addr: u64, queue: u16, _event: &EventFd) -> io::Result<()> {
+        self.unregistered.lock().unwrap().push(queue);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_partly_refused_registration_is_withdrawn_queue_by_queue_on_reset() {
+    use kvmkit_virtio::Console;
+    let output =
+        Arc::new(kvmkit_devices::ConsoleOutput::new(kvmkit_devices::SerialOutput::Sink).unwrap());
+    let shortcut = Arc::new(HalfShortcut::default());
+    let rig = Rig::with_shortcut(Box::new(Console::new(output).unwrap()), shortcut.clone());
+    rig.negotiate(version_1());
+    rig.setup_queue(0, &rig.mock(), 16);
+    rig.setup_queue(1, &rig.mock_at(RINGS + 0x800), 16);
+    rig.driver_ok();
+
+    rig.write(STATUS, 0);
+
+    // Queue 0's ioeventfd must go with the reset: left bound to a dead event fd it
+    // would swallow every later notification of queue 0.
+    assert_eq!(*shortcut.unregistered.lock().unwrap(), vec![0]);
+}
+
 #[test]
 fn a_reset_and_a_second_activation_serve_the_queue_again() {
     let rig = rng_rig();
