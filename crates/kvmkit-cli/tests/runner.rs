@@ -143,6 +143,8 @@ fn bad_options_and_images_are_refused_naming_the_option() {
     let not_a_kernel = dir.join("notes.txt");
     std::fs::write(&not_a_kernel, "not a kernel at all, just some text").unwrap();
     let serial = dir.join("serial.log");
+    let image = dir.join("disk.img");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--kernel".into(), "/nonexistent/vmlinuz".into()],
@@ -187,6 +189,17 @@ fn bad_options_and_images_are_refused_naming_the_option() {
                 "size=64M,hugepage_size=3M,hugepages=on".into(),
             ],
             "--memory:",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--disk".into(),
+                format!("path={}", image.display()),
+                "--disk".into(),
+                format!("path={}", image.display()),
+            ],
+            "is in use",
         ),
         (
             vec![

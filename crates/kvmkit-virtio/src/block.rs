@@ -54,6 +54,15 @@ pub enum BlockError {
         #[source]
         source: io::Error,
     },
+    /// Another process (or another disk of this one) holds the image: a writer
+    /// excludes everyone else, a reader excludes writers.
+    #[error("the disk image {path} is in use: another VMM or disk has it open{}", if *.readonly { " for writing" } else { "" })]
+    Locked {
+        /// The path.
+        path: String,
+        /// Whether this disk asked to read only (so the holder writes).
+        readonly: bool,
+    },
     /// The image's size cannot be read.
     #[error("cannot read the size of the disk image {path}")]
     Size {
@@ -80,7 +89,9 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the raw image or block device at `path`, read-only or read-write.
+    /// Opens the raw image or block device at `path`, read-only or read-write, and
+    /// locks it (an OFD lock, as QEMU takes): a second writer, or a reader while
+    /// something writes, is refused with [`BlockError::Locked`].
     pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
         let name = path.display().to_string();
         let file = OpenOptions::new()
@@ -91,6 +102,16 @@ impl Block {
                 path: name.clone(),
                 source,
             })?;
+        lock(&file, readonly).map_err(|source| match source.raw_os_error() {
+            Some(libc::EAGAIN | libc::EACCES) => BlockError::Locked {
+                path: name.clone(),
+                readonly,
+            },
+            _ => BlockError::Open {
+                path: name.clone(),
+                source,
+            },
+        })?;
         let size = disk_size(&file).map_err(|source| BlockError::Size {
             path: name.clone(),
             source,
@@ -118,6 +139,31 @@ impl Block {
     /// The capacity in sectors.
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+}
+
+/// Takes an open-file-description lock on the whole image, as QEMU does: shared for a
+/// read-only disk, exclusive for a writable one. It lasts as long as the file is open
+/// (in this process or a child it passed the descriptor to), and is released by the
+/// kernel however the process ends.
+// F_RDLCK, F_WRLCK and SEEK_SET are 0, 1 and 0: they fit flock's shorts.
+#[allow(clippy::cast_possible_truncation)]
+fn lock(file: &File, readonly: bool) -> io::Result<()> {
+    // SAFETY: flock is plain data; all-zero is a valid value (whole file from 0).
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    range.l_type = if readonly {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
+    range.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the flock it is given, which lives for the call, on a
+    // descriptor this function borrows.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &range) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

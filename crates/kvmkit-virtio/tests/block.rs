@@ -358,3 +358,36 @@ fn the_config_space_gives_the_capacity_in_sectors() {
 
     assert_eq!(u64::from_le_bytes(capacity), SECTORS);
 }
+
+#[test]
+fn a_second_writer_or_a_reader_beside_a_writer_is_refused_naming_the_image() {
+    let (_file, path) = image();
+    let writer = Block::open(&path, false).unwrap();
+
+    let second_writer = Block::open(&path, false).unwrap_err();
+    let reader = Block::open(&path, true).unwrap_err();
+    drop(writer);
+    let after = Block::open(&path, false);
+    let _ = std::fs::remove_file(&path);
+
+    for error in [&second_writer, &reader] {
+        assert!(
+            matches!(error, kvmkit_virtio::BlockError::Locked { .. }),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()) && message.contains("in use"));
+    }
+    assert!(after.is_ok(), "the lock outlived the disk");
+}
+
+#[test]
+fn readers_share_an_image() {
+    let (_file, path) = image();
+
+    let first = Block::open(&path, true);
+    let second = Block::open(&path, true);
+    let _ = std::fs::remove_file(&path);
+
+    assert!(first.is_ok() && second.is_ok());
+}
