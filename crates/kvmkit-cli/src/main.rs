@@ -107,8 +107,11 @@ fn run(options: &Options) -> Result<i32, CliError> {
         devices.add("console", &platform);
     }
     for disk in &options.disk {
-        let block = Block::open(&disk.path, disk.readonly)
+        let mut block = Block::open(&disk.path, disk.readonly)
             .map_err(|e| CliError::from_error("--disk", &e))?;
+        if let Some(serial) = &disk.serial {
+            block = block.with_serial(serial.as_bytes());
+        }
         platform
             .add_virtio_mmio(Box::new(block), &memory)
             .map_err(|e| CliError::from_error("--disk", &e))?;

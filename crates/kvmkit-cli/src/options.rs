@@ -32,8 +32,8 @@ pub struct Options {
     /// Guest memory: size=512M[,hugepages=on,hugepage_size=2M,mergeable=on,thp=on,shared=on,prefault=on].
     #[arg(long, value_name = "size=SIZE,...", default_value = "size=512M", value_parser = parse_memory)]
     pub memory: MemoryConfig,
-    /// A virtio-blk disk: path=IMG[,readonly=on]. May be repeated.
-    #[arg(long, value_name = "path=IMG[,readonly=on]", value_parser = parse_disk)]
+    /// A virtio-blk disk: path=IMG[,readonly=on][,serial=ID]. May be repeated.
+    #[arg(long, value_name = "path=IMG[,readonly=on][,serial=ID]", value_parser = parse_disk)]
     pub disk: Vec<DiskOption>,
     /// A virtio-net device on a tap: tap=NAME[,mac=MAC].
     #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
@@ -59,6 +59,8 @@ pub struct DiskOption {
     pub path: PathBuf,
     /// Whether the guest may only read it.
     pub readonly: bool,
+    /// The serial the guest reads (`/sys/block/vdX/serial`); empty when not given.
+    pub serial: Option<String>,
 }
 
 /// A `--net`.
@@ -135,19 +137,26 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, String> {
     Ok(config)
 }
 
-/// `path=IMG[,readonly=on]`.
+/// `path=IMG[,readonly=on][,serial=ID]`.
 pub fn parse_disk(text: &str) -> Result<DiskOption, String> {
     let mut path = None;
     let mut readonly = false;
-    for (key, value) in pairs(text, &["path", "readonly"])? {
+    let mut serial = None;
+    for (key, value) in pairs(text, &["path", "readonly", "serial"])? {
         match key {
             "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
             "path" => return Err("path is empty".into()),
+            "serial" if value.len() <= 20 => serial = Some(value.to_string()),
+            "serial" => return Err(format!("serial takes at most 20 bytes, not `{value}`")),
             _ => readonly = switch(key, value)?,
         }
     }
     let path = path.ok_or_else(|| "give the image as path=IMG".to_string())?;
-    Ok(DiskOption { path, readonly })
+    Ok(DiskOption {
+        path,
+        readonly,
+        serial,
+    })
 }
 
 /// `tap=NAME[,mac=MAC]`.
@@ -217,7 +226,7 @@ mod tests {
             "--disk",
             "path=a.img",
             "--disk",
-            "path=b.img,readonly=on",
+            "path=b.img,readonly=on,serial=data-1",
             "--net",
             "tap=kvmkit0,mac=02:00:00:00:00:01",
             "--console",
@@ -231,6 +240,8 @@ mod tests {
         assert!(options.memory.hugepages);
         assert_eq!(options.disk.len(), 2);
         assert!(options.disk[1].readonly);
+        assert_eq!(options.disk[1].serial.as_deref(), Some("data-1"));
+        assert_eq!(options.disk[0].serial, None);
         let net = options.net.unwrap();
         assert_eq!((net.tap.as_str(), net.mac), ("kvmkit0", [2, 0, 0, 0, 0, 1]));
         assert_eq!(options.console, ConsoleMode::File("/tmp/hvc0".into()));
@@ -246,6 +257,10 @@ mod tests {
             (parse_disk("readonly=on").unwrap_err(), "path=IMG"),
             (parse_disk("path=a,path=b").unwrap_err(), "twice"),
             (parse_disk("path=a,readonly=yes").unwrap_err(), "on or off"),
+            (
+                parse_disk("path=a,serial=123456789012345678901").unwrap_err(),
+                "20 bytes",
+            ),
             (parse_net("tap=").unwrap_err(), "tap name"),
             (
                 parse_net("tap=t0,mac=01:00:00:00:00:01").unwrap_err(),

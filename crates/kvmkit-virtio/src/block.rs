@@ -38,7 +38,8 @@ const MAX_RANGES: u32 = 32;
 const HEADER_LEN: usize = 16;
 /// One discard or write-zeroes range: sector, sectors, flags.
 const RANGE_LEN: usize = 16;
-/// Write-zeroes flag: the device may unmap (punch a hole).
+/// Write-zeroes flag: the device may unmap (punch a hole). No other flag is defined,
+/// and discard takes none (virtio 1.2 §5.2.6.2).
 const WRITE_ZEROES_UNMAP: u32 = 1;
 
 /// What can go wrong while opening a disk.
@@ -77,12 +78,16 @@ pub enum BlockError {
 /// A virtio block device: read, write, flush (`fdatasync`), get-id, discard and
 /// write-zeroes (`fallocate`), on one queue, every sector range checked against the
 /// capacity. A read-only disk advertises `VIRTIO_BLK_F_RO` and fails writes with
-/// `IOERR`.
+/// `IOERR`. Discard and write-zeroes are offered only when the image can punch holes
+/// (probed when the disk is made: not on NFSv3, some FUSE file systems, or block
+/// devices), so a guest's `fstrim` never turns into I/O errors.
 #[derive(Debug)]
 pub struct Block {
     file: Arc<File>,
     capacity: u64,
     readonly: bool,
+    /// The image punches holes (`FALLOC_FL_PUNCH_HOLE`).
+    punches_holes: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: Vec<u8>,
     lifecycle: DeviceLifecycle,
@@ -116,30 +121,65 @@ impl Block {
             path: name.clone(),
             source,
         })?;
-        Ok(Self::with_file(file, size, readonly, name.as_bytes()))
+        Ok(Self::with_file(file, size, readonly, b""))
     }
 
     /// A disk on `file` of `size` bytes (whole sectors count), with `id` (its first
-    /// 20 bytes) as its serial.
+    /// 20 bytes) as its serial: what the guest reads as the disk's serial number
+    /// (`/sys/block/vda/serial`), empty by default so that nothing of the host leaks.
     pub fn with_file(file: File, size: u64, readonly: bool, id: &[u8]) -> Self {
         let capacity = size / SECTOR_SIZE;
-        let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
-        let len = id.len().min(serial.len());
-        serial[..len].copy_from_slice(&id[id.len() - len..]);
+        let punches_holes = !readonly && punches_holes(&file, size);
         Block {
             file: Arc::new(file),
             capacity,
             readonly,
-            id: serial,
+            punches_holes,
+            id: serial(id),
             config: config_space(capacity),
             lifecycle: DeviceLifecycle::new(1),
         }
+    }
+
+    /// This disk with `id` (its first 20 bytes) as its serial, as Cloud Hypervisor's
+    /// `--disk serial=` gives it.
+    pub fn with_serial(mut self, id: &[u8]) -> Self {
+        self.id = serial(id);
+        self
     }
 
     /// The capacity in sectors.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
+}
+
+/// The 20 bytes of a serial: the first ones of `id`, NUL-padded.
+fn serial(id: &[u8]) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
+    let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+    let len = id.len().min(serial.len());
+    serial[..len].copy_from_slice(&id[..len]);
+    serial
+}
+
+/// Whether the image can punch holes: one page punched past its end, where there is
+/// no data to lose (a block device refuses a range past its end, and is not probed
+/// further: discarding there would need BLKDISCARD on data).
+fn punches_holes(file: &File, size: u64) -> bool {
+    let Ok(offset) = libc::off_t::try_from(size.next_multiple_of(4096)) else {
+        return false;
+    };
+    // SAFETY: fallocate on a descriptor borrowed for the call; with KEEP_SIZE, past
+    // the end, it changes no data and not the file's size.
+    let ret = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE,
+            offset,
+            4096,
+        )
+    };
+    ret == 0
 }
 
 /// Takes an open-file-description lock on the whole image, as QEMU does: shared for a
@@ -205,7 +245,7 @@ impl VirtioDevice for Block {
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.readonly {
             features |= 1 << VIRTIO_BLK_F_RO;
-        } else {
+        } else if self.punches_holes {
             features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         features
@@ -232,6 +272,7 @@ impl VirtioDevice for Block {
             file: Arc::clone(&self.file),
             capacity: self.capacity,
             readonly: self.readonly,
+            punches_holes: self.punches_holes,
             id: self.id,
             scratch: vec![0u8; CHUNK],
         };
@@ -255,6 +296,7 @@ struct Disk {
     file: Arc<File>,
     capacity: u64,
     readonly: bool,
+    punches_holes: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     scratch: Vec<u8>,
 }
@@ -457,6 +499,10 @@ impl Disk {
         if self.readonly {
             return Err(Failure::IoError);
         }
+        if !self.punches_holes {
+            // Not offered: a driver that sends it anyway gets what the spec says.
+            return Err(Failure::Unsupported);
+        }
         if from.len == 0
             || from.len % RANGE_LEN as u64 != 0
             || from.len / RANGE_LEN as u64 > u64::from(MAX_RANGES)
@@ -465,14 +511,23 @@ impl Disk {
         }
         let mut bytes = vec![0u8; usize::try_from(from.len).map_err(|_| Failure::IoError)?];
         from.read(memory, &mut bytes)?;
-        let mut done = 0u64;
+        // Every range is checked before any is applied: a request is refused whole.
+        let mut ranges = Vec::with_capacity(bytes.len() / RANGE_LEN);
         for range in bytes.chunks_exact(RANGE_LEN) {
             let sector = u64::from_le_bytes(range[..8].try_into().expect("8 bytes"));
             let sectors = u32::from_le_bytes(range[8..12].try_into().expect("4 bytes"));
             let flags = u32::from_le_bytes(range[12..16].try_into().expect("4 bytes"));
+            let allowed = if zeroes { WRITE_ZEROES_UNMAP } else { 0 };
+            if flags & !allowed != 0 {
+                return Err(Failure::Unsupported);
+            }
             let len = u64::from(sectors) * SECTOR_SIZE;
             let offset = self.range(sector, len)?;
             let unmap = !zeroes || flags & WRITE_ZEROES_UNMAP != 0;
+            ranges.push((offset, len, unmap));
+        }
+        let mut done = 0u64;
+        for (offset, len, unmap) in ranges {
             self.deallocate(offset, len, unmap)?;
             done += len;
         }

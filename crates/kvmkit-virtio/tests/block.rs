@@ -391,3 +391,94 @@ fn readers_share_an_image() {
 
     assert!(first.is_ok() && second.is_ok());
 }
+
+#[test]
+fn discard_with_flags_and_write_zeroes_with_unknown_flags_are_unsupported_and_change_nothing() {
+    let disk = disk(false);
+    // A good range first, then one with the unmap flag that discard may not carry.
+    let mut ranges = range(2, 1, 0).to_vec();
+    ranges.extend_from_slice(&range(3, 1, 1));
+    disk.rig
+        .memory
+        .write_slice(&ranges, GuestAddress(DATA))
+        .unwrap();
+    disk.header(VIRTIO_BLK_T_DISCARD, 0);
+
+    let (_, discard) = disk.request(&[
+        desc(HEADER, 16, NEXT, 1),
+        desc(DATA, 32, NEXT, 2),
+        status_desc(),
+    ]);
+
+    assert_eq!(discard, VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(
+        disk.sector_on_disk(2),
+        vec![2; 512],
+        "a refused request acted"
+    );
+    let disk = self::disk(false);
+    disk.rig
+        .memory
+        .write_slice(&range(2, 1, 1 << 5), GuestAddress(DATA))
+        .unwrap();
+    disk.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    let (_, zeroes) = disk.request(&[
+        desc(HEADER, 16, NEXT, 1),
+        desc(DATA, 16, NEXT, 2),
+        status_desc(),
+    ]);
+    assert_eq!(zeroes, VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(disk.sector_on_disk(2), vec![2; 512]);
+}
+
+#[test]
+fn an_image_that_cannot_punch_holes_is_offered_neither_discard_nor_write_zeroes() {
+    use kvmkit_virtio::VirtioDevice;
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
+    let trims = (1u64 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+    let (file, path) = image();
+    let on_a_file = Block::with_file(file, SECTORS * SECTOR_SIZE, false, b"");
+    let _ = std::fs::remove_file(&path);
+    // A character device stands in for a backend without hole punching (NFSv3, some
+    // FUSE file systems): fallocate fails on it as it does there.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+
+    let on_null = Block::with_file(null, SECTORS * SECTOR_SIZE, false, b"");
+
+    assert_eq!(on_a_file.features() & trims, trims);
+    assert_eq!(on_null.features() & trims, 0);
+}
+
+#[test]
+fn the_serial_is_empty_unless_given_and_never_the_host_path() {
+    let (_file, path) = image();
+    let opened = Block::open(&path, true).unwrap();
+    let (file, _) = image();
+    let named = Block::with_file(file, SECTORS * SECTOR_SIZE, true, b"").with_serial(b"disk-0");
+    let _ = std::fs::remove_file(&path);
+
+    let serials: Vec<Vec<u8>> = [opened, named]
+        .into_iter()
+        .map(|block| {
+            let disk = Disk {
+                rig: Rig::new(Box::new(block)),
+                file: image().0,
+                path: path.clone(),
+            };
+            disk.header(VIRTIO_BLK_T_GET_ID, 0);
+            disk.request(&[
+                desc(HEADER, 16, NEXT, 1),
+                desc(DATA, 20, WRITE | NEXT, 2),
+                status_desc(),
+            ]);
+            disk.rig.read_bytes(DATA, 20)
+        })
+        .collect();
+
+    assert_eq!(serials[0], vec![0u8; 20]);
+    assert_eq!(&serials[1][..7], b"disk-0\0");
+}
