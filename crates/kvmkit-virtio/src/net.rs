@@ -28,7 +28,16 @@ pub const NET_HEADER_LEN: usize = 12;
 /// The largest frame with its header: a 64 KiB packet plus Ethernet and VLAN headers.
 const MAX_PACKET: usize = NET_HEADER_LEN + 65535 + 18;
 const QUEUE_SIZE: u16 = 256;
+/// The most reads from the backend one turn of the receive queue makes: a backend
+/// that keeps handing short or empty frames cannot keep the I/O thread.
+const RECEIVE_BUDGET: usize = QUEUE_SIZE as usize;
 const RECEIVE: u16 = 0;
+/// `virtio_net_hdr.flags`: the checksum is to be completed (`NEEDS_CSUM`), or was
+/// checked (`DATA_VALID`); `gso_type` 0 is `GSO_NONE`. This device negotiates no
+/// checksum or segmentation offload, so a header in either direction carries neither.
+const HDR_FLAGS: usize = 0;
+const HDR_GSO_TYPE: usize = 1;
+const HDR_F_NEEDS_CSUM: u8 = 1;
 const TRANSMIT: u16 = 1;
 
 /// What can go wrong while opening a tap.
@@ -321,6 +330,11 @@ fn send(
     if len <= NET_HEADER_LEN {
         return Served::FAILED;
     }
+    // Offloads the driver never negotiated: the tap would hand the frame to the host
+    // kernel to checksum or segment on the guest's behalf.
+    if frame[HDR_FLAGS] != 0 || frame[HDR_GSO_TYPE] != 0 {
+        return Served::FAILED;
+    }
     // A tap takes a frame whole or not at all; a full tap queue drops it, as a
     // congested link would.
     match tap.send(&frame[..len]) {
@@ -342,12 +356,20 @@ impl Receiver {
     /// Moves frames from the tap into receive buffers until either runs out; pauses
     /// the tap while a frame waits for a buffer.
     fn receive(&mut self) -> Flow {
+        let mut reads = 0;
         loop {
             if self.pending.get_mut().is_empty() {
+                if reads == RECEIVE_BUDGET {
+                    // The rest on the loop's next turn, after its other sources.
+                    return Flow::Continue;
+                }
+                reads += 1;
                 match self.tap.receive(&mut self.frame) {
                     Ok(len) if len > NET_HEADER_LEN => {
-                        let frame = self.frame[..len].to_vec();
-                        self.pending.get_mut().push_back(frame);
+                        if let Some(frame) = for_the_driver(&mut self.frame[..len]) {
+                            let frame = frame.to_vec();
+                            self.pending.get_mut().push_back(frame);
+                        }
                     }
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -371,6 +393,18 @@ impl Receiver {
             }
         }
     }
+}
+
+/// A frame from the backend as a driver that negotiated no offload may see it: the
+/// `DATA_VALID` hint cleared with the other checksum and segmentation fields, and
+/// `None` for one that still needs its checksum or is a segmentation super-frame.
+fn for_the_driver(frame: &mut [u8]) -> Option<&mut [u8]> {
+    if frame[HDR_FLAGS] & HDR_F_NEEDS_CSUM != 0 || frame[HDR_GSO_TYPE] != 0 {
+        return None;
+    }
+    // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: all zero.
+    frame[..10].fill(0);
+    Some(frame)
 }
 
 /// Puts the first pending frame into a receive chain, with `num_buffers` set to 1.

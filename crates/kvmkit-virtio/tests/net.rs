@@ -182,3 +182,192 @@ fn frames_flow_both_ways_over_a_datagram_backend_and_wait_for_receive_buffers() 
     assert_eq!(received[NET_HEADER_LEN..], incoming[NET_HEADER_LEN..]);
     assert_eq!(u16::from_le_bytes([received[10], received[11]]), 1);
 }
+
+/// A device on a datagram backend, queues set up: (rig, rx rings, tx rings, peer).
+fn datagram_rig() -> (Rig, Rings, Rings, std::os::unix::net::UnixDatagram) {
+    use kvmkit_virtio::DatagramBackend;
+    use std::os::unix::net::UnixDatagram;
+    let (device_end, peer) = UnixDatagram::pair().unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let rig = Rig::new(Box::new(Net::new(
+        DatagramBackend::new(device_end).unwrap(),
+        MAC,
+    )));
+    let rx = rig.mock_at(RX_RINGS);
+    let tx = rig.mock();
+    rig.negotiate(version_1() | (1 << 5));
+    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
+    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
+    rig.driver_ok();
+    (rig, rx, tx, peer)
+}
+
+/// Sends `frame` through transmit descriptor `index`; returns what the peer got.
+fn transmit(rig: &Rig, tx: &Rings, index: u16, frame: &[u8]) -> Option<Vec<u8>> {
+    let at = FRAME + 0x1000 * u64::from(index);
+    rig.memory.write_slice(frame, GuestAddress(at)).unwrap();
+    tx.desc_table()
+        .store(index, desc(at, frame.len() as u32, 0, 0))
+        .unwrap();
+    rig.offer(tx, &[index]);
+    rig.write(QUEUE_NOTIFY, 1);
+    let deadline = Instant::now() + PATIENCE;
+    while rig.used(tx).len() <= usize::from(index) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut got = vec![0u8; 2048];
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    peer_recv(&mut got)
+}
+
+thread_local! {
+    static PEER: std::cell::RefCell<Option<std::os::unix::net::UnixDatagram>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn peer_recv(buffer: &mut [u8]) -> Option<Vec<u8>> {
+    PEER.with(|peer| {
+        let peer = peer.borrow();
+        let len = peer.as_ref().unwrap().recv(buffer).ok()?;
+        Some(buffer[..len].to_vec())
+    })
+}
+
+#[test]
+fn transmitted_frames_asking_for_offloads_never_negotiated_are_dropped() {
+    let (rig, _rx, tx, peer) = datagram_rig();
+    PEER.with(|slot| *slot.borrow_mut() = Some(peer));
+    let clean = arp_request();
+    let mut needs_csum = arp_request();
+    needs_csum[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    let mut gso = arp_request();
+    gso[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+
+    let sent_needs_csum = transmit(&rig, &tx, 0, &needs_csum);
+    let sent_gso = transmit(&rig, &tx, 1, &gso);
+    let sent_clean = transmit(&rig, &tx, 2, &clean);
+
+    assert_eq!(
+        sent_needs_csum, None,
+        "a checksum offload reached the backend"
+    );
+    assert_eq!(sent_gso, None, "a segmentation offload reached the backend");
+    assert_eq!(sent_clean.as_deref(), Some(&clean[..]));
+    assert_eq!(rig.transport.queue_counters()[1].errors(), 2);
+}
+
+#[test]
+fn received_frames_carry_no_flag_the_driver_did_not_negotiate() {
+    let (rig, rx, _tx, peer) = datagram_rig();
+    for slot in 0..2u16 {
+        rx.desc_table()
+            .store(
+                slot,
+                desc(
+                    RX_BUFFERS + 0x1000 * u64::from(slot),
+                    0x800,
+                    VRING_DESC_F_WRITE,
+                    0,
+                ),
+            )
+            .unwrap();
+    }
+    let mut gso = arp_request();
+    gso[1] = 1;
+    let mut data_valid = arp_request();
+    data_valid[0] = 2; // VIRTIO_NET_HDR_F_DATA_VALID
+    data_valid[4] = 0x40; // gso_size, meaningless without GSO
+
+    peer.send(&gso).unwrap();
+    peer.send(&data_valid).unwrap();
+    rig.offer(&rx, &[0, 1]);
+    rig.write(QUEUE_NOTIFY, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while rig.used(&rx).is_empty() && Instant::now() < deadline {
+        rig.wait_interrupt();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    // The super-frame was dropped; the other arrived with its header cleared.
+    assert_eq!(rig.used(&rx), vec![(0, data_valid.len() as u32)]);
+    let received = rig.read_bytes(RX_BUFFERS, data_valid.len());
+    assert_eq!(received[..10], [0u8; 10]);
+    assert_eq!(received[NET_HEADER_LEN..], data_valid[NET_HEADER_LEN..]);
+}
+
+/// A backend that is always readable and never has a whole frame.
+struct Stuttering {
+    ready: vmm_sys_util::eventfd::EventFd,
+    reads: std::sync::atomic::AtomicU64,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl std::os::fd::AsFd for Stuttering {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        kvmkit_devices::event_fd(&self.ready)
+    }
+}
+
+/// The device's handle on the backend the test watches.
+struct Shared(std::sync::Arc<Stuttering>);
+
+impl kvmkit_virtio::NetBackend for Shared {
+    fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(frame.len())
+    }
+
+    fn receive(&self, _buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.0
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(0)
+    }
+}
+
+impl std::os::fd::AsFd for Shared {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[test]
+fn a_backend_that_keeps_returning_empty_reads_does_not_keep_the_io_thread() {
+    use std::sync::atomic::Ordering;
+    let backend = std::sync::Arc::new(Stuttering {
+        ready: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        reads: Default::default(),
+        sent: Default::default(),
+    });
+    backend.ready.write(1).unwrap();
+    let rig = Rig::new(Box::new(Net::new(
+        Shared(std::sync::Arc::clone(&backend)),
+        MAC,
+    )));
+    let rx = rig.mock_at(RX_RINGS);
+    let tx = rig.mock();
+    rig.negotiate(version_1() | (1 << 5));
+    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
+    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
+    rig.driver_ok();
+    let frame = arp_request();
+    rig.memory.write_slice(&frame, GuestAddress(FRAME)).unwrap();
+    tx.desc_table()
+        .store(0, desc(FRAME, frame.len() as u32, 0, 0))
+        .unwrap();
+
+    // The receive side spins on the backend; the transmit queue must still be served.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    rig.offer(&tx, &[0]);
+    rig.write(QUEUE_NOTIFY, 1);
+    let deadline = Instant::now() + PATIENCE;
+    while backend.sent.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    assert_eq!(backend.sent.load(Ordering::SeqCst), 1);
+    assert!(backend.reads.load(Ordering::SeqCst) > 0);
+    rig.write(STATUS, 0);
+}
