@@ -188,7 +188,7 @@ fn main() -> ExitCode {
     match run(Options::parse().vcpus) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("hello: {error}");
+            eprintln!("hello: {}", kvmkit::Causes(&*error));
             ExitCode::FAILURE
         }
     }

@@ -239,7 +239,7 @@ fn main() -> ExitCode {
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ksm_density: {error}");
+            eprintln!("ksm_density: {}", kvmkit::Causes(&*error));
             ExitCode::FAILURE
         }
     }

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     match run(Options::parse().vcpus) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(error) => {
-            eprintln!("serial_echo: {error}");
+            eprintln!("serial_echo: {}", kvmkit::Causes(&*error));
             ExitCode::FAILURE
         }
     }

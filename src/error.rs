@@ -30,6 +30,14 @@ pub enum Error {
         /// KVM's limit.
         max: usize,
     },
+    /// A region of guest RAM is larger than one KVM memslot maps.
+    #[error("a guest memory region of {size:#x} bytes is more than KVM maps in one memslot ({max:#x} bytes)")]
+    MemslotTooLarge {
+        /// The region's size.
+        size: u64,
+        /// KVM's limit.
+        max: u64,
+    },
     /// The memory size in bytes does not fit in 64 bits.
     #[error("the memory size does not fit in 64 bits of bytes")]
     MemorySizeOverflow,
@@ -84,5 +92,32 @@ pub enum Error {
 impl Error {
     pub(crate) fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
         move |source| Error::Host { what, source }
+    }
+}
+
+/// An error and its causes on one line, `error: cause: cause`, as a person reads it
+/// (each error's own message names only its own part; the causes come from
+/// [`source`](std::error::Error::source)).
+///
+/// ```
+/// let error = kvmkit::Error::Host {
+///     what: "cannot create an eventfd",
+///     source: std::io::Error::from_raw_os_error(24),
+/// };
+/// let line = kvmkit::Causes(&error).to_string();
+/// assert!(line.starts_with("cannot create an eventfd: Too many open files"));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

@@ -47,7 +47,7 @@ pub mod platform;
 mod run;
 mod virtio_mmio;
 
-pub use error::Error;
+pub use error::{Causes, Error};
 pub use kvmkit_boot as boot;
 pub use kvmkit_boot::{BootImage, LinuxBoot, RawProgram};
 pub use kvmkit_devices as devices;

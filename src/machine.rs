@@ -11,7 +11,7 @@ use kvmkit_memory::x86::PAGE_TABLES;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{
     CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, Vcpu, VcpuHandle,
-    VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm,
+    VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm, MAX_MEMSLOT_SIZE,
 };
 
 use crate::{Error, PlatformDevices};
@@ -110,6 +110,14 @@ impl MachineBuilder {
             });
         }
         let layout = MemoryLayout::x86_64(memory_size)?;
+        // Before anything is mapped: KVM would refuse the slot only after the mapping
+        // and its dirty bitmap were made.
+        if let Some(region) = layout.regions().iter().find(|r| r.size > MAX_MEMSLOT_SIZE) {
+            return Err(Error::MemslotTooLarge {
+                size: region.size,
+                max: MAX_MEMSLOT_SIZE,
+            });
+        }
         let ram = GuestRam::new(&layout, &self.memory_config)?;
         let vm = Arc::new(Vm::new(&hypervisor)?);
         let options = if self.log_dirty {

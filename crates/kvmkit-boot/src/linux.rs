@@ -81,8 +81,11 @@ impl Source {
                 path: "(bytes in memory)".into(),
             }),
             Source::Path(path) => {
-                let path = path.display().to_string();
-                match File::open(&path) {
+                let opened = File::open(path);
+                // Quoted and escaped: a path can hold any byte but NUL, control
+                // characters (a terminal's escapes) included.
+                let path = format!("{path:?}");
+                match opened {
                     Ok(opened) => Ok(Reader {
                         inner: Inner::File(opened),
                         path,

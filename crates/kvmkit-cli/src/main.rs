@@ -20,7 +20,7 @@ use std::sync::Arc;
 use clap::Parser;
 use kvmkit::devices::SerialOutput;
 use kvmkit::virtio::{Block, Net, Rng, Tap};
-use kvmkit::{LinuxBoot, MachineBuilder, Platform, PlatformConfig, VmOutcome};
+use kvmkit::{Causes, LinuxBoot, MachineBuilder, Platform, PlatformConfig, VmOutcome};
 
 use kvmkit_cli::options::{ConsoleMode, Options};
 use stats::DeviceStats;
@@ -43,14 +43,7 @@ impl CliError {
 
     /// `error` and its causes, on one line.
     fn from_error(option: &'static str, error: &dyn std::error::Error) -> Self {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        Self::new(option, message)
+        Self::new(option, Causes(error).to_string())
     }
 }
 
@@ -71,7 +64,7 @@ fn console_output(mode: &ConsoleMode, option: &'static str) -> Result<SerialOutp
         ConsoleMode::Null | ConsoleMode::Off => Ok(SerialOutput::Sink),
         ConsoleMode::File(path) => File::create(path)
             .map(SerialOutput::File)
-            .map_err(|e| CliError::new(option, format!("cannot create {}: {e}", path.display()))),
+            .map_err(|e| CliError::new(option, format!("cannot create {path:?}: {e}"))),
     }
 }
 
@@ -79,7 +72,7 @@ fn run(options: &Options) -> Result<i32, CliError> {
     if !options.kernel.is_file() {
         return Err(CliError::new(
             "--kernel",
-            format!("{} is not a file", options.kernel.display()),
+            format!("{:?} is not a file", options.kernel),
         ));
     }
     let machine = MachineBuilder::new()
@@ -175,7 +168,7 @@ fn error_option(error: &kvmkit::Error) -> &'static str {
         | Error::TooManyVcpus { .. }
         | Error::KernelNeedsIrqchip { .. }
         | Error::Boot(BootError::Vcpus { .. }) => "--cpus",
-        Error::Memory(_) | Error::MemorySizeOverflow => "--memory",
+        Error::Memory(_) | Error::MemorySizeOverflow | Error::MemslotTooLarge { .. } => "--memory",
         Error::Boot(error) => match error {
             BootError::Read {
                 file: BootFile::Initrd,

@@ -32,7 +32,7 @@ pub struct Options {
     /// Guest memory: size=512M[,hugepages=on,hugepage_size=2M,mergeable=on,thp=on,shared=on,prefault=on].
     #[arg(long, value_name = "size=SIZE,...", default_value = "size=512M", value_parser = parse_memory)]
     pub memory: MemoryConfig,
-    /// A virtio-blk disk: path=IMG[,readonly=on][,serial=ID]. May be repeated.
+    /// A virtio-blk disk: `path=IMG[,readonly=on][,serial=ID]`. May be repeated.
     #[arg(long, value_name = "path=IMG[,readonly=on][,serial=ID]", value_parser = parse_disk)]
     pub disk: Vec<DiskOption>,
     /// A virtio-net device on a tap: tap=NAME[,mac=MAC].

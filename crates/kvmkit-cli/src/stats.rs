@@ -73,6 +73,6 @@ pub fn print(
                 );
             }
         }
-        Err(error) => eprintln!("  memory report unavailable: {error}"),
+        Err(error) => eprintln!("  memory report unavailable: {}", kvmkit::Causes(&error)),
     }
 }

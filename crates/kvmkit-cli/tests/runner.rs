@@ -148,7 +148,7 @@ fn bad_options_and_images_are_refused_naming_the_option() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--kernel".into(), "/nonexistent/vmlinuz".into()],
-            "--kernel: /nonexistent/vmlinuz is not a file",
+            "--kernel: \"/nonexistent/vmlinuz\" is not a file",
         ),
         (
             vec!["--kernel".into(), not_a_kernel.display().to_string()],
@@ -161,7 +161,7 @@ fn bad_options_and_images_are_refused_naming_the_option() {
                 "--initramfs".into(),
                 "/nonexistent/initrd".into(),
             ],
-            "--initramfs: cannot read the initrd /nonexistent/initrd",
+            "--initramfs: cannot read the initrd \"/nonexistent/initrd\"",
         ),
         (
             vec![
@@ -179,7 +179,7 @@ fn bad_options_and_images_are_refused_naming_the_option() {
                 "--disk".into(),
                 "path=/nonexistent/disk.img".into(),
             ],
-            "--disk: cannot open the disk image /nonexistent/disk.img",
+            "--disk: cannot open the disk image \"/nonexistent/disk.img\"",
         ),
         (
             vec![
@@ -202,6 +202,10 @@ fn bad_options_and_images_are_refused_naming_the_option() {
             "is in use",
         ),
         (
+            vec!["--kernel".into(), "/tmp/a\u{1b}[2Jb".into()],
+            "--kernel: \"/tmp/a\\u{1b}[2Jb\" is not a file",
+        ),
+        (
             vec![
                 "--kernel".into(),
                 kernel.display().to_string(),
@@ -209,6 +213,35 @@ fn bad_options_and_images_are_refused_naming_the_option() {
                 "size=1M".into(),
             ],
             "--memory: invalid address map: guest RAM below 4 GiB (0x100000 bytes) must reach past 1 MiB",
+        ),
+        // Sizes the host cannot back: refused before anything is mapped, never an
+        // allocation failure that aborts the process.
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--memory".into(),
+                "size=99999999G".into(),
+            ],
+            "--memory: 0x17d783fc0000000 bytes of guest memory is more than kvmkit maps",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--memory".into(),
+                "size=64T".into(),
+            ],
+            "--memory: a guest memory region of 0x3fff40000000 bytes is more than KVM maps",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--memory".into(),
+                "size=4T,prefault=on".into(),
+            ],
+            "--memory: prefault=on needs 0x40000000000 bytes of memory now",
         ),
     ];
 

@@ -57,7 +57,7 @@ fn bits(mode: CpuMode) -> u32 {
 #[non_exhaustive]
 pub enum Error {
     /// The program's source did not assemble (bad operand, unbound label, ...).
-    #[error("guest program for {mode:?} mode at {load_addr:#x} does not assemble: {source}")]
+    #[error("guest program for {mode:?} mode at {load_addr:#x} does not assemble")]
     Assemble {
         /// The mode the program was written for.
         mode: CpuMode,

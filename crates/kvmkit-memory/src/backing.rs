@@ -84,6 +84,8 @@ impl Backing {
         if let Some(page_size) = backing.hugepage_size() {
             check_hugepage_alignment(layout, page_size)?;
             check_pool(layout, page_size)?;
+        } else if config.prefault {
+            check_available(layout)?;
         }
         Ok(backing)
     }
@@ -238,7 +240,7 @@ fn supported_hugepage_size(asked: Option<u64>) -> Result<u64, Error> {
 /// Checks that `dir` is a directory on hugetlbfs and returns what statfs says of the
 /// mount.
 fn hugetlbfs_mount(dir: &Path) -> Result<host::FsStats, Error> {
-    let path = dir.display().to_string();
+    let path = format!("{dir:?}");
     let metadata = std::fs::metadata(dir).map_err(|source| Error::MemPath {
         path: path.clone(),
         source,
@@ -294,7 +296,7 @@ fn check_mount_room(dir: &Path, mount: &host::FsStats, needed: u64) -> Result<()
         return Ok(());
     }
     Err(Error::MountFull {
-        path: dir.display().to_string(),
+        path: format!("{dir:?}"),
         page_size_kib: mount.block_size >> 10,
         free: mount.blocks_free,
         limit: mount.blocks,
@@ -311,6 +313,20 @@ fn check_hugepage_alignment(layout: &MemoryLayout, page_size: u64) -> Result<(),
                 page_size_kib: page_size >> 10,
             });
         }
+    }
+    Ok(())
+}
+
+/// Prefaulting 4 KiB-page memory takes all of it at once: refused, as QEMU's
+/// preallocation is, when the host has not that much available, instead of growing
+/// until the OOM killer ends the VMM (or a neighbour).
+fn check_available(layout: &MemoryLayout) -> Result<(), Error> {
+    let Some(available) = host::mem_available() else {
+        return Ok(());
+    };
+    let size = layout.total_size();
+    if size > available {
+        return Err(Error::PrefaultTooLarge { size, available });
     }
     Ok(())
 }
@@ -384,7 +400,7 @@ fn hugetlbfs_file(dir: &Path, region: &RegionSpec) -> Result<File, Error> {
         region.guest_addr
     ));
     let mem_path_error = |source| Error::MemPath {
-        path: dir.display().to_string(),
+        path: format!("{dir:?}"),
         source,
     };
     let file = OpenOptions::new()
@@ -589,5 +605,22 @@ mod tests {
             message.contains("hugepages-2048kB/nr_hugepages"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn prefaulting_more_than_the_host_has_available_is_refused_before_mapping() {
+        let available = crate::host::mem_available().expect("/proc/meminfo has MemAvailable");
+        let size = (available + (1 << 30)).next_multiple_of(1 << 30);
+        let layout = MemoryLayout::from_regions(vec![RegionSpec::new(0, size)]).unwrap();
+        let config: MemoryConfig = "prefault=on".parse().unwrap();
+
+        let prefaulted = Backing::resolve(&config, &layout);
+        let lazy = Backing::resolve(&MemoryConfig::default(), &layout);
+
+        assert!(
+            matches!(prefaulted, Err(Error::PrefaultTooLarge { size: s, .. }) if s == size),
+            "{prefaulted:?}"
+        );
+        assert!(lazy.is_ok(), "memory faulted in lazily may overcommit");
     }
 }

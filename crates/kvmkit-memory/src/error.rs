@@ -36,6 +36,23 @@ pub enum Error {
         /// Start of the region that overlaps it.
         second: u64,
     },
+    /// More guest RAM than a process can map (see
+    /// [`MAX_GUEST_MEMORY`](crate::MAX_GUEST_MEMORY)): refused before anything is mapped.
+    #[error("{size:#x} bytes of guest memory is more than kvmkit maps (at most {max:#x})")]
+    TooLarge {
+        /// The size asked for.
+        size: u64,
+        /// The most there may be.
+        max: u64,
+    },
+    /// Faulting every page in (`prefault=on`) needs more memory than the host has free.
+    #[error("prefault=on needs {size:#x} bytes of memory now, but the host has {available:#x} available (MemAvailable in /proc/meminfo): give the VM less memory, or leave prefault off")]
+    PrefaultTooLarge {
+        /// Bytes of guest memory to fault in.
+        size: u64,
+        /// What the host can give without swapping (`MemAvailable`).
+        available: u64,
+    },
     /// A region runs past the end of the 64-bit guest-physical address space.
     #[error("memory region at {guest_addr:#x} of size {size:#x} wraps the address space")]
     AddressOverflow {
@@ -45,7 +62,7 @@ pub enum Error {
         size: u64,
     },
     /// The host refused to map a region.
-    #[error("cannot map {size:#x} bytes of {backing} memory for guest address {guest_addr:#x}: {source}")]
+    #[error("cannot map {size:#x} bytes of {backing} memory for guest address {guest_addr:#x}")]
     Map {
         /// Guest-physical start of the region.
         guest_addr: u64,
@@ -77,7 +94,7 @@ pub enum Error {
         key: String,
     },
     /// Two options that cannot go together, or one that needs another.
-    #[error("memory options conflict: {0}")]
+    #[error(transparent)]
     Conflict(#[from] Conflict),
     /// The hugepage size is not one this host supports.
     #[error(
@@ -140,7 +157,7 @@ pub enum Error {
         needed: u64,
     },
     /// `mem_path` cannot be used.
-    #[error("mem_path {path}: {source}")]
+    #[error("mem_path {path}")]
     MemPath {
         /// The path given.
         path: String,
@@ -171,7 +188,7 @@ pub enum Error {
         sysctl_hint: String,
     },
     /// A memfd could not be created or sized.
-    #[error("cannot create the memfd for guest memory at {guest_addr:#x}: {source}")]
+    #[error("cannot create the memfd for guest memory at {guest_addr:#x}")]
     Memfd {
         /// Guest-physical start of the region.
         guest_addr: u64,
@@ -180,7 +197,7 @@ pub enum Error {
         source: io::Error,
     },
     /// madvise refused an advice.
-    #[error("madvise({advice}) on guest memory at {guest_addr:#x} failed: {source}")]
+    #[error("madvise({advice}) on guest memory at {guest_addr:#x} failed")]
     Advise {
         /// The advice, e.g. `MADV_MERGEABLE`.
         advice: &'static str,
@@ -211,7 +228,7 @@ pub enum Error {
         source: io::Error,
     },
     /// vm-memory refused the set of regions.
-    #[error("vm-memory refused the guest memory regions: {0}")]
+    #[error("vm-memory refused the guest memory regions")]
     Collection(#[from] vm_memory::GuestRegionCollectionError),
 }
 

@@ -9,6 +9,21 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// Bytes the host can give a new workload without swapping (`MemAvailable` in
+/// `/proc/meminfo`), if the kernel says.
+pub fn mem_available() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Where the kernel describes its hugepage pools.
 pub const HUGEPAGES_SYSFS: &str = "/sys/kernel/mm/hugepages";
 /// Where the kernel exposes KSM's controls and counters.

@@ -77,6 +77,15 @@ impl MemoryLayout {
         for region in &regions {
             check_region(region, page_size)?;
         }
+        let total = regions
+            .iter()
+            .try_fold(0u64, |total, region| total.checked_add(region.size));
+        if total.is_none_or(|total| total > MAX_GUEST_MEMORY) {
+            return Err(Error::TooLarge {
+                size: total.unwrap_or(u64::MAX),
+                max: MAX_GUEST_MEMORY,
+            });
+        }
         for pair in regions.windows(2) {
             if pair[1].guest_addr < pair[0].end() {
                 return Err(Error::Overlap {
@@ -103,6 +112,11 @@ impl MemoryLayout {
         self.regions.iter().any(|r| r.contains(addr))
     }
 }
+
+/// The most guest RAM a layout may hold: 64 TiB, half of an x86-64 process's 128 TiB of
+/// user address space, where every byte of it is mapped. (Its dirty bitmap, one bit per
+/// 4 KiB page, takes 1/32768 of it: 32 KiB a GiB, 2 GiB at this bound.)
+pub const MAX_GUEST_MEMORY: u64 = 64 << 40;
 
 fn check_region(region: &RegionSpec, page_size: u64) -> Result<(), Error> {
     if region.size == 0 {
@@ -231,5 +245,19 @@ mod tests {
             MemoryLayout::from_regions(Vec::new()),
             Err(Error::EmptyLayout)
         ));
+    }
+
+    #[test]
+    fn a_size_past_what_a_process_maps_is_refused_before_anything_is_mapped() {
+        let absurd = 99_999_999u64 << 30;
+
+        let refused = MemoryLayout::x86_64(absurd);
+        let largest = MemoryLayout::x86_64(MAX_GUEST_MEMORY);
+
+        assert!(
+            matches!(refused, Err(Error::TooLarge { size, max: MAX_GUEST_MEMORY }) if size == absurd),
+            "{refused:?}"
+        );
+        assert!(largest.is_ok());
     }
 }

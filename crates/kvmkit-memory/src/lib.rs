@@ -48,6 +48,6 @@ pub use error::{Conflict, Error};
 #[cfg(feature = "test-utils")]
 pub use host::KsmScanning;
 pub use host::{HugePagePool, KsmCounters};
-pub use layout::{MemoryLayout, RegionSpec};
+pub use layout::{MemoryLayout, RegionSpec, MAX_GUEST_MEMORY};
 pub use ram::{GuestMemory, GuestRam, RamRegion, DIRTY_PAGE_SIZE};
 pub use report::{MemoryReport, RegionReport, VmFlags};

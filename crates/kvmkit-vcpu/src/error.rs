@@ -40,7 +40,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// Opening the KVM device failed for another reason.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The device path that was tried.
         path: PathBuf,
@@ -58,7 +58,7 @@ pub enum Error {
     #[error("KVM lacks the capability {0}, which kvmkit needs")]
     MissingCapability(&'static str),
     /// A KVM ioctl failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Kvm {
         /// What was being done, e.g. `KVM_CREATE_VM`.
         op: &'static str,
@@ -67,7 +67,7 @@ pub enum Error {
         source: vmm_sys_util::errno::Error,
     },
     /// A memory region could not be registered as a memslot.
-    #[error("memslot {slot} (guest memory at {guest_addr:#x}, {size:#x} bytes): {reason}")]
+    #[error("memslot {slot} (guest memory at {guest_addr:#x}, {size:#x} bytes)")]
     Memslot {
         /// The memslot number.
         slot: u32,
@@ -123,7 +123,7 @@ pub enum Error {
         first_rejected: u32,
     },
     /// `KVM_RUN` itself failed.
-    #[error("KVM_RUN on vcpu {vcpu} failed: {source}")]
+    #[error("KVM_RUN on vcpu {vcpu} failed")]
     Run {
         /// The vCPU id.
         vcpu: u32,

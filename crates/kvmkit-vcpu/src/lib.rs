@@ -63,7 +63,9 @@ pub use hypervisor::Hypervisor;
 pub use stats::{ExitCounts, ExitReason, ExitStats};
 pub use thread::{kick_signal, VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig};
 pub use vcpu::Vcpu;
-pub use vm::{DirtyBitmap, IoEventAddress, Memslot, MemslotOptions, NoDatamatch, Vm};
+pub use vm::{
+    DirtyBitmap, IoEventAddress, Memslot, MemslotOptions, NoDatamatch, Vm, MAX_MEMSLOT_SIZE,
+};
 pub use x86::{CpuMode, CpuTopology};
 
 /// Re-exported so callers can name event fds without depending on vmm-sys-util.

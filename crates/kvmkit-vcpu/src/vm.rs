@@ -125,6 +125,11 @@ impl Memslot {
     }
 }
 
+/// The most bytes one memslot maps: KVM's `KVM_MEM_MAX_NR_PAGES` (2^31 - 1) pages of
+/// 4 KiB. A larger region is refused by `KVM_SET_USER_MEMORY_REGION`; a VMM checks its
+/// layout against this before mapping anything.
+pub const MAX_MEMSLOT_SIZE: u64 = ((1 << 31) - 1) * 4096;
+
 /// A KVM virtual machine.
 ///
 /// Created from a [`Hypervisor`]; owns the VM file descriptor, the memslots (and keeps

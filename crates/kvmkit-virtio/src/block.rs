@@ -98,7 +98,8 @@ impl Block {
     /// locks it (an OFD lock, as QEMU takes): a second writer, or a reader while
     /// something writes, is refused with [`BlockError::Locked`].
     pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
-        let name = path.display().to_string();
+        // Quoted and escaped, as a path may hold control characters.
+        let name = format!("{path:?}");
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)

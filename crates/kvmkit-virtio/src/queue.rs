@@ -72,10 +72,10 @@ pub struct QueueServer {
 #[non_exhaustive]
 pub enum BrokenQueue {
     /// virtio-queue refused an access to the rings.
-    #[error("the queue's rings are broken: {0}")]
+    #[error("the queue's rings are broken")]
     Queue(#[from] virtio_queue::Error),
     /// The rings are out of RAM, or the available index jumped.
-    #[error("the queue's rings are broken: {0}")]
+    #[error("the queue's rings are broken")]
     Ring(#[from] RingError),
 }
 
