@@ -318,3 +318,84 @@ fn a_guest_writes_to_the_virtio_console_and_reads_its_input() {
     assert_eq!(&received, b"abcd");
     assert_eq!(output.contents(), b"hello, hvc0\n");
 }
+
+/// Storage that never answers, as a hung NFS server does: every read blocks until
+/// the test lets it go.
+struct HungBackend {
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl kvmkit::virtio::BlockBackend for HungBackend {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+
+    fn read_at(
+        &self,
+        _into: &kvmkit::virtio::GuestSlice<'_>,
+        _offset: u64,
+    ) -> std::io::Result<usize> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv();
+        Err(std::io::ErrorKind::TimedOut.into())
+    }
+
+    fn write_at(
+        &self,
+        _from: &kvmkit::virtio::GuestSlice<'_>,
+        _offset: u64,
+    ) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_termination_request_ends_the_vm_in_order_while_a_disk_backend_hangs() {
+    let (entered, backend_entered) = std::sync::mpsc::channel();
+    let (let_go, release) = std::sync::mpsc::channel::<()>();
+    let backend = HungBackend {
+        entered: Mutex::new(entered),
+        release: Mutex::new(release),
+    };
+    let exit = Arc::new(Mutex::new(None));
+    let exit_for_add = Arc::clone(&exit);
+    let requests = vec![VirtioRequest {
+        queue: 0,
+        buffers: vec![
+            buffer(HEADERS, 16, false),
+            buffer(READ, 512, true),
+            buffer(STATUS, 1, true),
+        ],
+    }];
+    // What SIGTERM does on the I/O thread: once the guest's read is stuck in the
+    // backend, ask the VM to end.
+    let terminate = std::thread::spawn(move || {
+        backend_entered
+            .recv_timeout(PATIENCE)
+            .expect("the read reached the backend");
+        let exit: Arc<kvmkit::devices::VmShutdown> = exit.lock().unwrap().clone().unwrap();
+        exit.request(ShutdownReason::Signal(libc::SIGTERM));
+    });
+
+    let (outcome, _, _, _) = drive_with(
+        move |platform, memory| {
+            *exit_for_add.lock().unwrap() = Some(platform.exit().clone());
+            platform
+                .add_virtio_mmio(Box::new(Block::new(backend, true)), memory)
+                .unwrap()
+        },
+        |memory| blk_header(memory, HEADERS, 0, 0),
+        1,
+        &requests,
+    );
+    terminate.join().unwrap();
+    drop(let_go);
+
+    // The disk's worker is still blocked in the backend; the I/O thread was not.
+    assert_eq!(outcome, VmOutcome::Signal(libc::SIGTERM));
+}

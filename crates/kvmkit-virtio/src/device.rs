@@ -133,6 +133,9 @@ pub enum ActivateError {
     /// The event loop refused a source.
     #[error("cannot watch the queue notifications")]
     Events(#[source] std::io::Error),
+    /// The queue's worker thread could not be started.
+    #[error("cannot start the queue's worker thread")]
+    Worker(#[source] std::io::Error),
 }
 
 /// What one queue of a device did, counted as it happened.

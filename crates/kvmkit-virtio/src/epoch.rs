@@ -42,6 +42,12 @@ impl Gate {
         drop(self.lock());
     }
 
+    /// Ends the current epoch without waiting for the turn in flight: for a device
+    /// going away, whose work may be blocked where nothing can wait for it.
+    pub fn end(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn lock(&self) -> MutexGuard<'_, ()> {
         self.turn.lock().unwrap_or_else(|e| e.into_inner())
     }

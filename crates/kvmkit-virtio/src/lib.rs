@@ -35,7 +35,7 @@ pub mod queue;
 mod ring;
 mod rng;
 
-pub use block::{Block, BlockError, SECTOR_SIZE};
+pub use block::{Block, BlockBackend, BlockError, FileBackend, GuestSlice, SECTOR_SIZE};
 pub use console::{Console, ConsoleInputPort, CONSOLE_INPUT_BYTES};
 pub use device::{
     ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters, VirtioDevice,

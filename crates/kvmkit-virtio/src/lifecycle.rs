@@ -4,7 +4,7 @@
 //! What every device keeps across activations, and the one way its queues are served
 //! and stopped: [`DeviceLifecycle`].
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvmkit_devices::{event_fd, Flow};
@@ -146,6 +146,40 @@ impl DeviceLifecycle {
         })
     }
 
+    /// As [`serve_on_notify`](Self::serve_on_notify), on a thread of the queue's own
+    /// (named `name`) instead of the I/O thread: for a device whose requests may take
+    /// long or block (storage), so that they never hold up the VMM's other devices,
+    /// its consoles or its signals. The thread ends when the device is reset (or the
+    /// lifecycle dropped) and its queue's turn in flight, if any, has ended.
+    pub fn serve_on_worker(
+        &self,
+        activation: &Activation,
+        queue: ActiveQueue,
+        name: &str,
+        mut serve: impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served + Send + 'static,
+    ) -> Result<(), ActivateError> {
+        // The thread is the queue's alone: no other source waits for its turns.
+        let mut runner = self
+            .runner(activation, queue.index, queue.queue)
+            .with_turn_bytes(u64::MAX);
+        let notifier = queue.notifier;
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while runner.epoch().is_current() {
+                    if !notified(&notifier) {
+                        continue;
+                    }
+                    if runner.run(|| true, &mut serve) == Flow::Pause {
+                        // Chains left past the turn's budget: go on at once.
+                        let _ = notifier.write(1);
+                    }
+                }
+            })
+            .map(drop)
+            .map_err(ActivateError::Worker)
+    }
+
     /// Runs `work` on the I/O thread each time `notifier` (a queue's notification) is
     /// signalled, until the device is reset or `work` returns [`Flow::Remove`]. Work
     /// that returns [`Flow::Pause`] (chains left when its budget ran out) runs again
@@ -206,5 +240,43 @@ impl DeviceLifecycle {
                 }),
             )
             .map_err(ActivateError::Events)
+    }
+}
+
+/// How long a worker waits for a notification before it looks at its epoch again: a
+/// worker of a device reset without a notification (a dropped transport) ends within
+/// this.
+const WORKER_PATIENCE_MS: i32 = 100;
+
+/// How long a worker that just served looks for the next notification before it
+/// sleeps: a driver that keeps its queue busy then finds the worker awake, without
+/// the wake-up a sleeping thread costs (tens of microseconds, a 4 KiB read's worth).
+const WORKER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Waits for `notifier` (spinning [`WORKER_SPIN`], then sleeping at most
+/// [`WORKER_PATIENCE_MS`]) and consumes it; whether it was signalled.
+fn notified(notifier: &EventFd) -> bool {
+    let spin = std::time::Instant::now();
+    while spin.elapsed() < WORKER_SPIN {
+        if notifier.read().is_ok() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    let mut poll = libc::pollfd {
+        fd: notifier.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor borrowed for the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, WORKER_PATIENCE_MS) } == 1;
+    ready && notifier.read().is_ok()
+}
+
+impl Drop for DeviceLifecycle {
+    /// Ends the current epoch without waiting (a worker may be blocked in its
+    /// backend): its sources and workers stop on their next look.
+    fn drop(&mut self) {
+        self.gate.end();
     }
 }

@@ -482,3 +482,42 @@ fn the_serial_is_empty_unless_given_and_never_the_host_path() {
     assert_eq!(serials[0], vec![0u8; 20]);
     assert_eq!(&serials[1][..7], b"disk-0\0");
 }
+
+#[test]
+fn requests_past_the_advertised_seg_max_or_size_max_fail_with_ioerr() {
+    // size_max: one data segment of 1 MiB + 512 bytes, in a guest with room for it.
+    let large_disk = |size: u64| {
+        let (file, path) = image();
+        file.set_len(size).unwrap();
+        let block = Block::with_file(file.try_clone().unwrap(), size, false, b"");
+        Disk {
+            rig: Rig::with_ram(Box::new(block), 4 << 20),
+            file,
+            path,
+        }
+    };
+    let read_of = |disk: &Disk, len: u32| {
+        disk.header(VIRTIO_BLK_T_IN, 0);
+        disk.request(&[
+            desc(HEADER, 16, NEXT, 1),
+            desc(DATA, len, WRITE | NEXT, 2),
+            status_desc(),
+        ])
+        .1
+    };
+
+    let at_the_limit = read_of(&large_disk(4 << 20), 1 << 20);
+    let past_it = read_of(&large_disk(4 << 20), (1 << 20) + 512);
+
+    assert_eq!(at_the_limit, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(past_it, VIRTIO_BLK_S_IOERR as u8);
+    let disk = large_disk(4 << 20);
+    // seg_max cannot be passed with the mock queue's 16 descriptors: what the config
+    // space advertises, which the device enforces alike.
+    let mut seg_max = [0u8; 4];
+    kvmkit_devices::BusDevice::read(&*disk.rig.transport, 0x100 + 12, &mut seg_max);
+    let mut size_max = [0u8; 4];
+    kvmkit_devices::BusDevice::read(&*disk.rig.transport, 0x100 + 8, &mut size_max);
+    assert_eq!(u32::from_le_bytes(seg_max), 254);
+    assert_eq!(u32::from_le_bytes(size_max), 1 << 20);
+}

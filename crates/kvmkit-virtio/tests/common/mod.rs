@@ -63,8 +63,17 @@ impl Rig {
     }
 
     pub fn with_shortcut(device: Box<dyn VirtioDevice>, shortcut: Arc<dyn QueueNotifiers>) -> Self {
+        Self::with(device, shortcut, RAM)
+    }
+
+    /// A rig with `ram` bytes of guest memory (RAM by default).
+    pub fn with_ram(device: Box<dyn VirtioDevice>, ram: u64) -> Self {
+        Self::with(device, Arc::new(NoShortcut), ram)
+    }
+
+    fn with(device: Box<dyn VirtioDevice>, shortcut: Arc<dyn QueueNotifiers>, ram: u64) -> Self {
         let memory =
-            Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
+            Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap());
         let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
         let interrupt = Arc::new(EventFdVirtioInterrupt::new().unwrap());
         let transport = Arc::new(MmioTransport::new(

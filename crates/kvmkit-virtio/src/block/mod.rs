@@ -1,26 +1,30 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! virtio-blk on a raw image file or block device.
+//! virtio-blk on any [`BlockBackend`]: a raw image file or block device
+//! ([`FileBackend`]), or a VMM's own storage.
 
-use std::fs::{File, OpenOptions};
+mod backend;
+
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
+
+pub use backend::{BlockBackend, FileBackend, GuestSlice};
 
 use crate::queue::{Buffer, Chain, ChainError, Served};
 use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
@@ -30,7 +34,13 @@ pub const SECTOR_SIZE: u64 = BLOCK_SIZE as u64;
 /// The block size the device reports (`blk_size`): one sector.
 const BLOCK_SIZE: u32 = 512;
 const QUEUE_SIZE: u16 = 256;
-/// Bytes moved between the file and guest memory per system call.
+/// The most data segments (descriptors besides the header and the status) one request
+/// may carry: what the device advertises as `seg_max`, and enforces.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// The most bytes one data segment may hold: what the device advertises as
+/// `size_max`, and enforces. With `SEG_MAX`, a request moves at most 254 MiB.
+const SIZE_MAX: u32 = 1 << 20;
+/// Bytes moved between the backend and guest memory per call.
 const CHUNK: usize = 128 << 10;
 /// The most segments one discard or write-zeroes request may carry.
 const MAX_RANGES: u32 = 32;
@@ -81,62 +91,54 @@ pub enum BlockError {
 /// `IOERR`. Discard and write-zeroes are offered only when the image can punch holes
 /// (probed when the disk is made: not on NFSv3, some FUSE file systems, or block
 /// devices), so a guest's `fstrim` never turns into I/O errors.
-#[derive(Debug)]
+///
+/// Requests are served on a worker thread of the disk's own (`blk-worker`), so a slow
+/// or hung backend stalls this disk alone: the I/O thread goes on with signals,
+/// consoles and every other device.
 pub struct Block {
-    file: Arc<File>,
+    backend: Arc<dyn BlockBackend>,
     capacity: u64,
     readonly: bool,
-    /// The image punches holes (`FALLOC_FL_PUNCH_HOLE`).
+    /// The backend punches holes: discard and write-zeroes are offered.
     punches_holes: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: Vec<u8>,
     lifecycle: DeviceLifecycle,
 }
 
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("capacity", &self.capacity)
+            .field("readonly", &self.readonly)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Block {
     /// Opens the raw image or block device at `path`, read-only or read-write, and
-    /// locks it (an OFD lock, as QEMU takes): a second writer, or a reader while
-    /// something writes, is refused with [`BlockError::Locked`].
+    /// locks it (see [`FileBackend::open`]).
     pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
-        // Quoted and escaped, as a path may hold control characters.
-        let name = format!("{path:?}");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!readonly)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: name.clone(),
-                source,
-            })?;
-        lock(&file, readonly).map_err(|source| match source.raw_os_error() {
-            Some(libc::EAGAIN | libc::EACCES) => BlockError::Locked {
-                path: name.clone(),
-                readonly,
-            },
-            _ => BlockError::Open {
-                path: name.clone(),
-                source,
-            },
-        })?;
-        let size = disk_size(&file).map_err(|source| BlockError::Size {
-            path: name.clone(),
-            source,
-        })?;
-        Ok(Self::with_file(file, size, readonly, b""))
+        Ok(Self::new(FileBackend::open(path, readonly)?, readonly))
     }
 
     /// A disk on `file` of `size` bytes (whole sectors count), with `id` (its first
     /// 20 bytes) as its serial: what the guest reads as the disk's serial number
     /// (`/sys/block/vda/serial`), empty by default so that nothing of the host leaks.
     pub fn with_file(file: File, size: u64, readonly: bool, id: &[u8]) -> Self {
-        let capacity = size / SECTOR_SIZE;
-        let punches_holes = !readonly && punches_holes(&file, size);
+        Self::new(FileBackend::new(file, size, readonly), readonly).with_serial(id)
+    }
+
+    /// A disk on `backend`, with an empty serial.
+    pub fn new(backend: impl BlockBackend + 'static, readonly: bool) -> Self {
+        let capacity = backend.size() / SECTOR_SIZE;
+        let punches_holes = !readonly && backend.punches_holes();
         Block {
-            file: Arc::new(file),
+            backend: Arc::new(backend),
             capacity,
             readonly,
             punches_holes,
-            id: serial(id),
+            id: serial(b""),
             config: config_space(capacity),
             lifecycle: DeviceLifecycle::new(1),
         }
@@ -163,58 +165,6 @@ fn serial(id: &[u8]) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
     serial
 }
 
-/// Whether the image can punch holes: one page punched past its end, where there is
-/// no data to lose (a block device refuses a range past its end, and is not probed
-/// further: discarding there would need BLKDISCARD on data).
-fn punches_holes(file: &File, size: u64) -> bool {
-    let Ok(offset) = libc::off_t::try_from(size.next_multiple_of(4096)) else {
-        return false;
-    };
-    // SAFETY: fallocate on a descriptor borrowed for the call; with KEEP_SIZE, past
-    // the end, it changes no data and not the file's size.
-    let ret = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE,
-            offset,
-            4096,
-        )
-    };
-    ret == 0
-}
-
-/// Takes an open-file-description lock on the whole image, as QEMU does: shared for a
-/// read-only disk, exclusive for a writable one. It lasts as long as the file is open
-/// (in this process or a child it passed the descriptor to), and is released by the
-/// kernel however the process ends.
-// F_RDLCK, F_WRLCK and SEEK_SET are 0, 1 and 0: they fit flock's shorts.
-#[allow(clippy::cast_possible_truncation)]
-fn lock(file: &File, readonly: bool) -> io::Result<()> {
-    // SAFETY: flock is plain data; all-zero is a valid value (whole file from 0).
-    let mut range: libc::flock = unsafe { std::mem::zeroed() };
-    range.l_type = if readonly {
-        libc::F_RDLCK
-    } else {
-        libc::F_WRLCK
-    } as libc::c_short;
-    range.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK reads the flock it is given, which lives for the call, on a
-    // descriptor this function borrows.
-    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &range) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn disk_size(file: &File) -> io::Result<u64> {
-    use std::io::Seek;
-    // A block device's metadata length is 0; seeking to the end works for both.
-    let mut file = file;
-    file.seek(io::SeekFrom::End(0))
-}
-
 /// virtio_blk_config: capacity, seg_max, blk_size, and the discard and write-zeroes
 /// limits, little-endian at their offsets.
 fn config_space(capacity: u64) -> Vec<u8> {
@@ -222,7 +172,8 @@ fn config_space(capacity: u64) -> Vec<u8> {
     let mut put =
         |offset: usize, bytes: &[u8]| config[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(0, &capacity.to_le_bytes());
-    put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+    put(8, &SIZE_MAX.to_le_bytes()); // size_max
+    put(12, &SEG_MAX.to_le_bytes()); // seg_max
     put(20, &BLOCK_SIZE.to_le_bytes()); // blk_size
     put(36, &u32::MAX.to_le_bytes()); // max_discard_sectors
     put(40, &MAX_RANGES.to_le_bytes()); // max_discard_seg
@@ -243,6 +194,7 @@ impl VirtioDevice for Block {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_BLK_F_FLUSH)
             | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.readonly {
             features |= 1 << VIRTIO_BLK_F_RO;
@@ -270,15 +222,14 @@ impl VirtioDevice for Block {
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         let queue = activation.take_queue(0)?;
         let mut disk = Disk {
-            file: Arc::clone(&self.file),
+            backend: Arc::clone(&self.backend),
             capacity: self.capacity,
             readonly: self.readonly,
             punches_holes: self.punches_holes,
             id: self.id,
-            scratch: vec![0u8; CHUNK],
         };
         self.lifecycle
-            .serve_on_notify(&activation, queue, move |memory, chain| {
+            .serve_on_worker(&activation, queue, "blk-worker", move |memory, chain| {
                 disk.serve(memory, chain)
             })
     }
@@ -292,14 +243,13 @@ impl VirtioDevice for Block {
     }
 }
 
-/// The disk as the I/O thread serves it.
+/// The disk as its worker serves it.
 struct Disk {
-    file: Arc<File>,
+    backend: Arc<dyn BlockBackend>,
     capacity: u64,
     readonly: bool,
     punches_holes: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
-    scratch: Vec<u8>,
 }
 
 /// A request status as the byte the driver reads (the bindings give them as `u32`).
@@ -340,6 +290,25 @@ impl Disk {
         let Some(status) = status_byte(&chain.writable) else {
             return Served::FAILED;
         };
+        // What the device advertised: seg_max data segments besides the header and
+        // the status, each of at most size_max bytes. The header and status share
+        // their buffers with data in some drivers, so count buffers, not roles.
+        let buffers = chain.readable.len() + chain.writable.len();
+        let oversized = chain
+            .readable
+            .iter()
+            .chain(&chain.writable)
+            .any(|buffer| buffer.len > SIZE_MAX);
+        if buffers > SEG_MAX as usize + 2 || oversized {
+            return match memory.write_obj(STATUS_IOERR, status.addr) {
+                Ok(()) => Served {
+                    written: 1,
+                    bytes: 0,
+                    failed: true,
+                },
+                Err(_) => Served::FAILED,
+            };
+        }
         let data_in = Segments::new(&chain.writable, status.len_before);
         let mut readable = Segments::new(&chain.readable, total(&chain.readable));
         let result = read_header(memory, &mut readable)
@@ -375,7 +344,7 @@ impl Disk {
             VIRTIO_BLK_T_IN => self.read(memory, sector, data_in),
             VIRTIO_BLK_T_OUT => self.write(memory, sector, data_out),
             VIRTIO_BLK_T_FLUSH => {
-                self.file.sync_data().map_err(|_| Failure::IoError)?;
+                self.backend.flush().map_err(|_| Failure::IoError)?;
                 Ok(Done::default())
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -410,40 +379,15 @@ impl Disk {
     }
 
     fn read(&mut self, memory: &GuestMemory, sector: u64, into: Segments) -> Result<Done, Failure> {
-        let mut offset = self.range(sector, into.len)?;
-        let mut done = 0u64;
-        for (addr, len) in into.chunks(CHUNK) {
-            match memory.get_slice(addr, len) {
-                // Straight from the file into guest memory.
-                Ok(slice) => {
-                    let guard = slice.ptr_guard_mut();
-                    let fd = self.file.as_raw_fd();
-                    transfer(len, offset, |at, count, position| {
-                        // SAFETY: `at + count <= len`, so the kernel writes only inside
-                        // the `len` bytes of guest RAM `guard` points at, which stay
-                        // mapped while `memory` lives; no Rust reference is made to
-                        // memory the guest shares.
-                        unsafe { libc::pread(fd, guard.as_ptr().add(at).cast(), count, position) }
-                    })?;
-                    slice.bitmap().mark_dirty(0, len);
-                }
-                // A buffer across two memory regions goes through the scratch buffer.
-                Err(_) => {
-                    let chunk = &mut self.scratch[..len];
-                    self.file
-                        .read_exact_at(chunk, offset)
-                        .map_err(|_| Failure::IoError)?;
-                    memory
-                        .write_slice(chunk, addr)
-                        .map_err(|_| Failure::IoError)?;
-                }
-            }
-            offset += len as u64;
-            done += len as u64;
-        }
+        let offset = self.range(sector, into.len)?;
+        self.transfer(memory, offset, &into, |backend, slice, at| {
+            let read = backend.read_at(slice, at)?;
+            slice.bitmap().mark_dirty(0, read);
+            Ok(read)
+        })?;
         Ok(Done {
-            written: done,
-            bytes: done,
+            written: into.len,
+            bytes: into.len,
         })
     }
 
@@ -456,38 +400,48 @@ impl Disk {
         if self.readonly {
             return Err(Failure::IoError);
         }
-        let mut offset = self.range(sector, from.len)?;
-        let mut done = 0u64;
-        for (addr, len) in from.chunks(CHUNK) {
-            match memory.get_slice(addr, len) {
-                // Straight from guest memory into the file.
-                Ok(slice) => {
-                    let guard = slice.ptr_guard();
-                    let fd = self.file.as_raw_fd();
-                    transfer(len, offset, |at, count, position| {
-                        // SAFETY: as for reads; the kernel only reads this guest RAM.
-                        // The guest may change it meanwhile, which changes what is
-                        // written, as on hardware.
-                        unsafe { libc::pwrite(fd, guard.as_ptr().add(at).cast(), count, position) }
-                    })?;
-                }
-                Err(_) => {
-                    let chunk = &mut self.scratch[..len];
-                    memory
-                        .read_slice(chunk, addr)
-                        .map_err(|_| Failure::IoError)?;
-                    self.file
-                        .write_all_at(chunk, offset)
-                        .map_err(|_| Failure::IoError)?;
-                }
-            }
-            offset += len as u64;
-            done += len as u64;
-        }
+        let offset = self.range(sector, from.len)?;
+        self.transfer(memory, offset, &from, |backend, slice, at| {
+            backend.write_at(slice, at)
+        })?;
         Ok(Done {
             written: 0,
-            bytes: done,
+            bytes: from.len,
         })
+    }
+
+    /// Moves `segments` between guest memory and the backend from byte `offset` on,
+    /// `CHUNK` bytes at most per call of `call(backend, slice, offset)`, going on where
+    /// a short one stopped; an error or no progress (the end of the storage) fails the
+    /// request. A buffer across two memory regions is moved a region at a time.
+    fn transfer(
+        &self,
+        memory: &GuestMemory,
+        mut offset: u64,
+        segments: &Segments,
+        mut call: impl FnMut(&dyn BlockBackend, &GuestSlice<'_>, u64) -> io::Result<usize>,
+    ) -> Result<(), Failure> {
+        for (addr, len) in segments.chunks(CHUNK) {
+            for slice in memory.get_slices(addr, len) {
+                let slice = slice.map_err(|_| Failure::IoError)?;
+                let mut at = 0;
+                while at < slice.len() {
+                    let rest = slice
+                        .subslice(at, slice.len() - at)
+                        .map_err(|_| Failure::IoError)?;
+                    match call(&*self.backend, &rest, offset) {
+                        Ok(0) => return Err(Failure::IoError),
+                        Ok(moved) => {
+                            at += moved;
+                            offset += moved as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Err(Failure::IoError),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Discard (punch holes) or write zeroes over each range the request lists.
@@ -524,12 +478,12 @@ impl Disk {
             }
             let len = u64::from(sectors) * SECTOR_SIZE;
             let offset = self.range(sector, len)?;
-            let unmap = !zeroes || flags & WRITE_ZEROES_UNMAP != 0;
+            let unmap = flags & WRITE_ZEROES_UNMAP != 0;
             ranges.push((offset, len, unmap));
         }
         let mut done = 0u64;
         for (offset, len, unmap) in ranges {
-            self.deallocate(offset, len, unmap)?;
+            self.deallocate(offset, len, zeroes, unmap)?;
             done += len;
         }
         Ok(Done {
@@ -538,58 +492,14 @@ impl Disk {
         })
     }
 
-    fn deallocate(&self, offset: u64, len: u64, punch: bool) -> Result<(), Failure> {
-        let keep = libc::FALLOC_FL_KEEP_SIZE;
-        let modes = if punch {
-            [
-                keep | libc::FALLOC_FL_PUNCH_HOLE,
-                keep | libc::FALLOC_FL_PUNCH_HOLE,
-            ]
+    fn deallocate(&self, offset: u64, len: u64, zeroes: bool, unmap: bool) -> Result<(), Failure> {
+        let done = if zeroes {
+            self.backend.write_zeroes(offset, len, unmap)
         } else {
-            [
-                keep | libc::FALLOC_FL_ZERO_RANGE,
-                keep | libc::FALLOC_FL_PUNCH_HOLE,
-            ]
+            self.backend.discard(offset, len)
         };
-        for mode in modes {
-            // SAFETY: fallocate on a descriptor this device owns; it changes the file,
-            // never this process's memory.
-            let ret = unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    mode,
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if ret == 0 {
-                return Ok(());
-            }
-        }
-        Err(Failure::IoError)
+        done.map_err(|_| Failure::IoError)
     }
-}
-
-/// Moves `len` bytes at file `offset` with `call(at, count, position)` (a `pread` or
-/// `pwrite` of the bytes from `at` on, returning what the system call returns), going
-/// on where a short transfer stopped; an error or no progress (the end of the file)
-/// fails the request.
-fn transfer(
-    len: usize,
-    offset: u64,
-    mut call: impl FnMut(usize, usize, libc::off_t) -> isize,
-) -> Result<(), Failure> {
-    let mut at = 0;
-    while at < len {
-        let position = libc::off_t::try_from(offset + at as u64).map_err(|_| Failure::IoError)?;
-        match call(at, len - at, position) {
-            0 => return Err(Failure::IoError),
-            moved if moved > 0 => at += moved as usize,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => return Err(Failure::IoError),
-        }
-    }
-    Ok(())
 }
 
 #[derive(Debug, Default, Clone, Copy)]
