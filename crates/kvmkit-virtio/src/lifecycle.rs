@@ -12,7 +12,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::epoch::{Epoch, Gate};
-use crate::queue::{Chain, ChainError, QueueRunner, Served};
+use crate::queue::{Chain, ChainError, QueueRunner, Served, TurnBudget};
 use crate::{ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters};
 
 /// The part of a virtio device that is the same for every device type: per-queue
@@ -161,7 +161,7 @@ impl DeviceLifecycle {
         // The thread is the queue's alone: no other source waits for its turns.
         let mut runner = self
             .runner(activation, queue.index, queue.queue)
-            .with_turn_bytes(u64::MAX);
+            .with_budget(TurnBudget::OWN_THREAD);
         let notifier = queue.notifier;
         std::thread::Builder::new()
             .name(name.into())

@@ -58,10 +58,33 @@ pub struct Progress {
     pub more: bool,
 }
 
-/// Bytes of requests one turn serves before it yields (the chain that crosses it is
-/// served whole): with each device's own cap on a request (64 KiB for rng and the
-/// console, a frame for net), a turn on the I/O thread stays well under a millisecond
-/// of copying.
+/// How much one turn of a queue takes on before it yields to the thread's other work:
+/// the chain that crosses a limit is served whole, then the turn ends (and says there
+/// is more). Besides these, a turn takes at most the queue's size of chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnBudget {
+    /// Bytes of requests served.
+    pub bytes: u64,
+    /// Descriptors walked: a refused chain counts the whole table, as its walk may
+    /// have gone through it.
+    pub descriptors: u64,
+}
+
+impl TurnBudget {
+    /// For a queue on the I/O thread: with each device's own cap on a request (64 KiB
+    /// for rng and the console, a frame for net), a turn stays around a millisecond.
+    pub const IO_THREAD: TurnBudget = TurnBudget {
+        bytes: TURN_BYTES,
+        descriptors: 1024,
+    };
+    /// For a queue on a thread of its own, which waits for nothing else.
+    pub const OWN_THREAD: TurnBudget = TurnBudget {
+        bytes: u64::MAX,
+        descriptors: u64::MAX,
+    };
+}
+
+/// The bytes of [`TurnBudget::IO_THREAD`].
 pub const TURN_BYTES: u64 = 256 << 10;
 
 /// A queue a device serves, with its counters.
@@ -69,8 +92,8 @@ pub const TURN_BYTES: u64 = 256 << 10;
 pub struct QueueServer {
     queue: Queue,
     counters: Arc<QueueCounters>,
-    /// Bytes a turn serves before it yields.
-    turn_bytes: u64,
+    /// What a turn takes on before it yields.
+    budget: TurnBudget,
     /// The chain being served, its buffers' allocation reused chain after chain.
     chain: Chain,
 }
@@ -93,16 +116,14 @@ impl QueueServer {
         QueueServer {
             queue,
             counters,
-            turn_bytes: TURN_BYTES,
+            budget: TurnBudget::IO_THREAD,
             chain: Chain::default(),
         }
     }
 
-    /// This server yielding after `bytes` per turn instead of [`TURN_BYTES`]: a queue
-    /// served on a thread of its own shares that thread with nothing, and takes a
-    /// queue's worth of chains per turn whatever their size.
-    pub fn with_turn_bytes(mut self, bytes: u64) -> Self {
-        self.turn_bytes = bytes;
+    /// This server with `budget` per turn instead of [`TurnBudget::IO_THREAD`].
+    pub fn with_budget(mut self, budget: TurnBudget) -> Self {
+        self.budget = budget;
         self
     }
 
@@ -140,6 +161,7 @@ impl QueueServer {
         let budget = self.queue.size();
         let mut taken = 0u16;
         let mut moved = 0u64;
+        let mut walked = 0u64;
         let mut ring = Ring::new(&self.queue, memory)?;
         loop {
             if !turn.is_current() {
@@ -147,8 +169,12 @@ impl QueueServer {
             }
             self.queue.disable_notification(memory)?;
             let mut pending = ring.pending()?;
-            while taken < budget && moved < self.turn_bytes && pending > 0 && has_work() {
+            while taken < budget && !self.spent(moved, walked) && pending > 0 && has_work() {
                 let (head, parsed) = ring.take(&mut self.chain);
+                walked += match parsed {
+                    Ok(()) => (self.chain.readable.len() + self.chain.writable.len()) as u64,
+                    Err(_) => u64::from(budget),
+                };
                 pending -= 1;
                 taken += 1;
                 let served = serve(parsed.map(|()| &self.chain));
@@ -167,7 +193,7 @@ impl QueueServer {
             let more = self.queue.enable_notification(memory)?;
             // Stop when the ring is empty, a budget is spent, or there is nothing to
             // put in what is left.
-            let spent = taken >= budget || moved >= self.turn_bytes;
+            let spent = taken >= budget || self.spent(moved, walked);
             if !more || spent || !has_work() {
                 return Ok(Progress {
                     interrupt: ring.needs_interrupt()?,
@@ -175,6 +201,10 @@ impl QueueServer {
                 });
             }
         }
+    }
+
+    fn spent(&self, moved: u64, walked: u64) -> bool {
+        moved >= self.budget.bytes || walked >= self.budget.descriptors
     }
 
     /// The queue's counters.
@@ -264,10 +294,9 @@ impl QueueRunner {
         }
     }
 
-    /// This runner yielding after `bytes` per turn (see
-    /// [`QueueServer::with_turn_bytes`]).
-    pub fn with_turn_bytes(mut self, bytes: u64) -> Self {
-        self.server = self.server.with_turn_bytes(bytes);
+    /// This runner with `budget` per turn (see [`QueueServer::with_budget`]).
+    pub fn with_budget(mut self, budget: TurnBudget) -> Self {
+        self.server = self.server.with_budget(budget);
         self
     }
 
