@@ -35,6 +35,7 @@ use vm_memory::GuestAddress;
 /// configuration, and resolving it against the host (without mapping anything) never
 /// panics either.
 pub fn memory_config(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -56,6 +57,7 @@ pub fn memory_config(data: &[u8]) {
 /// registration succeeds exactly when the range is valid and overlaps nothing, and
 /// every access reaches the device the model says covers the address.
 pub fn bus(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     let Some((&space, mut ops)) = data.split_first() else {
         return;
     };
@@ -159,6 +161,7 @@ impl BusDevice for IdDevice {
 /// ACPI sleep control and the debug exit port), driven by a stream of accesses of any
 /// width, host input and output flushes, as a guest and the I/O thread would.
 pub fn legacy_devices(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     let shutdown = Arc::new(VmShutdown::new().expect("an eventfd"));
     let interrupt = Arc::new(EventFdInterrupt::new().expect("an eventfd"));
     let output = Arc::new(Mutex::new(Vec::new()));
@@ -249,6 +252,31 @@ struct VirtioRig {
     memory: Arc<GuestMemory>,
     transport: MmioTransport,
     event_loop: EventLoop,
+    /// Descriptors open once the rig was made: what a reset must bring it back to.
+    fds: usize,
+}
+
+/// Held by every target for the whole input: libFuzzer runs one input at a time, and
+/// `cargo test` replays the corpora on parallel threads, where the virtio targets'
+/// count of this process's descriptors would see another target's.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Event fds, epoll instances and sockets this process holds: what a device makes and
+/// must give back. (Files are left out: `cargo test` replays other targets' corpora on
+/// other threads meanwhile.)
+fn open_fds() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target.starts_with("anon_inode:") || target.starts_with("socket:")
+        })
+        .count()
 }
 
 /// Guest RAM of the virtio targets.
@@ -277,7 +305,26 @@ impl VirtioRig {
             memory,
             transport,
             event_loop,
+            fds: open_fds(),
         }
+    }
+
+    /// Resets the device, as a driver may at any point, and checks that nothing of
+    /// what it did survives: no event-loop source, no descriptor (a disk's worker
+    /// ends on its own thread, so its descriptors are waited for, briefly).
+    fn reset_and_check_nothing_is_left(&mut self) {
+        self.write(0x70, 0);
+        self.settle();
+        assert_eq!(
+            self.event_loop.source_count(),
+            0,
+            "an event source outlived the reset"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while open_fds() != self.fds && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(open_fds(), self.fds, "a descriptor outlived the reset");
     }
 
     fn write(&self, offset: u64, value: u32) {
@@ -321,11 +368,13 @@ impl VirtioRig {
 }
 
 /// The driver's side of a virtio-mmio device as a stream: register writes and reads of
-/// any offset and width, guest memory scribbled (rings included), notifications, and
-/// the I/O thread's turns, against an rng, a block device (read-write or read-only) or
-/// a console. Nothing may panic, and the
-/// device is either serving or says it needs a reset.
+/// any offset and width, guest memory scribbled (rings included), notifications,
+/// resets at any point, and the I/O thread's turns, against an rng, a block device
+/// (read-write or read-only) or a console. Nothing may panic, the device is either
+/// serving or says it needs a reset, and a final reset leaves no event source and no
+/// descriptor behind.
 pub fn virtio_mmio(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     let Some((&device, mut ops)) = data.split_first() else {
         return;
     };
@@ -346,7 +395,7 @@ pub fn virtio_mmio(data: &[u8]) {
         ops = rest;
         let offset = u64::from(u16::from_le_bytes([op[1], op[2]])) % 0x200;
         let value = u32::from_le_bytes([op[2], op[3], op[4], op[5]]);
-        match op[0] % 6 {
+        match op[0] % 7 {
             0 => rig.write(offset & !3, value),
             1 => {
                 let width = [1usize, 2, 4, 8][usize::from(op[3] % 4)];
@@ -362,11 +411,13 @@ pub fn virtio_mmio(data: &[u8]) {
                 let _ = vm_memory::Bytes::write_obj(&*rig.memory, value, addr);
             }
             4 => rig.set_up_queue(),
+            5 => rig.write(0x70, 0),
             _ => rig.settle(),
         }
     }
     rig.settle();
     let _ = rig.transport.status();
+    rig.reset_and_check_nothing_is_left();
 }
 
 /// One virtio-blk request built from the input: the descriptor table, the request
@@ -374,6 +425,7 @@ pub fn virtio_mmio(data: &[u8]) {
 /// device answers each chain (or refuses it) without panicking, and never lets a write
 /// reach past the image's end.
 pub fn virtio_blk(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     const SECTORS: u64 = 64;
     if data.len() < 16 * 16 + 2 {
         return;
@@ -405,6 +457,9 @@ pub fn virtio_blk(data: &[u8]) {
     let _ = vm_memory::Bytes::write_obj(&*memory, offered, GuestAddress(VIRTIO_RINGS + 0x100 + 2));
     rig.write(0x50, 0);
     rig.settle();
+    // The disk serves on its worker: give it the time a small image needs.
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    rig.reset_and_check_nothing_is_left();
     let size = file.metadata().expect("the image's size").len();
     assert_eq!(
         size,
@@ -419,6 +474,7 @@ pub fn virtio_blk(data: &[u8]) {
 /// frame sent to the backend may be larger than a frame can be, and no chain may be
 /// used with more bytes than it holds.
 pub fn virtio_net(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     if data.len() < 2 * 16 * 16 + 4 {
         return;
     }
@@ -464,6 +520,7 @@ pub fn virtio_net(data: &[u8]) {
     while let Ok(len) = peer.recv(&mut frame) {
         assert!(len <= 65535 + 12 + 18, "a {len}-byte frame went out");
     }
+    rig.reset_and_check_nothing_is_left();
 }
 
 /// A 64-sector in-memory image.
@@ -506,6 +563,7 @@ fn load_kernel(image: Vec<u8>) {
 /// A kernel image as the bzImage loader sees it: the input with the setup header's
 /// "HdrS" magic in place (so the fuzzer spends its time past the format check).
 pub fn bzimage(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     let mut image = data.to_vec();
     if image.len() >= 0x206 {
         image[0x202..0x206].copy_from_slice(b"HdrS");
@@ -516,6 +574,7 @@ pub fn bzimage(data: &[u8]) {
 /// A kernel image as the ELF (and PVH) loader sees it: the input behind a 64-bit
 /// little-endian x86-64 ELF identification.
 pub fn elf(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     let mut image = data.to_vec();
     if image.len() >= 20 {
         image[..6].copy_from_slice(b"\x7fELF\x02\x01");
@@ -528,6 +587,7 @@ pub fn elf(data: &[u8]) {
 /// parses holds only values the runner can use (1 to 255 vCPUs, a memory size, disks
 /// with a path, a unicast MAC).
 pub fn cli_options(data: &[u8]) {
+    let _one_at_a_time = one_at_a_time();
     use clap::Parser;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -559,8 +619,13 @@ mod tests {
             .join("corpus")
             .join(target);
         let mut replayed = 0;
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
+        // Listed first, so that no directory stays open while the inputs run: the
+        // virtio targets count this process's descriptors.
+        let paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        for path in paths {
             let data = std::fs::read(&path).unwrap();
             let outcome = std::panic::catch_unwind(|| harness(&data));
             assert!(
