@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{desc, version_1, wait_readable, Rig, MOCK_SIZE, PATIENCE, QUEUE_NOTIFY, STATUS};
+use common::{
+    desc, version_1, wait_readable, Rig, Rings, MOCK_SIZE, PATIENCE, QUEUE_NOTIFY, STATUS,
+};
 use kvmkit_virtio::queue::Served;
 use kvmkit_virtio::{
     ActivateError, Activation, DeviceLifecycle, QueueCounters, VirtioDevice, VirtioInterrupt,
@@ -83,11 +85,12 @@ fn used_idx(rig: &Rig, used: GuestAddress) -> u16 {
     rig.memory.read_obj(GuestAddress(used.0 + 2)).unwrap()
 }
 
-#[test]
-fn after_a_reset_reads_back_the_old_queue_buffers_and_interrupt_stay_still() {
+/// A started SlowFiller counting into `served`, its queue full of requests on the same
+/// buffer, notified, and the first of them used: the moment the hostile driver resets.
+fn first_request_used(served: &Arc<AtomicU64>) -> (Rig, Rings) {
     let rig = Rig::new(Box::new(SlowFiller {
         lifecycle: DeviceLifecycle::new(1),
-        served: Arc::default(),
+        served: Arc::clone(served),
     }));
     let mock = rig.mock();
     rig.negotiate(version_1());
@@ -96,7 +99,6 @@ fn after_a_reset_reads_back_the_old_queue_buffers_and_interrupt_stay_still() {
     mock.desc_table()
         .store(0, desc(BUFFER, BUFFER_LEN, VRING_DESC_F_WRITE, 0))
         .unwrap();
-    // A full queue of requests, every one on the same buffer.
     rig.offer(&mock, &[0; MOCK_SIZE as usize]);
     rig.write(QUEUE_NOTIFY, 0);
     let begun = Instant::now();
@@ -104,6 +106,12 @@ fn after_a_reset_reads_back_the_old_queue_buffers_and_interrupt_stay_still() {
         assert!(begun.elapsed() < PATIENCE, "the device served nothing");
         std::thread::sleep(Duration::from_micros(200));
     }
+    (rig, mock)
+}
+
+#[test]
+fn after_a_reset_reads_back_the_old_queue_buffers_and_interrupt_stay_still() {
+    let (rig, mock) = first_request_used(&Arc::default());
 
     rig.write(STATUS, 0);
     let status = rig.read(STATUS);
@@ -141,22 +149,7 @@ fn after_a_reset_reads_back_the_old_queue_buffers_and_interrupt_stay_still() {
 #[test]
 fn a_reset_stops_the_batch_after_the_request_in_flight() {
     let served = Arc::new(AtomicU64::new(0));
-    let rig = Rig::new(Box::new(SlowFiller {
-        lifecycle: DeviceLifecycle::new(1),
-        served: Arc::clone(&served),
-    }));
-    let mock = rig.mock();
-    rig.negotiate(version_1());
-    rig.setup_queue(0, &mock, u32::from(MOCK_SIZE));
-    rig.driver_ok();
-    mock.desc_table()
-        .store(0, desc(BUFFER, BUFFER_LEN, VRING_DESC_F_WRITE, 0))
-        .unwrap();
-    rig.offer(&mock, &[0; MOCK_SIZE as usize]);
-    rig.write(QUEUE_NOTIFY, 0);
-    while used_idx(&rig, mock.used_addr()) == 0 {
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let (rig, mock) = first_request_used(&served);
 
     rig.write(STATUS, 0);
     let used_at_reset = used_idx(&rig, mock.used_addr());
