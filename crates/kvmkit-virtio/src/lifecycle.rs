@@ -19,8 +19,9 @@ use crate::{ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters};
 /// counters that outlive activations, and the epoch that each reset ends (what
 /// Cloud Hypervisor's `VirtioCommon` is to its devices).
 ///
-/// A device serves its queues through [`serve_on_notify`](Self::serve_on_notify),
-/// [`runner`](Self::runner), [`watch`](Self::watch) and
+/// A device serves its queues through [`serve_on_notify`](Self::serve_on_notify) (on
+/// the I/O thread), [`serve_on_worker`](Self::serve_on_worker) (on a thread of the
+/// queue's own), [`runner`](Self::runner), [`watch`](Self::watch) and
 /// [`watch_pausable`](Self::watch_pausable), so that every piece of its queue work runs
 /// under the current epoch; its [`VirtioDevice::reset`](crate::VirtioDevice::reset)
 /// calls [`reset`](Self::reset), which returns only once none of that work can touch
