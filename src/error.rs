@@ -78,6 +78,14 @@ pub enum Error {
     /// Devices can no longer be added: the platform's I/O thread runs (or ran).
     #[error("the platform is running already")]
     PlatformRunning,
+    /// A seccomp filter could not be built.
+    #[error("cannot build the {kind:?} thread's seccomp filter: {reason}")]
+    Seccomp {
+        /// The thread kind.
+        kind: crate::seccomp::ThreadKind,
+        /// seccompiler's error.
+        reason: String,
+    },
     /// A host resource (an event fd, epoll, the terminal, signals) failed.
     #[error("{what}")]
     Host {

@@ -45,6 +45,7 @@ mod machine;
 mod placement;
 pub mod platform;
 mod run;
+pub mod seccomp;
 mod virtio_mmio;
 
 pub use error::{Causes, Error};

@@ -10,8 +10,8 @@ use kvmkit_boot::{BootEntry, BootImage, EntryProtocol, PhysicalLayout};
 use kvmkit_memory::x86::PAGE_TABLES;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{
-    CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, Vcpu, VcpuHandle,
-    VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm, MAX_MEMSLOT_SIZE,
+    CpuMode, DirtyBitmap, EventFd, Hypervisor, IoHandler, MemslotOptions, StartHook, Vcpu,
+    VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm, MAX_MEMSLOT_SIZE,
 };
 
 use crate::{Error, PlatformDevices};
@@ -312,6 +312,20 @@ impl BootedMachine {
     where
         H: IoHandler + Send + Sync + 'static + ?Sized,
     {
+        self.start_with(handler, exit_event, None)
+    }
+
+    /// As [`start_notifying`](Self::start_notifying), each vCPU thread running
+    /// `on_start` on itself before its first `KVM_RUN` (to confine itself, say).
+    pub fn start_with<H>(
+        self,
+        handler: Arc<H>,
+        exit_event: Option<Arc<EventFd>>,
+        on_start: Option<StartHook>,
+    ) -> Result<RunningMachine, Error>
+    where
+        H: IoHandler + Send + Sync + 'static + ?Sized,
+    {
         let Machine {
             hypervisor,
             vm,
@@ -328,6 +342,9 @@ impl BootedMachine {
             }
             if pin_vcpus {
                 config = config.pinned_to(vcpu.id() as usize % host_cpus);
+            }
+            if let Some(hook) = &on_start {
+                config = config.on_start(hook.clone());
             }
             // A failure here drops the handles already started, which stops them.
             handles.push(VcpuThread::spawn(vcpu, Arc::clone(&handler), config)?);

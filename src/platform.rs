@@ -25,6 +25,7 @@ use kvmkit_virtio::{
     VirtioDevice, MMIO_WINDOW,
 };
 
+use crate::seccomp::SeccompPolicy;
 use crate::virtio_mmio::{VirtioMmioDevice, VmNotifiers};
 use crate::{Error, NotifyPath, PlatformDevices, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
 
@@ -106,6 +107,9 @@ pub struct PlatformConfig {
     pub handle_signals: bool,
     /// Put the debug exit device at this port.
     pub debug_exit_port: Option<u16>,
+    /// Confine the vCPU threads and the I/O thread with seccomp filters (see
+    /// [`seccomp`](crate::seccomp)).
+    pub seccomp: SeccompPolicy,
 }
 
 impl Default for PlatformConfig {
@@ -116,6 +120,7 @@ impl Default for PlatformConfig {
             stdin_to_serial: false,
             handle_signals: false,
             debug_exit_port: None,
+            seccomp: SeccompPolicy::Off,
         }
     }
 }
@@ -129,7 +134,14 @@ impl PlatformConfig {
             stdin_to_serial: true,
             handle_signals: true,
             debug_exit_port: Some(port(DEBUG_EXIT_PORT)),
+            seccomp: SeccompPolicy::Off,
         }
+    }
+
+    /// This configuration with its threads confined by `policy`.
+    pub fn with_seccomp(mut self, policy: SeccompPolicy) -> Self {
+        self.seccomp = policy;
+        self
     }
 
     /// This configuration with COM1's output going to `output`.

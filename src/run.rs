@@ -8,8 +8,9 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use kvmkit_devices::{event_fd, Flow, LoopEnd, RawTerminal, ShutdownReason, TerminationSignals};
-use kvmkit_vcpu::{EventFd, SystemEventKind, VcpuExit, VcpuOutcome};
+use kvmkit_vcpu::{EventFd, StartHook, SystemEventKind, VcpuExit, VcpuOutcome};
 
+use crate::seccomp::{self, ThreadKind};
 use crate::{BootedMachine, Error, Platform};
 
 /// How a VM run on a [`Platform`] ended.
@@ -144,7 +145,24 @@ impl BootedMachine {
             })
             .map_err(Error::host("cannot watch the vCPU threads"))?;
 
-        let running = self.start_notifying(Arc::new(platform.io_handler()), Some(vcpu_ended))?;
+        let policy = platform.config().seccomp;
+        let filter_of =
+            |kind| seccomp::filter(kind, policy).map_err(|reason| Error::Seccomp { kind, reason });
+        let vcpu_filter = filter_of(ThreadKind::Vcpu)?.map(Arc::new);
+        let io_filter = filter_of(ThreadKind::Io)?;
+        let confine = vcpu_filter.map(|program| StartHook::new(move || seccomp::apply(&program)));
+        let running =
+            self.start_with(Arc::new(platform.io_handler()), Some(vcpu_ended), confine)?;
+        if let Some(program) = &io_filter {
+            // The vCPUs run: from here on the guest can reach this thread.
+            if let Err(source) = seccomp::apply(program) {
+                running.stop();
+                return Err(Error::Host {
+                    what: "cannot apply the I/O thread's seccomp filter",
+                    source,
+                });
+            }
+        }
         let end = event_loop.run();
         running.stop();
         let report = at_end(running.ram());

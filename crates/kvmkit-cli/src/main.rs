@@ -87,6 +87,7 @@ fn run(options: &Options) -> Result<i32, CliError> {
     config.stdin_to_serial = std::io::stdin().is_terminal()
         && (options.serial == ConsoleMode::Tty || options.console == ConsoleMode::Tty);
     config.handle_signals = true;
+    config.seccomp = options.seccomp;
     let mut platform =
         Platform::new(machine.vm(), config).map_err(|e| CliError::from_error("platform", &e))?;
     let memory = Arc::clone(machine.ram().shared_memory());

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use kvmkit::memory::MemoryConfig;
+use kvmkit::seccomp::SeccompPolicy;
 
 /// Boot a Linux VM on KVM.
 #[derive(Debug, Parser)]
@@ -50,6 +51,10 @@ pub struct Options {
     /// Print exits per vCPU, device counters and the guest memory report at the end.
     #[arg(long)]
     pub stats: bool,
+    /// Confine the vCPU and I/O threads with seccomp filters: true (a forbidden call
+    /// ends the VMM, naming it), log (the kernel logs it) or false.
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
+    pub seccomp: SeccompPolicy,
 }
 
 /// A `--disk`.
@@ -194,6 +199,16 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
         ));
     }
     Ok(mac)
+}
+
+/// `true`, `false` or `log`, as Cloud Hypervisor's `--seccomp` takes them.
+pub fn parse_seccomp(text: &str) -> Result<SeccompPolicy, String> {
+    match text {
+        "true" => Ok(SeccompPolicy::Enforce),
+        "false" => Ok(SeccompPolicy::Off),
+        "log" => Ok(SeccompPolicy::Log),
+        _ => Err(format!("`{text}`: give true, false or log")),
+    }
 }
 
 /// `tty`, `file=PATH`, `null` or `off`.

@@ -118,6 +118,21 @@ fn sigterm_stops_a_spinning_guest_in_order_with_status_143() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    // Every thread of the running VMM is confined (seccomp mode 2: a filter), the
+    // default being --seccomp true.
+    let modes: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|task| {
+            let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(|value| value.trim().to_string())
+            };
+            Some((field("Name:")?, field("Seccomp:")?))
+        })
+        .collect();
 
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
@@ -134,6 +149,14 @@ fn sigterm_stops_a_spinning_guest_in_order_with_status_143() {
     };
 
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(modes.iter().any(|(name, _)| name == "vcpu0"), "{modes:?}");
+    assert!(
+        modes
+            .iter()
+            .filter(|(name, _)| !name.starts_with("kvm-"))
+            .all(|(_, mode)| mode == "2"),
+        "a thread runs unconfined: {modes:?}"
+    );
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub use error::{Error, MemslotError};
 pub use exit::{IoAccess, IoAction, IoHandler, IoKind, SystemEventKind, VcpuExit};
 pub use hypervisor::Hypervisor;
 pub use stats::{ExitCounts, ExitReason, ExitStats};
-pub use thread::{kick_signal, VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig};
+pub use thread::{kick_signal, StartHook, VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig};
 pub use vcpu::Vcpu;
 pub use vm::{
     DirtyBitmap, IoEventAddress, Memslot, MemslotOptions, NoDatamatch, Vm, MAX_MEMSLOT_SIZE,

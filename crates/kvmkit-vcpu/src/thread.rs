@@ -106,6 +106,24 @@ impl Drop for ImmediateExitSlot {
     }
 }
 
+/// What a vCPU thread runs on itself before its first `KVM_RUN`, after everything else
+/// it sets up: where a VMM confines the thread (a seccomp filter, say).
+#[derive(Clone)]
+pub struct StartHook(Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>);
+
+impl StartHook {
+    /// A hook running `hook`; an error fails the thread's start.
+    pub fn new(hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> Self {
+        StartHook(Arc::new(hook))
+    }
+}
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartHook").finish_non_exhaustive()
+    }
+}
+
 /// How a vCPU thread is started.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -115,6 +133,8 @@ pub struct VcpuThreadConfig {
     /// Written (1) when the thread ends, so an event loop learns of it without
     /// polling.
     pub exit_event: Option<Arc<EventFd>>,
+    /// Run on the thread last, before its first `KVM_RUN`.
+    pub on_start: Option<StartHook>,
 }
 
 impl VcpuThreadConfig {
@@ -127,6 +147,12 @@ impl VcpuThreadConfig {
     /// This configuration, signalling `event` when the thread ends.
     pub fn notifying(mut self, event: Arc<EventFd>) -> Self {
         self.exit_event = Some(event);
+        self
+    }
+
+    /// This configuration, running `hook` on the thread before its first `KVM_RUN`.
+    pub fn on_start(mut self, hook: StartHook) -> Self {
+        self.on_start = Some(hook);
         self
     }
 }
@@ -325,6 +351,9 @@ fn prepare_thread(config: &VcpuThreadConfig) -> Result<(), SetupError> {
     })?;
     if let Some(cpu) = config.pin_to_cpu {
         pin_current_thread(cpu)?;
+    }
+    if let Some(StartHook(hook)) = &config.on_start {
+        hook().map_err(|e| ("the start hook failed".to_string(), e))?;
     }
     Ok(())
 }
