@@ -171,9 +171,15 @@ impl DeviceLifecycle {
                     if !notified(&notifier) {
                         continue;
                     }
-                    if runner.run(|| true, &mut serve) == Flow::Pause {
+                    match runner.run(|| true, &mut serve) {
                         // Chains left past the turn's budget: go on at once.
-                        let _ = notifier.write(1);
+                        Flow::Pause => {
+                            let _ = notifier.write(1);
+                        }
+                        // The rings are broken (the device needs a reset) or the
+                        // device was reset: nothing more to serve.
+                        Flow::Remove => return,
+                        _ => {}
                     }
                 }
             })

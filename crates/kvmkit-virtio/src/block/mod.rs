@@ -422,26 +422,48 @@ impl Disk {
         mut call: impl FnMut(&dyn BlockBackend, &GuestSlice<'_>, u64) -> io::Result<usize>,
     ) -> Result<(), Failure> {
         for (addr, len) in segments.chunks(CHUNK) {
+            // Within one memory region, as nearly every buffer is: one lookup.
+            if let Ok(slice) = memory.get_slice(addr, len) {
+                offset = self.move_slice(&slice, offset, &mut call)?;
+                continue;
+            }
             for slice in memory.get_slices(addr, len) {
                 let slice = slice.map_err(|_| Failure::IoError)?;
-                let mut at = 0;
-                while at < slice.len() {
-                    let rest = slice
-                        .subslice(at, slice.len() - at)
-                        .map_err(|_| Failure::IoError)?;
-                    match call(&*self.backend, &rest, offset) {
-                        Ok(0) => return Err(Failure::IoError),
-                        Ok(moved) => {
-                            at += moved;
-                            offset += moved as u64;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return Err(Failure::IoError),
-                    }
-                }
+                offset = self.move_slice(&slice, offset, &mut call)?;
             }
         }
         Ok(())
+    }
+
+    /// Moves `slice` with `call` from byte `offset` on, going on where a short call
+    /// stopped; returns the offset past it.
+    fn move_slice(
+        &self,
+        slice: &GuestSlice<'_>,
+        mut offset: u64,
+        call: &mut impl FnMut(&dyn BlockBackend, &GuestSlice<'_>, u64) -> io::Result<usize>,
+    ) -> Result<u64, Failure> {
+        let mut at = 0;
+        while at < slice.len() {
+            let moved = if at == 0 {
+                call(&*self.backend, slice, offset)
+            } else {
+                let rest = slice
+                    .subslice(at, slice.len() - at)
+                    .map_err(|_| Failure::IoError)?;
+                call(&*self.backend, &rest, offset)
+            };
+            match moved {
+                Ok(0) => return Err(Failure::IoError),
+                Ok(moved) => {
+                    at += moved;
+                    offset += moved as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Failure::IoError),
+            }
+        }
+        Ok(offset)
     }
 
     /// Discard (punch holes) or write zeroes over each range the request lists.
