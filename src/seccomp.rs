@@ -106,8 +106,9 @@ const VCPU: &[i64] = &[
 
 /// The I/O thread: epoll, the devices it serves (tap and socket backends, `getrandom`
 /// for rng), kicking the vCPUs (`tgkill`), the terminal (`ioctl`), Ctrl-Z (`kill`), and
-/// after the guest, the memory report (`/proc/self/smaps` and KSM's counters, read
-/// only: `openat`, `statx`, `lseek`, `mincore`).
+/// after the guest, the memory report (`/proc/self/smaps`, the hugepage pools' sysfs
+/// directory and KSM's counters, read only: `openat`, `getdents64`, `statx`, `lseek`,
+/// `mincore`).
 const IO: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
@@ -131,7 +132,6 @@ const IO: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_mincore,
     libc::SYS_getdents64,
-    libc::SYS_fdatasync,
 ];
 
 /// The filter of `kind` under `policy`, or `None` for [`SeccompPolicy::Off`].
