@@ -108,7 +108,10 @@ pub struct PlatformConfig {
     /// Put the debug exit device at this port.
     pub debug_exit_port: Option<u16>,
     /// Confine the vCPU threads and the I/O thread with seccomp filters (see
-    /// [`seccomp`](crate::seccomp)).
+    /// [`seccomp`](crate::seccomp)). A filter cannot be lifted: the thread that calls
+    /// [`run_on`](crate::BootedMachine::run_on) keeps the I/O thread's after it
+    /// returns, so give the VM a thread that does little else afterwards (the runner's
+    /// main thread prints its report and exits).
     pub seccomp: SeccompPolicy,
 }
 
