@@ -376,11 +376,7 @@ impl MmioTransport {
                 self.fail();
                 return false;
             };
-            queues.push(ActiveQueue {
-                index,
-                queue: copy,
-                notifier: Arc::clone(&notifier),
-            });
+            queues.push(ActiveQueue::new(index, copy, Arc::clone(&notifier)));
             notifiers.push((index, notifier));
         }
         // Each queue on its own: one the shortcut did not take is notified through
@@ -391,14 +387,14 @@ impl MmioTransport {
             let registered = matches!(self.shortcut.register(addr, index, &event), Ok(true));
             state.notifiers[usize::from(index)] = Some(LiveNotifier { event, registered });
         }
-        let activation = Activation {
-            memory: Arc::clone(&self.memory),
-            features: state.driver_features,
+        let activation = Activation::new(
+            Arc::clone(&self.memory),
+            state.driver_features,
             queues,
-            interrupt: Arc::clone(&self.interrupt),
-            fault: Arc::clone(&self.fault),
-            events: Arc::clone(&self.events),
-        };
+            Arc::clone(&self.interrupt),
+            Arc::clone(&self.fault),
+            Arc::clone(&self.events),
+        );
         if state.device.activate(activation).is_err() {
             self.fail();
             return false;

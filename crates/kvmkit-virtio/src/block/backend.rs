@@ -14,7 +14,38 @@ use std::path::Path;
 use vm_memory::bitmap::{AtomicBitmap, BS};
 use vm_memory::VolatileSlice;
 
-use crate::BlockError;
+/// What can go wrong while opening a disk.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockError {
+    /// The image cannot be opened.
+    #[error("cannot open the disk image {path}")]
+    Open {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process (or another disk of this one) holds the image: a writer
+    /// excludes everyone else, a reader excludes writers.
+    #[error("the disk image {path} is in use: another VMM or disk has it open{}", if *.readonly { " for writing" } else { "" })]
+    Locked {
+        /// The path.
+        path: String,
+        /// Whether this disk asked to read only (so the holder writes).
+        readonly: bool,
+    },
+    /// The image's size cannot be read.
+    #[error("cannot read the size of the disk image {path}")]
+    Size {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// A run of guest memory a backend reads into or writes from, within one memory
 /// region.

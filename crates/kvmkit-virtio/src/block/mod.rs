@@ -24,7 +24,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
-pub use backend::{BlockBackend, FileBackend, GuestSlice};
+pub use backend::{BlockBackend, BlockError, FileBackend, GuestSlice};
 
 use crate::queue::{Buffer, Chain, ChainError, Served};
 use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
@@ -51,39 +51,6 @@ const RANGE_LEN: usize = 16;
 /// Write-zeroes flag: the device may unmap (punch a hole). No other flag is defined,
 /// and discard takes none (virtio 1.2 §5.2.6.2).
 const WRITE_ZEROES_UNMAP: u32 = 1;
-
-/// What can go wrong while opening a disk.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BlockError {
-    /// The image cannot be opened.
-    #[error("cannot open the disk image {path}")]
-    Open {
-        /// The path.
-        path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// Another process (or another disk of this one) holds the image: a writer
-    /// excludes everyone else, a reader excludes writers.
-    #[error("the disk image {path} is in use: another VMM or disk has it open{}", if *.readonly { " for writing" } else { "" })]
-    Locked {
-        /// The path.
-        path: String,
-        /// Whether this disk asked to read only (so the holder writes).
-        readonly: bool,
-    },
-    /// The image's size cannot be read.
-    #[error("cannot read the size of the disk image {path}")]
-    Size {
-        /// The path.
-        path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// A virtio block device: read, write, flush (`fdatasync`), get-id, discard and
 /// write-zeroes (`fallocate`), on one queue, every sector range checked against the
@@ -290,28 +257,10 @@ impl Disk {
         let Some(status) = status_byte(&chain.writable) else {
             return Served::FAILED;
         };
-        // What the device advertised: seg_max data segments besides the header and
-        // the status, each of at most size_max bytes. The header and status share
-        // their buffers with data in some drivers, so count buffers, not roles.
-        let buffers = chain.readable.len() + chain.writable.len();
-        let oversized = chain
-            .readable
-            .iter()
-            .chain(&chain.writable)
-            .any(|buffer| buffer.len > SIZE_MAX);
-        if buffers > SEG_MAX as usize + 2 || oversized {
-            return match memory.write_obj(STATUS_IOERR, status.addr) {
-                Ok(()) => Served {
-                    written: 1,
-                    bytes: 0,
-                    failed: true,
-                },
-                Err(_) => Served::FAILED,
-            };
-        }
         let data_in = Segments::new(&chain.writable, status.len_before);
         let mut readable = Segments::new(&chain.readable, total(&chain.readable));
-        let result = read_header(memory, &mut readable)
+        let result = within_limits(chain)
+            .and_then(|()| read_header(memory, &mut readable))
             .and_then(|(kind, sector)| self.execute(memory, kind, sector, readable, data_in));
         let (status_value, written, bytes, failed) = match result {
             Ok(done) => (STATUS_OK, done.written, done.bytes, false),
@@ -536,6 +485,23 @@ struct Done {
 struct StatusByte {
     addr: GuestAddress,
     len_before: u64,
+}
+
+/// Whether `chain` keeps to what the device advertised: `seg_max` data segments
+/// besides the header and the status, each of at most `size_max` bytes. The header
+/// and status share their buffers with data in some drivers, so buffers are counted,
+/// not roles.
+fn within_limits(chain: &Chain) -> Result<(), Failure> {
+    let buffers = chain.readable.len() + chain.writable.len();
+    let oversized = chain
+        .readable
+        .iter()
+        .chain(&chain.writable)
+        .any(|buffer| buffer.len > SIZE_MAX);
+    if buffers > SEG_MAX as usize + 2 || oversized {
+        return Err(Failure::IoError);
+    }
+    Ok(())
 }
 
 fn status_byte(writable: &[Buffer]) -> Option<StatusByte> {
