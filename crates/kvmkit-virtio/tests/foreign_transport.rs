@@ -13,11 +13,12 @@
 // truncating.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
+use common::{desc, scratch_image};
 use kvmkit_devices::{EventSources, Flow, Handler};
 use kvmkit_virtio::{
     Activation, ActiveQueue, Block, DeviceFault, EventFdVirtioInterrupt, GuestMemory, Rng,
@@ -27,7 +28,7 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -91,10 +92,6 @@ impl PolledSources {
 /// The driver's side: rings in guest memory, laid out as a driver would.
 struct Driver<'m> {
     rings: MockSplitQueue<'m, GuestMemory>,
-}
-
-fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
 }
 
 impl<'m> Driver<'m> {
@@ -175,25 +172,12 @@ fn memory() -> Arc<GuestMemory> {
     Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), RAM)]).unwrap())
 }
 
-fn disk_with(contents: &[u8]) -> File {
-    let path = std::env::temp_dir().join(format!("kvmkit-foreign-{}.img", std::process::id()));
-    let mut file = File::create(&path).unwrap();
-    file.write_all(contents).unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    file
-}
-
 #[test]
 fn a_foreign_transport_drives_block_to_a_completed_read_on_its_own_event_sources() {
     let memory = memory();
     let driver = Driver::new(&memory);
     let sector: Vec<u8> = (0..512u32).map(|i| i as u8).collect();
-    let mut block = Block::with_file(disk_with(&sector), 512, false, b"foreign");
+    let mut block = Block::with_file(scratch_image("foreign", &sector), 512, false, b"foreign");
     let transport = Transport::activate(&mut block, &memory, &driver);
     // Header (IN, sector 0) at 0x1000, 512 bytes of data at 0x2000, status at 0x3000.
     memory

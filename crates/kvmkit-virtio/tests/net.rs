@@ -202,8 +202,14 @@ fn datagram_rig() -> (Rig, Rings, Rings, std::os::unix::net::UnixDatagram) {
     (rig, rx, tx, peer)
 }
 
-/// Sends `frame` through transmit descriptor `index`; returns what the peer got.
-fn transmit(rig: &Rig, tx: &Rings, index: u16, frame: &[u8]) -> Option<Vec<u8>> {
+/// Sends `frame` through transmit descriptor `index`; returns what `peer` got.
+fn transmit(
+    rig: &Rig,
+    tx: &Rings,
+    peer: &std::os::unix::net::UnixDatagram,
+    index: u16,
+    frame: &[u8],
+) -> Option<Vec<u8>> {
     let at = FRAME + 0x1000 * u64::from(index);
     rig.memory.write_slice(frame, GuestAddress(at)).unwrap();
     tx.desc_table()
@@ -217,35 +223,23 @@ fn transmit(rig: &Rig, tx: &Rings, index: u16, frame: &[u8]) -> Option<Vec<u8>> 
     }
     let mut got = vec![0u8; 2048];
     std::thread::sleep(std::time::Duration::from_millis(10));
-    peer_recv(&mut got)
-}
-
-thread_local! {
-    static PEER: std::cell::RefCell<Option<std::os::unix::net::UnixDatagram>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn peer_recv(buffer: &mut [u8]) -> Option<Vec<u8>> {
-    PEER.with(|peer| {
-        let peer = peer.borrow();
-        let len = peer.as_ref().unwrap().recv(buffer).ok()?;
-        Some(buffer[..len].to_vec())
-    })
+    let len = peer.recv(&mut got).ok()?;
+    got.truncate(len);
+    Some(got)
 }
 
 #[test]
 fn transmitted_frames_asking_for_offloads_never_negotiated_are_dropped() {
     let (rig, _rx, tx, peer) = datagram_rig();
-    PEER.with(|slot| *slot.borrow_mut() = Some(peer));
     let clean = arp_request();
     let mut needs_csum = arp_request();
     needs_csum[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
     let mut gso = arp_request();
     gso[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
 
-    let sent_needs_csum = transmit(&rig, &tx, 0, &needs_csum);
-    let sent_gso = transmit(&rig, &tx, 1, &gso);
-    let sent_clean = transmit(&rig, &tx, 2, &clean);
+    let sent_needs_csum = transmit(&rig, &tx, &peer, 0, &needs_csum);
+    let sent_gso = transmit(&rig, &tx, &peer, 1, &gso);
+    let sent_clean = transmit(&rig, &tx, &peer, 2, &clean);
 
     assert_eq!(
         sent_needs_csum, None,

@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
-use common::{version_1, Rig, PATIENCE, QUEUE_NOTIFY, RINGS, STATUS};
+use common::{scratch_image, version_1, Rig, PATIENCE, QUEUE_NOTIFY, RINGS, STATUS};
 use kvmkit_devices::{ConsoleOutput, SerialOutput};
 use kvmkit_virtio::{Block, Console, DatagramBackend, Net, Rng, VirtioDevice};
 
@@ -71,21 +69,6 @@ fn cycle(rig: &Rig, queues: u32) {
     rig.write(STATUS, 0);
 }
 
-fn disk() -> File {
-    let path = std::env::temp_dir().join(format!("kvmkit-cycles-{}.img", std::process::id()));
-    File::create(&path)
-        .unwrap()
-        .write_all(&[0u8; 4096])
-        .unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    file
-}
-
 #[test]
 fn a_thousand_reset_cycles_of_each_device_leave_descriptors_and_memory_flat() {
     let (device_end, _peer) = UnixDatagram::pair().unwrap();
@@ -93,7 +76,12 @@ fn a_thousand_reset_cycles_of_each_device_leave_descriptors_and_memory_flat() {
     let devices: Vec<(&str, Box<dyn VirtioDevice>, u32)> = vec![
         (
             "block",
-            Box::new(Block::with_file(disk(), 4096, false, b"")),
+            Box::new(Block::with_file(
+                scratch_image("cycles", &[0; 4096]),
+                4096,
+                false,
+                b"",
+            )),
             1,
         ),
         (

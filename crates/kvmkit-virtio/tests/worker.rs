@@ -11,7 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{version_1, Rig, MOCK_SIZE, NEEDS_RESET, PATIENCE, QUEUE_NOTIFY, STATUS};
+use common::{
+    scratch_image, version_1, Rig, MOCK_SIZE, NEEDS_RESET, PATIENCE, QUEUE_NOTIFY, STATUS,
+};
 use kvmkit_virtio::Block;
 
 fn workers() -> usize {
@@ -31,15 +33,7 @@ fn wait_for_workers(count: usize) -> usize {
 }
 
 fn disk() -> Block {
-    let path = std::env::temp_dir().join(format!("kvmkit-worker-{}", std::process::id()));
-    std::fs::write(&path, vec![0u8; 4096]).unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    Block::with_file(file, 4096, false, b"")
+    Block::with_file(scratch_image("worker", &[0; 4096]), 4096, false, b"")
 }
 
 #[test]

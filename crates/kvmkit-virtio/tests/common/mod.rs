@@ -272,6 +272,20 @@ pub fn wait_readable(event: &EventFd, timeout: Duration) -> bool {
     ready == 1
 }
 
+/// An image file holding `contents`, open read-write and already unlinked, so that
+/// nothing is left on disk however the test ends. `name` keeps tests apart.
+pub fn scratch_image(name: &str, contents: &[u8]) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("kvmkit-{name}-{}.img", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file
+}
+
 pub fn version_1() -> u64 {
     1 << VIRTIO_F_VERSION_1
 }
