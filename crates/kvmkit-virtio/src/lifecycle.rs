@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvmkit_devices::{event_fd, Flow};
+use kvmkit_devices::{event_fd, EventSources, Flow};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -164,23 +164,15 @@ impl DeviceLifecycle {
             .runner(activation, queue.index, queue.queue)
             .with_budget(TurnBudget::OWN_THREAD);
         let notifier = queue.notifier;
+        let events = Arc::clone(&activation.events);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                while runner.epoch().is_current() {
-                    if !notified(&notifier) {
-                        continue;
-                    }
-                    match runner.run(|| true, &mut serve) {
-                        // Chains left past the turn's budget: go on at once.
-                        Flow::Pause => {
-                            let _ = notifier.write(1);
-                        }
-                        // The rings are broken (the device needs a reset) or the
-                        // device was reset: nothing more to serve.
-                        Flow::Remove => return,
-                        _ => {}
-                    }
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve_until_done(&mut runner, &notifier, &mut serve)
+                }));
+                if let Err(panic) = served {
+                    raise_on_loop(&*events, panic);
                 }
             })
             .map(drop)
@@ -247,6 +239,50 @@ impl DeviceLifecycle {
                 }),
             )
             .map_err(ActivateError::Events)
+    }
+}
+
+/// A worker's loop: each notification runs a turn, until the device is reset or its
+/// rings break.
+fn serve_until_done(
+    runner: &mut QueueRunner,
+    notifier: &EventFd,
+    serve: &mut impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served,
+) {
+    while runner.epoch().is_current() {
+        if !notified(notifier) {
+            continue;
+        }
+        match runner.run(|| true, &mut *serve) {
+            // Chains left past the turn's budget: go on at once.
+            Flow::Pause => {
+                let _ = notifier.write(1);
+            }
+            // The rings are broken (the device needs a reset) or the device was
+            // reset: nothing more to serve.
+            Flow::Remove => return,
+            _ => {}
+        }
+    }
+}
+
+/// Raises a worker's panic again on the thread that runs `events`: a device bug ends
+/// the VM there, as it does when the device is served on that thread, instead of
+/// leaving a queue that silently stopped.
+fn raise_on_loop(events: &dyn EventSources, panic: Box<dyn std::any::Any + Send>) {
+    let Ok(raised) = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) else {
+        return;
+    };
+    let mut panic = Some(panic);
+    let added = events.add(
+        event_fd(&raised),
+        Box::new(move || match panic.take() {
+            Some(panic) => std::panic::resume_unwind(panic),
+            None => Flow::Remove,
+        }),
+    );
+    if added.is_ok() {
+        let _ = raised.write(1);
     }
 }
 

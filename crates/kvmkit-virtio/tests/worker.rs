@@ -3,9 +3,11 @@
 
 //! A disk's worker thread lives as long as the device has a queue to serve: it ends
 //! when the driver breaks the rings (the device then needs a reset) and when the
-//! driver resets it, and it never spins on a queue it can no longer serve.
+//! driver resets it, and it never spins on a queue it can no longer serve. A panic on
+//! a worker is not lost with it.
 //!
-//! One test in a binary of its own: it counts this process's `blk-worker` threads.
+//! In a binary of its own: one test counts this process's `blk-worker` threads (the
+//! other names its worker apart).
 
 mod common;
 
@@ -67,4 +69,66 @@ fn the_worker_ends_when_the_rings_break_and_when_the_device_is_reset() {
     assert_eq!(after_the_fault, 0, "the worker went on with broken rings");
     assert_eq!(restarted, 1);
     assert_eq!(after_the_reset, 0, "the worker outlived the reset");
+}
+
+/// A device whose worker panics on its first request: a bug in a device.
+struct PanickingWorker(kvmkit_virtio::DeviceLifecycle);
+
+impl kvmkit_virtio::VirtioDevice for PanickingWorker {
+    fn device_type(&self) -> u32 {
+        0x7f
+    }
+
+    fn features(&self) -> u64 {
+        version_1()
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![MOCK_SIZE]
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(
+        &mut self,
+        mut activation: kvmkit_virtio::Activation,
+    ) -> Result<(), kvmkit_virtio::ActivateError> {
+        let queue = activation.take_queue(0)?;
+        self.0
+            .serve_on_worker(&activation, queue, "panicky-worker", |_, _| {
+                panic!("a device bug")
+            })
+    }
+
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+
+    fn counters(&self) -> Vec<std::sync::Arc<kvmkit_virtio::QueueCounters>> {
+        self.0.counters()
+    }
+}
+
+#[test]
+fn a_panic_on_a_worker_is_raised_on_the_event_loop_as_it_would_be_there() {
+    let mut rig = Rig::new(Box::new(PanickingWorker(
+        kvmkit_virtio::DeviceLifecycle::new(1),
+    )));
+    let mock = rig.mock();
+    rig.negotiate(version_1());
+    rig.setup_queue(0, &mock, u32::from(MOCK_SIZE));
+    rig.driver_ok();
+    mock.desc_table()
+        .store(0, common::desc(0x2_0000, 16, 0, 0))
+        .unwrap();
+
+    rig.offer(&mock, &[0]);
+    rig.write(QUEUE_NOTIFY, 0);
+
+    assert!(
+        rig.event_loop_panicked(PATIENCE),
+        "the worker's panic vanished with its thread"
+    );
 }

@@ -96,6 +96,27 @@ impl Rig {
         }
     }
 
+    /// Whether the event loop's thread ended by a panic within `patience` (it is not
+    /// asked to stop).
+    pub fn event_loop_panicked(&mut self, patience: Duration) -> bool {
+        let begun = std::time::Instant::now();
+        while self
+            .event_loop
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+            && begun.elapsed() < patience
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match self.event_loop.take() {
+            Some(thread) if thread.is_finished() => thread.join().is_err(),
+            other => {
+                self.event_loop = other;
+                false
+            }
+        }
+    }
+
     pub fn write(&self, offset: u64, value: u32) {
         self.transport.write(offset, &value.to_le_bytes());
     }
