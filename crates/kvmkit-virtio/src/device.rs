@@ -50,6 +50,27 @@ pub trait VirtioDevice: Send {
     fn counters(&self) -> Vec<Arc<QueueCounters>>;
 }
 
+/// Reads `data` from a device's configuration space `config` at `offset`, as
+/// [`VirtioDevice::read_config`] says: bytes past its end read as zero.
+///
+/// ```
+/// let config = [1u8, 2, 3];
+/// let mut data = [0xffu8; 4];
+/// kvmkit_virtio::read_config_from(&config, 1, &mut data);
+/// assert_eq!(data, [2, 3, 0, 0]);
+/// ```
+pub fn read_config_from(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(rest) = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..))
+    else {
+        return;
+    };
+    let len = data.len().min(rest.len());
+    data[..len].copy_from_slice(&rest[..len]);
+}
+
 /// What a device gets when the driver sets `DRIVER_OK`: built by a transport (this
 /// crate's [`MmioTransport`](crate::MmioTransport), or another VMM's virtio-pci or
 /// vhost-user frontend) with [`Activation::new`].
@@ -187,5 +208,23 @@ impl std::fmt::Display for QueueCounters {
             self.bytes(),
             self.errors()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_config_from;
+
+    #[test]
+    fn a_config_read_past_the_end_or_at_an_absurd_offset_reads_zeroes() {
+        let config = [1u8, 2, 3];
+        let mut at_end = [0xffu8; 2];
+        let mut absurd = [0xffu8; 2];
+
+        read_config_from(&config, 3, &mut at_end);
+        read_config_from(&config, u64::MAX, &mut absurd);
+
+        assert_eq!(at_end, [0, 0]);
+        assert_eq!(absurd, [0, 0]);
     }
 }

@@ -38,7 +38,8 @@ mod rng;
 pub use block::{Block, BlockBackend, BlockError, FileBackend, GuestSlice, SECTOR_SIZE};
 pub use console::{Console, ConsoleInputPort, CONSOLE_INPUT_BYTES};
 pub use device::{
-    ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters, VirtioDevice,
+    read_config_from, ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters,
+    VirtioDevice,
 };
 pub use epoch::{Epoch, Gate, Turn};
 pub use interrupt::{DeviceFault, EventFdVirtioInterrupt, InterruptKind, VirtioInterrupt};

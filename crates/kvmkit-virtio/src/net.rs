@@ -20,7 +20,10 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
 
 use crate::queue::{Chain, ChainError, QueueRunner, Served};
-use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
+use crate::{
+    read_config_from, ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters,
+    VirtioDevice,
+};
 
 /// The virtio-net header with `VIRTIO_F_VERSION_1` (`virtio_net_hdr_v1`), which the
 /// tap reads and writes in front of every frame too.
@@ -251,14 +254,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start < self.mac.len() {
-            let len = data.len().min(self.mac.len() - start);
-            data[..len].copy_from_slice(&self.mac[start..start + len]);
-        }
+        read_config_from(&self.mac, offset, data);
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {

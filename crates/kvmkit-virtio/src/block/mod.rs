@@ -27,7 +27,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 pub use backend::{BlockBackend, BlockError, FileBackend, GuestSlice};
 
 use crate::queue::{Buffer, Chain, ChainError, Served};
-use crate::{ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters, VirtioDevice};
+use crate::{
+    read_config_from, ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters,
+    VirtioDevice,
+};
 
 /// Bytes in a sector, as virtio-blk counts.
 pub const SECTOR_SIZE: u64 = BLOCK_SIZE as u64;
@@ -176,14 +179,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start < self.config.len() {
-            let len = data.len().min(self.config.len() - start);
-            data[..len].copy_from_slice(&self.config[start..start + len]);
-        }
+        read_config_from(&self.config, offset, data);
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
