@@ -74,12 +74,23 @@ fn is_arp_reply(frame: &[u8]) -> bool {
         && ethernet[32..38] == MAC
 }
 
+/// A device with address MAC on `backend`, started with both queues set up:
+/// (rig, rx rings, tx rings).
+fn started(backend: impl kvmkit_virtio::NetBackend + 'static) -> (Rig, Rings, Rings) {
+    let rig = Rig::new(Box::new(Net::new(backend, MAC)));
+    let rx = rig.mock_at(RX_RINGS);
+    let tx = rig.mock();
+    rig.negotiate(version_1() | (1 << 5));
+    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
+    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
+    rig.driver_ok();
+    (rig, rx, tx)
+}
+
 #[test]
 fn an_arp_request_sent_on_the_transmit_queue_gets_its_reply_on_the_receive_queue() {
     let tap = tap_in_own_namespace();
-    let rig = Rig::new(Box::new(Net::new(tap, MAC)));
-    let rx = rig.mock_at(RX_RINGS);
-    let tx = rig.mock();
+    let (rig, rx, tx) = started(tap);
     for n in 0..8u16 {
         let buffer = desc(
             RX_BUFFERS + u64::from(n) * 0x800,
@@ -99,10 +110,6 @@ fn an_arp_request_sent_on_the_transmit_queue_gets_its_reply_on_the_receive_queue
     let mut mac = [0u8; 6];
     kvmkit_devices::BusDevice::read(&*rig.transport, 0x100, &mut mac);
 
-    rig.negotiate(version_1() | (1 << 5));
-    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
-    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
-    rig.driver_ok();
     rig.offer(&rx, &[0, 1, 2, 3, 4, 5, 6, 7]);
     rig.write(QUEUE_NOTIFY, 0);
     rig.offer(&tx, &[0]);
@@ -137,12 +144,7 @@ fn frames_flow_both_ways_over_a_datagram_backend_and_wait_for_receive_buffers() 
     use kvmkit_virtio::DatagramBackend;
     use std::os::unix::net::UnixDatagram;
     let (device_end, peer) = UnixDatagram::pair().unwrap();
-    let rig = Rig::new(Box::new(Net::new(
-        DatagramBackend::new(device_end).unwrap(),
-        MAC,
-    )));
-    let rx = rig.mock_at(RX_RINGS);
-    let tx = rig.mock();
+    let (rig, rx, tx) = started(DatagramBackend::new(device_end).unwrap());
     let outgoing = arp_request();
     rig.memory
         .write_slice(&outgoing, GuestAddress(FRAME))
@@ -153,10 +155,6 @@ fn frames_flow_both_ways_over_a_datagram_backend_and_wait_for_receive_buffers() 
     rx.desc_table()
         .store(0, desc(RX_BUFFERS, 0x800, VRING_DESC_F_WRITE, 0))
         .unwrap();
-    rig.negotiate(version_1() | (1 << 5));
-    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
-    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
-    rig.driver_ok();
 
     rig.offer(&tx, &[0]);
     rig.write(QUEUE_NOTIFY, 1);
@@ -189,16 +187,7 @@ fn datagram_rig() -> (Rig, Rings, Rings, std::os::unix::net::UnixDatagram) {
     use std::os::unix::net::UnixDatagram;
     let (device_end, peer) = UnixDatagram::pair().unwrap();
     peer.set_nonblocking(true).unwrap();
-    let rig = Rig::new(Box::new(Net::new(
-        DatagramBackend::new(device_end).unwrap(),
-        MAC,
-    )));
-    let rx = rig.mock_at(RX_RINGS);
-    let tx = rig.mock();
-    rig.negotiate(version_1() | (1 << 5));
-    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
-    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
-    rig.driver_ok();
+    let (rig, rx, tx) = started(DatagramBackend::new(device_end).unwrap());
     (rig, rx, tx, peer)
 }
 
@@ -336,16 +325,7 @@ fn a_backend_that_keeps_returning_empty_reads_does_not_keep_the_io_thread() {
         sent: Default::default(),
     });
     backend.ready.write(1).unwrap();
-    let rig = Rig::new(Box::new(Net::new(
-        Shared(std::sync::Arc::clone(&backend)),
-        MAC,
-    )));
-    let rx = rig.mock_at(RX_RINGS);
-    let tx = rig.mock();
-    rig.negotiate(version_1() | (1 << 5));
-    rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
-    rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
-    rig.driver_ok();
+    let (rig, _rx, tx) = started(Shared(std::sync::Arc::clone(&backend)));
     let frame = arp_request();
     rig.memory.write_slice(&frame, GuestAddress(FRAME)).unwrap();
     tx.desc_table()
