@@ -138,15 +138,21 @@ mod tests {
         data[0]
     }
 
-    #[test]
-    fn piped_input_reaches_the_serial_port_and_eof_removes_the_source() {
-        let (reader, mut writer) = pipe();
+    /// A serial port whose input is a pipe the loop reads: (the pipe's writing end,
+    /// the port, the loop, the event that stops it).
+    fn piped_input() -> (std::fs::File, Arc<SerialPort>, EventLoop, EventFd) {
+        let (reader, writer) = pipe();
         let serial = serial();
         let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
         event_loop
             .add_console_input(reader, serial.clone())
             .unwrap();
-        let stop = EventFd::new(0).unwrap();
+        (writer, serial, event_loop, EventFd::new(0).unwrap())
+    }
+
+    #[test]
+    fn piped_input_reaches_the_serial_port_and_eof_removes_the_source() {
+        let (mut writer, serial, event_loop, stop) = piped_input();
 
         writer.write_all(b"hi").unwrap();
         drop(writer);
@@ -163,13 +169,7 @@ mod tests {
 
     #[test]
     fn a_full_receive_fifo_pauses_input_instead_of_spinning_and_draining_resumes_it() {
-        let (reader, mut writer) = pipe();
-        let serial = serial();
-        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
-        event_loop
-            .add_console_input(reader, serial.clone())
-            .unwrap();
-        let stop = EventFd::new(0).unwrap();
+        let (mut writer, serial, event_loop, stop) = piped_input();
 
         // 100 bytes for a 64-byte FIFO the guest does not drain for 200 ms.
         writer.write_all(&[b'x'; 100]).unwrap();
