@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::wait_writable;
+
 /// Bytes a console's output queue holds before further output is dropped (and
 /// counted).
 pub const OUTPUT_QUEUE_BYTES: usize = 1 << 20;
@@ -261,17 +263,6 @@ pub enum FlushState {
     Closed,
 }
 
-fn wait_writable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for a descriptor borrowed for the call.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-    ready == 1 && pollfd.revents & libc::POLLOUT != 0
-}
 /// A writer that collects bytes for another thread to read, e.g. a test.
 #[cfg(feature = "test-utils")]
 #[derive(Debug, Clone, Default)]

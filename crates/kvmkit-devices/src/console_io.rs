@@ -7,10 +7,11 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vmm_sys_util::epoll::EventSet;
 
-use crate::{event_fd, ConsoleInput, ConsoleOutput, EventLoop, Flow, FlushState};
+use crate::{event_fd, wait_readable, ConsoleInput, ConsoleOutput, EventLoop, Flow, FlushState};
 
 impl EventLoop {
     /// Feeds what arrives on `input` (stdin, a pipe) to a guest console, as much as it
@@ -82,7 +83,7 @@ fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
     }
     // The loop also runs this when the console makes room, whether or not input
     // waits: a terminal or pipe may be in blocking mode, so never read it unready.
-    if !readable(input) {
+    if !wait_readable(input, Duration::ZERO) {
         return Flow::Continue;
     }
     // SAFETY: reads at most `room` bytes into `buffer`, which has that many.
@@ -105,17 +106,6 @@ fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
             Flow::Continue
         }
     }
-}
-
-/// Whether `fd` has something to read (or hung up), without waiting.
-fn readable(fd: BorrowedFd<'_>) -> bool {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for a descriptor borrowed for the call; no waiting.
-    unsafe { libc::poll(&mut poll, 1, 0) == 1 }
 }
 
 #[cfg(all(test, feature = "uart"))]

@@ -40,6 +40,7 @@ mod debug_exit;
 mod event_loop;
 mod i8042;
 mod interrupt;
+mod readiness;
 mod rtc;
 #[cfg(feature = "uart")]
 mod serial;
@@ -59,6 +60,7 @@ pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{event_fd, EventLoop, EventSources, Flow, Handler, LoopEnd, LoopHandle};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET};
 pub use interrupt::{EventFdInterrupt, Interrupt};
+pub use readiness::{wait_readable, wait_writable};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
 #[cfg(feature = "uart")]
 pub use serial::{SerialPort, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};

@@ -4,10 +4,10 @@
 //! What every device keeps across activations, and the one way its queues are served
 //! and stopped: [`DeviceLifecycle`].
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvmkit_devices::{event_fd, EventSources, Flow};
+use kvmkit_devices::{event_fd, wait_readable, EventSources, Flow};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -289,7 +289,7 @@ fn raise_on_loop(events: &dyn EventSources, panic: Box<dyn std::any::Any + Send>
 /// How long a worker waits for a notification before it looks at its epoch again: a
 /// worker of a device reset without a notification (a dropped transport) ends within
 /// this.
-const WORKER_PATIENCE_MS: i32 = 100;
+const WORKER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long a worker that just served looks for the next notification before it
 /// sleeps: a driver that keeps its queue busy then finds the worker awake, without
@@ -297,7 +297,7 @@ const WORKER_PATIENCE_MS: i32 = 100;
 const WORKER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Waits for `notifier` (spinning [`WORKER_SPIN`], then sleeping at most
-/// [`WORKER_PATIENCE_MS`]) and consumes it; whether it was signalled.
+/// [`WORKER_PATIENCE`]) and consumes it; whether it was signalled.
 fn notified(notifier: &EventFd) -> bool {
     let spin = std::time::Instant::now();
     while spin.elapsed() < WORKER_SPIN {
@@ -306,14 +306,7 @@ fn notified(notifier: &EventFd) -> bool {
         }
         std::hint::spin_loop();
     }
-    let mut poll = libc::pollfd {
-        fd: notifier.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for a descriptor borrowed for the call.
-    let ready = unsafe { libc::poll(&mut poll, 1, WORKER_PATIENCE_MS) } == 1;
-    ready && notifier.read().is_ok()
+    wait_readable(event_fd(notifier), WORKER_PATIENCE) && notifier.read().is_ok()
 }
 
 impl Drop for DeviceLifecycle {

@@ -13,7 +13,7 @@
 // truncating.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 mod common;
@@ -68,14 +68,7 @@ impl PolledSources {
         let mut sources = self.sources.lock().unwrap();
         let mut ran = 0;
         sources.retain_mut(|(fd, handler)| {
-            let mut poll = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no waiting.
-            let ready = unsafe { libc::poll(&mut poll, 1, 0) } == 1;
-            if !ready {
+            if !kvmkit_devices::wait_readable(fd.as_fd(), std::time::Duration::ZERO) {
                 return true;
             }
             ran += 1;

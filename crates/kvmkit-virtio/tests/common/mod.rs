@@ -10,7 +10,6 @@
 // truncating.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -282,15 +281,9 @@ impl Drop for Rig {
     }
 }
 
+/// Whether `event` is signalled within `timeout`.
 pub fn wait_readable(event: &EventFd, timeout: Duration) -> bool {
-    let mut pollfd = libc::pollfd {
-        fd: event.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for a descriptor borrowed for the call.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as i32) };
-    ready == 1
+    kvmkit_devices::wait_readable(kvmkit_devices::event_fd(event), timeout)
 }
 
 /// An image file holding `contents`, open read-write and already unlinked, so that
