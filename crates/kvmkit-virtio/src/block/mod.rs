@@ -66,12 +66,8 @@ const WRITE_ZEROES_UNMAP: u32 = 1;
 /// or hung backend stalls this disk alone: the I/O thread goes on with signals,
 /// consoles and every other device.
 pub struct Block {
-    backend: Arc<dyn BlockBackend>,
-    capacity: u64,
-    readonly: bool,
-    /// The backend punches holes: discard and write-zeroes are offered.
-    punches_holes: bool,
-    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    /// What each activation's worker serves, a copy apiece.
+    disk: Disk,
     config: Vec<u8>,
     lifecycle: DeviceLifecycle,
 }
@@ -79,8 +75,8 @@ pub struct Block {
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
-            .field("capacity", &self.capacity)
-            .field("readonly", &self.readonly)
+            .field("capacity", &self.disk.capacity)
+            .field("readonly", &self.disk.readonly)
             .finish_non_exhaustive()
     }
 }
@@ -104,11 +100,13 @@ impl Block {
         let capacity = backend.size() / SECTOR_SIZE;
         let punches_holes = !readonly && backend.punches_holes();
         Block {
-            backend: Arc::new(backend),
-            capacity,
-            readonly,
-            punches_holes,
-            id: serial(b""),
+            disk: Disk {
+                backend: Arc::new(backend),
+                capacity,
+                readonly,
+                punches_holes,
+                id: serial(b""),
+            },
             config: config_space(capacity),
             lifecycle: DeviceLifecycle::new(1),
         }
@@ -117,13 +115,13 @@ impl Block {
     /// This disk with `id` (its first 20 bytes) as its serial, as Cloud Hypervisor's
     /// `--disk serial=` gives it.
     pub fn with_serial(mut self, id: &[u8]) -> Self {
-        self.id = serial(id);
+        self.disk.id = serial(id);
         self
     }
 
     /// The capacity in sectors.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.disk.capacity
     }
 }
 
@@ -166,9 +164,9 @@ impl VirtioDevice for Block {
             | (1 << VIRTIO_BLK_F_SEG_MAX)
             | (1 << VIRTIO_BLK_F_SIZE_MAX)
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
-        if self.readonly {
+        if self.disk.readonly {
             features |= 1 << VIRTIO_BLK_F_RO;
-        } else if self.punches_holes {
+        } else if self.disk.punches_holes {
             features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         features
@@ -184,13 +182,7 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         let queue = activation.take_queue(0)?;
-        let mut disk = Disk {
-            backend: Arc::clone(&self.backend),
-            capacity: self.capacity,
-            readonly: self.readonly,
-            punches_holes: self.punches_holes,
-            id: self.id,
-        };
+        let mut disk = self.disk.clone();
         self.lifecycle
             .serve_on_worker(&activation, queue, "blk-worker", move |memory, chain| {
                 disk.serve(memory, chain)
@@ -207,10 +199,13 @@ impl VirtioDevice for Block {
 }
 
 /// The disk as its worker serves it.
+#[derive(Clone)]
 struct Disk {
     backend: Arc<dyn BlockBackend>,
+    /// In sectors.
     capacity: u64,
     readonly: bool,
+    /// The backend punches holes: discard and write-zeroes are offered.
     punches_holes: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
 }
