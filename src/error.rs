@@ -79,12 +79,13 @@ pub enum Error {
     #[error("the platform is running already")]
     PlatformRunning,
     /// A seccomp filter could not be built.
-    #[error("cannot build the {kind:?} thread's seccomp filter: {reason}")]
+    #[error("cannot build the {kind:?} thread's seccomp filter")]
     Seccomp {
         /// The thread kind.
         kind: crate::seccomp::ThreadKind,
-        /// seccompiler's error.
-        reason: String,
+        /// What seccompiler refused.
+        #[source]
+        source: seccompiler::BackendError,
     },
     /// A host resource (an event fd, epoll, the terminal, signals) failed.
     #[error("{what}")]

@@ -147,7 +147,7 @@ impl BootedMachine {
 
         let policy = platform.config().seccomp;
         let filter_of =
-            |kind| seccomp::filter(kind, policy).map_err(|reason| Error::Seccomp { kind, reason });
+            |kind| seccomp::filter(kind, policy).map_err(|source| Error::Seccomp { kind, source });
         let vcpu_filter = filter_of(ThreadKind::Vcpu)?.map(Arc::new);
         let io_filter = filter_of(ThreadKind::Io)?;
         let confine = vcpu_filter.map(|program| StartHook::new(move || seccomp::apply(&program)));

@@ -135,7 +135,10 @@ const IO: &[i64] = &[
 ];
 
 /// The filter of `kind` under `policy`, or `None` for [`SeccompPolicy::Off`].
-pub fn filter(kind: ThreadKind, policy: SeccompPolicy) -> Result<Option<BpfProgram>, String> {
+pub fn filter(
+    kind: ThreadKind,
+    policy: SeccompPolicy,
+) -> Result<Option<BpfProgram>, seccompiler::BackendError> {
     let mismatch = match policy {
         SeccompPolicy::Off => return Ok(None),
         SeccompPolicy::Enforce => SeccompAction::Trap,
@@ -150,12 +153,8 @@ pub fn filter(kind: ThreadKind, policy: SeccompPolicy) -> Result<Option<BpfProgr
         .chain(own)
         .map(|&call| (call, Vec::new()))
         .collect();
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| e.to_string())?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
-    Ok(Some(program))
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
+    Ok(Some(filter.try_into()?))
 }
 
 /// Confines the calling thread with `program`, after making sure a violation is
