@@ -7,7 +7,7 @@
 //! queues) is policy, in the modules that own it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -183,14 +183,11 @@ impl EventLoop {
     /// Takes the sources [`LoopHandle`]s sent since the last look.
     fn add_remote_sources(&mut self) -> io::Result<()> {
         let _ = self.handle.added.read();
-        while let Ok(remote) = self.remote.try_recv() {
-            let fd = remote.fd.as_raw_fd();
-            // SAFETY: `remote.fd` moves into the source below, which keeps it open as
-            // long as the loop watches it.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            let index = self.add_source(borrowed, READABLE, remote.wake, remote.handler)?;
+        while let Ok(Remote { fd, wake, handler }) = self.remote.try_recv() {
+            let index = self.add_source(fd.as_fd(), READABLE, wake, handler)?;
+            // The source keeps its descriptor open as long as the loop watches it.
             if let Some(Some(source)) = self.sources.get_mut(index) {
-                source._owned = Some(remote.fd);
+                source._owned = Some(fd);
             }
         }
         Ok(())

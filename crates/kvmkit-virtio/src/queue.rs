@@ -130,9 +130,10 @@ impl QueueServer {
     /// Takes every chain the driver made available and hands it to `serve`, putting
     /// each in the used ring with the length `serve` wrote. A malformed chain is put
     /// in the used ring with nothing written and counted as an error. At most the
-    /// queue's size of chains, and no more chains once [`TURN_BYTES`] have moved, are
-    /// taken per call, so a driver that keeps adding (or posts large requests) cannot
-    /// keep the thread here: [`Progress::more`] then says to call again.
+    /// queue's size of chains, and no more chains once the server's [`TurnBudget`] is
+    /// spent, are taken per call, so a driver that keeps adding (or posts large
+    /// requests) cannot keep the thread here: [`Progress::more`] then says to call
+    /// again.
     ///
     /// The batch stops as soon as `turn` is no longer current (the device is being
     /// reset): the chain being served is not published, nor anything after it.
