@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use vmm_sys_util::epoll::EventSet;
 
+use crate::event_loop::READABLE;
 use crate::{event_fd, wait_readable, ConsoleInput, ConsoleOutput, EventLoop, Flow, FlushState};
 
 impl EventLoop {
@@ -22,14 +23,14 @@ impl EventLoop {
         input: impl AsFd + Send + 'static,
         console: Arc<dyn ConsoleInput>,
     ) -> io::Result<()> {
-        let fd = input.as_fd().as_raw_fd();
+        let watched = input.as_fd().try_clone_to_owned()?;
         let wake = console.input_ready().try_clone()?;
-        // SAFETY: `input` moves into the handler below, which the loop keeps as long
-        // as it watches `fd`, so the descriptor stays open while registered.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        self.add_pausable(borrowed, &wake, move || {
-            forward_input(input.as_fd(), &*console)
-        })
+        self.add_owned(
+            watched,
+            READABLE,
+            Some(wake),
+            Box::new(move || forward_input(input.as_fd(), &*console)),
+        )
     }
 
     /// Writes a console's output on this thread, without blocking: when bytes are
@@ -43,18 +44,13 @@ impl EventLoop {
         })?;
         let writable = output.with_fd(|fd| fd.map(|fd| fd.try_clone_to_owned()));
         if let Some(fd) = writable.transpose()? {
-            // SAFETY: `fd` moves into the handler, which keeps it open while watched.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
             // Edge-triggered: one wake-up each time a full destination drains. A
             // regular file or /dev/null cannot be polled, and never blocks either.
-            match self.add_source(
-                borrowed,
+            match self.add_owned(
+                fd,
                 EventSet::OUT | EventSet::EDGE_TRIGGERED,
                 None,
-                Box::new(move || {
-                    let _owner = &fd;
-                    flush(&output)
-                }),
+                Box::new(move || flush(&output)),
             ) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
                 other => {

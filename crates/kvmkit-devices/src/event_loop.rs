@@ -54,8 +54,8 @@ struct Source {
     /// Signalled when a paused source may run again.
     wake: Option<EventFd>,
     paused: bool,
-    /// The descriptor, for a source added through a [`LoopHandle`]: kept open while
-    /// the loop watches it.
+    /// The descriptor, for a source whose descriptor the loop owns
+    /// ([`EventLoop::add_owned`]): kept open while the loop watches it.
     _owned: Option<OwnedFd>,
 }
 
@@ -184,11 +184,7 @@ impl EventLoop {
     fn add_remote_sources(&mut self) -> io::Result<()> {
         let _ = self.handle.added.read();
         while let Ok(Remote { fd, wake, handler }) = self.remote.try_recv() {
-            let index = self.add_source(fd.as_fd(), READABLE, wake, handler)?;
-            // The source keeps its descriptor open as long as the loop watches it.
-            if let Some(Some(source)) = self.sources.get_mut(index) {
-                source._owned = Some(fd);
-            }
+            self.add_owned(fd, READABLE, wake, handler)?;
         }
         Ok(())
     }
@@ -218,6 +214,24 @@ impl EventLoop {
     ) -> io::Result<()> {
         self.add_source(fd, READABLE, Some(wake.try_clone()?), Box::new(handler))
             .map(drop)
+    }
+
+    /// As [`add_source`](Self::add_source), for a descriptor the loop keeps open while
+    /// it watches it, and closes when the source is removed: what a handler that owns
+    /// the descriptor's object (a pipe, a signalfd) cannot lend while moving into the
+    /// loop.
+    pub(crate) fn add_owned(
+        &mut self,
+        fd: OwnedFd,
+        events: EventSet,
+        wake: Option<EventFd>,
+        handler: Handler,
+    ) -> io::Result<()> {
+        let index = self.add_source(fd.as_fd(), events, wake, handler)?;
+        if let Some(Some(source)) = self.sources.get_mut(index) {
+            source._owned = Some(fd);
+        }
+        Ok(())
     }
 
     /// Watches `fd` for `events` (the policy modules' way to watch for writability).
@@ -419,7 +433,7 @@ pub fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(event.as_raw_fd()) }
 }
 
-const READABLE: EventSet = EventSet::IN.union(EventSet::HANG_UP).union(EventSet::ERROR);
+pub(crate) const READABLE: EventSet = EventSet::IN.union(EventSet::HANG_UP).union(EventSet::ERROR);
 
 #[cfg(test)]
 pub(crate) mod tests {

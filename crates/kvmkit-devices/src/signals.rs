@@ -4,9 +4,10 @@
 //! The signals that end a VMM, read on the I/O thread instead of killing it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
+use crate::event_loop::READABLE;
 use crate::{EventLoop, Flow, RawTerminal, ShutdownReason};
 
 impl EventLoop {
@@ -19,27 +20,30 @@ impl EventLoop {
         terminal: Option<Arc<RawTerminal<'static>>>,
     ) -> io::Result<()> {
         let shutdown = Arc::clone(self.shutdown());
-        let fd = signals.as_fd().as_raw_fd();
-        // SAFETY: `signals` moves into the handler, which keeps the signalfd open.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        self.add(borrowed, move || {
-            while let Some(signo) = signals.read() {
-                if signo == libc::SIGTSTP {
-                    match &terminal {
-                        Some(terminal) => {
-                            let _ = terminal.suspend();
+        let watched = signals.as_fd().try_clone_to_owned()?;
+        self.add_owned(
+            watched,
+            READABLE,
+            None,
+            Box::new(move || {
+                while let Some(signo) = signals.read() {
+                    if signo == libc::SIGTSTP {
+                        match &terminal {
+                            Some(terminal) => {
+                                let _ = terminal.suspend();
+                            }
+                            // SAFETY: raise only stops this process until it is continued.
+                            None => unsafe {
+                                libc::raise(libc::SIGSTOP);
+                            },
                         }
-                        // SAFETY: raise only stops this process until it is continued.
-                        None => unsafe {
-                            libc::raise(libc::SIGSTOP);
-                        },
+                    } else {
+                        shutdown.request(ShutdownReason::Signal(signo));
                     }
-                } else {
-                    shutdown.request(ShutdownReason::Signal(signo));
                 }
-            }
-            Flow::Continue
-        })
+                Flow::Continue
+            }),
+        )
     }
 }
 
