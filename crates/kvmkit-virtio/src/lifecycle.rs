@@ -250,7 +250,7 @@ fn serve_until_done(
     serve: &mut impl FnMut(&GuestMemory, Result<&Chain, ChainError>) -> Served,
 ) {
     while runner.epoch().is_current() {
-        if !notified(notifier) {
+        if !notified(runner, notifier) {
             continue;
         }
         match runner.run(|| true, &mut *serve) {
@@ -291,17 +291,19 @@ fn raise_on_loop(events: &dyn EventSources, panic: Box<dyn std::any::Any + Send>
 /// this.
 const WORKER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// How long a worker that just served looks for the next notification before it
-/// sleeps: a driver that keeps its queue busy then finds the worker awake, without
-/// the wake-up a sleeping thread costs (tens of microseconds, a 4 KiB read's worth).
+/// How long a worker that just served polls its queue before it sleeps: a driver
+/// that keeps its queue busy then finds the worker awake, without the wake-up a
+/// sleeping thread costs (tens of microseconds, a 4 KiB read's worth).
 const WORKER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// Waits for `notifier` (spinning [`WORKER_SPIN`], then sleeping at most
-/// [`WORKER_PATIENCE`]) and consumes it; whether it was signalled.
-fn notified(notifier: &EventFd) -> bool {
+/// Waits for work on `runner`'s queue: polls its available index for [`WORKER_SPIN`]
+/// (chains found there are served without waiting for, or consuming, their
+/// notification: a later look finds the ring empty), then sleeps on `notifier` at
+/// most [`WORKER_PATIENCE`] and consumes it. Whether there may be work.
+fn notified(runner: &QueueRunner, notifier: &EventFd) -> bool {
     let spin = std::time::Instant::now();
     while spin.elapsed() < WORKER_SPIN {
-        if notifier.read().is_ok() {
+        if runner.has_pending() {
             return true;
         }
         std::hint::spin_loop();

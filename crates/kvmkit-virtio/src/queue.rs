@@ -204,6 +204,15 @@ impl QueueServer {
         }
     }
 
+    /// Whether the driver has made chains available that this server has not taken:
+    /// one load of the available index from guest memory, no system call. Rings that
+    /// cannot be read count as work, so that the next turn finds them broken.
+    pub fn has_pending(&self, memory: &GuestMemory) -> bool {
+        self.queue
+            .avail_idx(memory, std::sync::atomic::Ordering::Acquire)
+            .map_or(true, |avail| avail.0 != self.queue.next_avail())
+    }
+
     fn spent(&self, moved: u64, walked: u64) -> bool {
         moved >= self.budget.bytes || walked >= self.budget.descriptors
     }
@@ -301,6 +310,16 @@ impl QueueRunner {
         self
     }
 
+    /// Whether the driver has made chains available that are not yet served (see
+    /// [`QueueServer::has_pending`]): what a thread polling the queue looks at. It
+    /// looks within a turn of its epoch, so a reset that has returned is never
+    /// followed by a look at the old rings; after one it says no.
+    pub fn has_pending(&self) -> bool {
+        self.epoch
+            .enter()
+            .is_some_and(|_turn| self.server.has_pending(&self.memory))
+    }
+
     /// The epoch it serves in.
     pub fn epoch(&self) -> &Epoch {
         &self.epoch
@@ -346,5 +365,50 @@ mod tests {
 
         assert_eq!(served, TURN_BYTES / (64 << 10));
         assert!(progress.more, "the turn did not say chains were left");
+    }
+
+    #[test]
+    fn a_polled_queue_has_work_until_its_chains_are_served() {
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mock = MockSplitQueue::create(&memory, GuestAddress(0x8000), 16);
+        let chain = RawDescriptor::from(Descriptor::new(0x1_0000, 512, 0, 0));
+        mock.desc_table().store(0, chain).unwrap();
+        mock.avail().ring().ref_at(0).unwrap().store(0);
+        let mut server = QueueServer::new(mock.create_queue().unwrap(), Arc::default());
+        let gate = Arc::new(Gate::default());
+        let epoch = gate.epoch();
+        let idle = server.has_pending(&memory);
+
+        mock.avail().idx().store(1);
+        let posted = server.has_pending(&memory);
+        server
+            .serve(&epoch.enter().unwrap(), &memory, |_| Served::done(0, 512))
+            .unwrap();
+        let served = server.has_pending(&memory);
+
+        assert!(!idle, "an empty ring looked busy");
+        assert!(posted, "a posted chain went unseen");
+        assert!(!served, "a served chain still looked pending");
+    }
+
+    #[test]
+    fn a_runner_polled_after_a_reset_does_not_look_at_the_old_rings() {
+        let memory = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let mock = MockSplitQueue::create(&*memory, GuestAddress(0x8000), 16);
+        mock.avail().idx().store(1);
+        let gate = Arc::new(Gate::default());
+        let runner = QueueRunner {
+            server: QueueServer::new(mock.create_queue().unwrap(), Arc::default()),
+            memory: Arc::clone(&memory),
+            interrupt: Arc::new(crate::EventFdVirtioInterrupt::new().unwrap()),
+            fault: Arc::default(),
+            epoch: gate.epoch(),
+        };
+        let before = runner.has_pending();
+
+        gate.revoke();
+
+        assert!(before, "the posted chain went unseen");
+        assert!(!runner.has_pending(), "a reset runner still saw work");
     }
 }

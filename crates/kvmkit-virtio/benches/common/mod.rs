@@ -29,6 +29,7 @@ pub struct Driven {
     pub memory: Arc<GuestMemory>,
     pub transport: MmioTransport,
     event_loop: EventLoop,
+    interrupt: Arc<EventFdVirtioInterrupt>,
     /// Per queue: chains offered and used so far (the rings' free-running index).
     used: Vec<u16>,
 }
@@ -39,11 +40,12 @@ impl Driven {
     pub fn new(device: Box<dyn VirtioDevice>, queues: u16, features: u64) -> Self {
         let memory = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap());
         let event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        let interrupt = Arc::new(EventFdVirtioInterrupt::new().unwrap());
         let transport = MmioTransport::new(
             device,
             0xd000_0000,
             Arc::clone(&memory),
-            Arc::new(EventFdVirtioInterrupt::new().unwrap()),
+            Arc::clone(&interrupt) as _,
             Arc::new(event_loop.handle()),
             Arc::new(NoShortcut),
         );
@@ -51,6 +53,7 @@ impl Driven {
             memory,
             transport,
             event_loop,
+            interrupt,
             used: vec![0; usize::from(queues)],
         };
         let features = features | (1 << 32);
@@ -108,13 +111,17 @@ impl Driven {
         let started = Instant::now();
         self.write(QUEUE_NOTIFY, u32::from(queue));
         let used_idx = used(queue).unchecked_add(2);
-        while self.memory.read_obj::<u16>(used_idx).unwrap() != target {
+        loop {
             // Devices on the I/O thread are served by this turn; a device with a worker
-            // thread of its own (block) is served there meanwhile, and this thread
-            // looks at the used index less often than the worker writes it.
+            // thread of its own (block) is served there meanwhile. Like a vCPU waiting
+            // for its disk, this thread looks at the used ring only once the device
+            // raised its interrupt: reading the ring while the worker writes it would
+            // take the cache line from the worker at each used element.
             self.event_loop.run_ready().unwrap();
-            for _ in 0..64 {
-                std::hint::spin_loop();
+            if self.interrupt.event().read().is_ok()
+                && self.memory.read_obj::<u16>(used_idx).unwrap() == target
+            {
+                break;
             }
         }
         let elapsed = started.elapsed();
