@@ -1,8 +1,9 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A guest console on the I/O thread: host input forwarded to it while it has room,
-//! its output written without blocking.
+//! A guest console on the I/O thread: host input forwarded to it while it has room
+//! (from a terminal, with an escape key that ends the VM), its output written
+//! without blocking.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -12,7 +13,14 @@ use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::event_loop::READABLE;
-use crate::{event_fd, wait_readable, ConsoleInput, ConsoleOutput, EventLoop, Flow, FlushState};
+use crate::{
+    event_fd, wait_readable, ConsoleInput, ConsoleOutput, EventLoop, Flow, FlushState,
+    ShutdownReason, VmShutdown,
+};
+
+/// The terminal's escape key, Ctrl-A, as QEMU's and screen's: then `x` ends the VM,
+/// Ctrl-A sends one Ctrl-A, any other key is sent after a Ctrl-A.
+pub const ESCAPE: u8 = 0x01;
 
 impl EventLoop {
     /// Feeds what arrives on `input` (stdin, a pipe) to a guest console, as much as it
@@ -23,13 +31,35 @@ impl EventLoop {
         input: impl AsFd + Send + 'static,
         console: Arc<dyn ConsoleInput>,
     ) -> io::Result<()> {
+        self.add_input(input, console, None)
+    }
+
+    /// As [`add_console_input`](Self::add_console_input), for a terminal in raw mode,
+    /// where every key goes to the guest (Ctrl-C, Ctrl-Z and Ctrl-\\ included) but
+    /// the escape: [`ESCAPE`] then `x` ends the VM with [`ShutdownReason::Escape`],
+    /// [`ESCAPE`] twice sends one.
+    pub fn add_terminal_input(
+        &mut self,
+        input: impl AsFd + Send + 'static,
+        console: Arc<dyn ConsoleInput>,
+    ) -> io::Result<()> {
+        let shutdown = Arc::clone(self.shutdown());
+        self.add_input(input, console, Some(Escape::new(shutdown)))
+    }
+
+    fn add_input(
+        &mut self,
+        input: impl AsFd + Send + 'static,
+        console: Arc<dyn ConsoleInput>,
+        mut escape: Option<Escape>,
+    ) -> io::Result<()> {
         let watched = input.as_fd().try_clone_to_owned()?;
         let wake = console.input_ready().try_clone()?;
         self.add_owned(
             watched,
             READABLE,
             Some(wake),
-            Box::new(move || forward_input(input.as_fd(), &*console)),
+            Box::new(move || forward_input(input.as_fd(), &*console, escape.as_mut())),
         )
     }
 
@@ -69,9 +99,64 @@ fn flush(output: &ConsoleOutput) -> Flow {
     }
 }
 
-fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
+/// The escape's state on a terminal's input.
+struct Escape {
+    shutdown: Arc<VmShutdown>,
+    /// A Ctrl-A was typed and its key not yet.
+    pending: bool,
+    /// What goes to the guest from the last read.
+    forwarded: Vec<u8>,
+}
+
+impl Escape {
+    fn new(shutdown: Arc<VmShutdown>) -> Self {
+        Escape {
+            shutdown,
+            pending: false,
+            forwarded: Vec::with_capacity(64),
+        }
+    }
+
+    /// What of `typed` goes to the guest; ends the VM on Ctrl-A x (and drops what
+    /// follows it).
+    fn filter(&mut self, typed: &[u8]) -> &[u8] {
+        self.forwarded.clear();
+        for &key in typed {
+            match (self.pending, key) {
+                (false, ESCAPE) => self.pending = true,
+                (false, key) => self.forwarded.push(key),
+                (true, b'x' | b'X') => {
+                    self.pending = false;
+                    self.shutdown.request(ShutdownReason::Escape);
+                    break;
+                }
+                (true, ESCAPE) => {
+                    self.pending = false;
+                    self.forwarded.push(ESCAPE);
+                }
+                (true, key) => {
+                    self.pending = false;
+                    self.forwarded.extend([ESCAPE, key]);
+                }
+            }
+        }
+        &self.forwarded
+    }
+}
+
+fn forward_input(
+    input: BorrowedFd<'_>,
+    console: &dyn ConsoleInput,
+    escape: Option<&mut Escape>,
+) -> Flow {
     let mut buffer = [0u8; 64];
-    let room = console.input_room().min(buffer.len());
+    // A Ctrl-A held back from the last read may go out with the next key: leave
+    // room for it.
+    let held = escape.as_ref().is_some_and(|escape| escape.pending);
+    let room = console
+        .input_room()
+        .min(buffer.len())
+        .saturating_sub(usize::from(held));
     if room == 0 {
         // The guest has not made room: leave the bytes in the pipe or tty and stop
         // watching it until the guest does.
@@ -97,8 +182,13 @@ fn forward_input(input: BorrowedFd<'_>, console: &dyn ConsoleInput) -> Flow {
             }
         }
         n => {
-            // `room` bytes fit: the console took them all.
-            let _ = console.enqueue_input(&buffer[..n as usize]);
+            let typed = &buffer[..n as usize];
+            let forwarded = match escape {
+                Some(escape) => escape.filter(typed),
+                None => typed,
+            };
+            // At most `room` bytes (and a held Ctrl-A) fit: the console took them all.
+            let _ = console.enqueue_input(forwarded);
             Flow::Continue
         }
     }
@@ -151,6 +241,57 @@ mod tests {
         assert_eq!(end, LoopEnd::Stopped);
         assert_eq!(read_byte(&serial), b'h');
         assert_eq!(read_byte(&serial), b'i');
+    }
+
+    /// A serial port fed from a pipe as from a terminal: the escape applies.
+    fn terminal_input() -> (std::fs::File, Arc<SerialPort>, EventLoop, EventFd) {
+        let (reader, writer) = pipe();
+        let serial = serial();
+        let mut event_loop = EventLoop::new(Arc::new(VmShutdown::new().unwrap())).unwrap();
+        event_loop
+            .add_terminal_input(reader, serial.clone())
+            .unwrap();
+        (writer, serial, event_loop, EventFd::new(0).unwrap())
+    }
+
+    #[test]
+    fn control_keys_reach_the_guest_and_a_doubled_escape_sends_one() {
+        let (mut writer, serial, event_loop, stop) = terminal_input();
+
+        // Ctrl-C, Ctrl-Z, Ctrl-\, Ctrl-A Ctrl-A, Ctrl-A then 'b'.
+        writer
+            .write_all(&[0x03, 0x1a, 0x1c, ESCAPE, ESCAPE, ESCAPE, b'b'])
+            .unwrap();
+        let running = run_until_stopped(event_loop, &stop);
+        std::thread::sleep(Duration::from_millis(100));
+        stop.write(1).unwrap();
+        let (end, _) = running.join().unwrap();
+
+        assert_eq!(end, LoopEnd::Stopped);
+        let received: Vec<u8> = (0..6).map(|_| read_byte(&serial)).collect();
+        assert_eq!(received, [0x03, 0x1a, 0x1c, ESCAPE, ESCAPE, b'b']);
+        assert_eq!(
+            serial.input_room(),
+            64,
+            "more reached the guest than was sent"
+        );
+    }
+
+    #[test]
+    fn the_escape_then_x_ends_the_vm_and_nothing_after_it_reaches_the_guest() {
+        let (mut writer, serial, event_loop, stop) = terminal_input();
+
+        // Split across reads: the escape in one write, its key in the next.
+        writer.write_all(b"a").unwrap();
+        writer.write_all(&[ESCAPE]).unwrap();
+        let running = run_until_stopped(event_loop, &stop);
+        std::thread::sleep(Duration::from_millis(50));
+        writer.write_all(b"xz").unwrap();
+        let (end, _) = running.join().unwrap();
+
+        assert_eq!(end, LoopEnd::Requested(ShutdownReason::Escape));
+        assert_eq!(read_byte(&serial), b'a');
+        assert_eq!(serial.input_room(), 64);
     }
 
     #[test]

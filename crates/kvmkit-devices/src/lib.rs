@@ -40,7 +40,9 @@ mod debug_exit;
 mod event_loop;
 mod i8042;
 mod interrupt;
+mod pvpanic;
 mod readiness;
+mod reset_control;
 mod rtc;
 #[cfg(feature = "uart")]
 mod serial;
@@ -56,11 +58,16 @@ pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 #[cfg(feature = "test-utils")]
 pub use console::SharedBuffer;
 pub use console::{ConsoleInput, ConsoleOutput, FlushState, SerialOutput, OUTPUT_QUEUE_BYTES};
+pub use console_io::ESCAPE;
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{event_fd, EventLoop, EventSources, Flow, Handler, LoopEnd, LoopHandle};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET};
 pub use interrupt::{EventFdInterrupt, Interrupt};
+pub use pvpanic::{
+    PvPanic, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_PORT, PVPANIC_PORT_LEN,
+};
 pub use readiness::{wait_readable, wait_writable};
+pub use reset_control::{ResetControl, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN, RESET_CPU};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
 #[cfg(feature = "uart")]
 pub use serial::{SerialPort, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};

@@ -21,6 +21,11 @@ pub enum ShutdownReason {
     DebugExit(u32),
     /// The VMM got a termination signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
     Signal(i32),
+    /// The user typed the terminal's escape for ending the VM (Ctrl-A x; see
+    /// [`EventLoop::add_terminal_input`](crate::EventLoop::add_terminal_input)).
+    Escape,
+    /// The guest reported a panic on the pvpanic device.
+    GuestPanic,
 }
 
 /// The one-shot request to shut the whole VM down (not to be confused with a VM
