@@ -84,6 +84,17 @@ pub enum BootError {
     /// The kernel loader refused the image: malformed, or not fitting in guest RAM.
     #[error("cannot load the kernel image")]
     KernelLoad(#[source] linux_loader::loader::Error),
+    /// The kernel decompresses past the end of guest RAM below the MMIO hole, or the
+    /// initrd does not fit above where it decompresses.
+    #[error("the kernel needs {needs_mib} MiB of RAM to decompress into{}, and the VM has {has_mib} MiB: give it at least {needs_mib} MiB", if *.initrd { " with its initrd above it" } else { "" })]
+    RamTooSmallForKernel {
+        /// The RAM it needs, in MiB (rounded up).
+        needs_mib: u64,
+        /// The RAM below the MMIO hole, in MiB.
+        has_mib: u64,
+        /// Whether an initrd is counted in.
+        initrd: bool,
+    },
     /// The initrd does not fit between the kernel and the top of the memory it may use.
     #[error("the initrd ({size} bytes) does not fit in the {room} bytes between the kernel and the highest address it may load at; give the VM more memory")]
     InitrdTooLarge {

@@ -257,6 +257,7 @@ impl LinuxBoot {
             None => None,
         };
         let kernel = load_kernel(memory, &mut image, self.pvh)?;
+        fits_in_low_ram(layout, &kernel, initrd.as_mut())?;
         let limits = kernel.limits();
         let cmdline = self.checked_cmdline(limits.cmdline_size)?;
         load_cmdline(memory, GuestAddress(x86::CMDLINE.start), &cmdline)
@@ -426,8 +427,7 @@ fn load_bzimage<M: GuestMemoryBackend>(
         .setup_header
         .ok_or_else(|| BootError::NotAKernel("the bzImage has no setup header".into()))?;
     let load = result.kernel_load.0;
-    // The kernel decompresses into `init_size` bytes from its load address.
-    let end = load
+    let end = decompression_start(&header, load)
         .checked_add(u64::from(header.init_size))
         .ok_or_else(|| BootError::NotAKernel("the bzImage's init_size overflows".into()))?
         .max(result.kernel_end);
@@ -441,6 +441,25 @@ fn load_bzimage<M: GuestMemoryBackend>(
         header: Some(header),
         end,
     })
+}
+
+/// Where a bzImage loaded at `load` and entered at its 64-bit entry point decompresses
+/// itself, using `init_size` bytes from there (arch/x86/boot/compressed/head_64.S):
+/// a relocatable kernel at its load address aligned up to `kernel_alignment`, but
+/// never below its preferred address (`pref_address`, `LOAD_PHYSICAL_ADDR`: 16 MiB for
+/// distribution kernels); a kernel that is not relocatable at its preferred address.
+fn decompression_start(header: &setup_header, load: u64) -> u64 {
+    let preferred = header.pref_address;
+    if header.relocatable_kernel == 0 {
+        return preferred.max(load);
+    }
+    let alignment = match u64::from(header.kernel_alignment) {
+        0 => u64::from(DEFAULT_KERNEL_ALIGNMENT),
+        alignment => alignment,
+    };
+    load.div_ceil(alignment)
+        .saturating_mul(alignment)
+        .max(preferred)
 }
 
 fn read_setup_header(image: &[u8]) -> Result<setup_header, BootError> {
@@ -504,6 +523,36 @@ fn run_loader<L: KernelLoader, M: GuestMemoryBackend>(
 ) -> Result<KernelLoaderResult, BootError> {
     let highmem = Some(GuestAddress(x86::HIGH_MEMORY_START));
     L::load(memory, offset, image, highmem).map_err(BootError::KernelLoad)
+}
+
+/// Checks that the kernel's decompression area, and the initrd above it, fit in the RAM
+/// below the MMIO hole: a guest too small for them fails before it runs, naming the
+/// size it needs, instead of corrupting its initrd while it decompresses.
+fn fits_in_low_ram(
+    layout: &PhysicalLayout,
+    kernel: &LoadedKernel,
+    initrd: Option<&mut Reader<'_>>,
+) -> Result<(), BootError> {
+    let initrd = match initrd {
+        Some(reader) => reader.len().map_err(|source| BootError::Read {
+            file: BootFile::Initrd,
+            path: reader.path(),
+            source,
+        })?,
+        None => 0,
+    };
+    let needs = kernel
+        .end
+        .saturating_add(initrd.saturating_add(0xfff) & !0xfff);
+    let has = layout.low_ram_end();
+    if needs > has {
+        return Err(BootError::RamTooSmallForKernel {
+            needs_mib: needs.div_ceil(1 << 20),
+            has_mib: has >> 20,
+            initrd: initrd > 0,
+        });
+    }
+    Ok(())
 }
 
 /// Copies the initrd to the highest page-aligned address below both the kernel's

@@ -251,8 +251,78 @@ fn an_initrd_larger_than_the_room_below_the_top_of_ram_is_refused() {
 
     let error = load_error(boot);
 
-    assert!(matches!(error, BootError::InitrdTooLarge { .. }), "{error}");
-    assert!(error.to_string().contains("more memory"), "{error}");
+    assert!(
+        matches!(error, BootError::RamTooSmallForKernel { initrd: true, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("give it at least"), "{error}");
+}
+
+/// A relocatable bzImage as distributions build them: 2 MiB alignment, preferred
+/// address (LOAD_PHYSICAL_ADDR) 16 MiB, `init_size` 16 MiB: loaded at 1 MiB, it
+/// decompresses into 16..32 MiB.
+fn relocatable_bzimage() -> Vec<u8> {
+    let mut image = good_bzimage();
+    image[0x234] = 1; // relocatable_kernel
+    put(&mut image, 0x258, &(16u64 << 20).to_le_bytes()); // pref_address
+    image
+}
+
+/// Loads `boot` into `ram` bytes of guest memory.
+fn load_in(boot: &LinuxBoot, ram: u64) -> Result<common::Memory, BootError> {
+    let memory =
+        vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+    let layout = PhysicalLayout::new(&[(0, ram)]).unwrap();
+    boot.load(&memory, &layout, 1)?;
+    Ok(memory)
+}
+
+#[test]
+fn the_initrd_goes_above_where_a_relocatable_kernel_decompresses_not_above_its_load_address() {
+    let boot = LinuxBoot::from_bytes(relocatable_bzimage()).initrd_bytes(vec![0xab; 6 << 20]);
+
+    let memory = load_in(&boot, 40 << 20).unwrap();
+
+    let params: boot_params = memory.read_obj(GuestAddress(x86::ZERO_PAGE.start)).unwrap();
+    let start = u64::from(params.hdr.ramdisk_image);
+    assert!(
+        start >= 32 << 20,
+        "the initrd at {start:#x} is inside the decompression area 16..32 MiB"
+    );
+}
+
+#[test]
+fn memory_the_kernel_cannot_decompress_into_is_refused_naming_the_size_it_needs() {
+    // 36 MiB: the initrd would have gone at 30 MiB, where the kernel decompresses.
+    let with_initrd = LinuxBoot::from_bytes(relocatable_bzimage()).initrd_bytes(vec![0; 6 << 20]);
+    let without = LinuxBoot::from_bytes(relocatable_bzimage());
+
+    let error = load_in(&with_initrd, 36 << 20).unwrap_err();
+    let bare = load_in(&without, 24 << 20).unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            BootError::RamTooSmallForKernel {
+                needs_mib: 38,
+                has_mib: 36,
+                initrd: true
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        matches!(
+            bare,
+            BootError::RamTooSmallForKernel {
+                needs_mib: 32,
+                initrd: false,
+                ..
+            }
+        ),
+        "{bare}"
+    );
+    assert!(bare.to_string().contains("at least 32 MiB"), "{bare}");
 }
 
 #[test]
