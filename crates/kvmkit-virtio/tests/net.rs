@@ -23,17 +23,13 @@ use vm_memory::{Bytes, GuestAddress};
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const HOST_IP: [u8; 4] = [192, 0, 2, 1];
 const GUEST_IP: [u8; 4] = [192, 0, 2, 2];
-const TAP: &str = "kvmkit-t0";
 const RX_RINGS: u64 = 0x9000;
 const RX_BUFFERS: u64 = 0x3_0000;
 const FRAME: u64 = 0x2_0000;
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("ip(8) runs");
-    assert!(status.success(), "ip {args:?} failed");
-}
-
-/// Moves this thread into a network namespace of its own, with the tap up at HOST_IP.
+/// Moves this thread into a network namespace of its own, with a new tap that the
+/// device's own `configure_host` put up at HOST_IP (so every exchange below shows it
+/// worked: the host answers the guest only at that address, on a tap that is up).
 fn tap_in_own_namespace() -> Tap {
     // SAFETY: unshare changes only this thread's namespaces.
     let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
@@ -43,9 +39,16 @@ fn tap_in_own_namespace() -> Tap {
         "unshare(CLONE_NEWNET) needs root: {}",
         std::io::Error::last_os_error()
     );
-    let tap = Tap::open(TAP).unwrap();
-    ip(&["addr", "add", "192.0.2.1/24", "dev", TAP]);
-    ip(&["link", "set", TAP, "up"]);
+    let tap = Tap::create().unwrap();
+    tap.configure_host(HOST_IP.into(), [255, 255, 255, 0].into())
+        .unwrap();
+    let shown = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", tap.name()])
+        .output()
+        .expect("ip(8) runs");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(tap.name().starts_with("vmtap"), "{}", tap.name());
+    assert!(shown.contains("192.0.2.1/24"), "{shown}");
     tap
 }
 
