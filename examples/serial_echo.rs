@@ -8,8 +8,9 @@
 //! cargo run --release --example serial_echo -- [--vcpus N]
 //! ```
 //!
-//! Type to see the guest echo; `q` makes the guest end the VM through the debug exit
-//! port, Ctrl-C or SIGTERM end it from the host. Either way every vCPU thread is
+//! Type to see the guest echo (Ctrl-C included: on the raw terminal it is a byte for
+//! the guest); `q` makes the guest end the VM through the debug exit port, Ctrl-A x
+//! (the terminal's escape) or SIGTERM end it from the host. Either way every vCPU thread is
 //! stopped, the terminal is restored, and the process exits with the VM's status
 //! (the guest's code, or 128 + the signal). While it runs, the process has N + 1
 //! threads of its own: this one (the I/O thread) and `vcpu0`..`vcpuN-1`.

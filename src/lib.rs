@@ -59,6 +59,6 @@ pub use kvmkit_vcpu as vcpu;
 pub use kvmkit_virtio as virtio;
 pub use machine::{BootedMachine, Machine, MachineBuilder, RunningMachine};
 pub use placement::PlatformDevices;
-pub use platform::{Platform, PlatformConfig, PlatformIo};
+pub use platform::{Platform, PlatformConfig, PlatformIo, StdinConsole};
 pub use run::VmOutcome;
 pub use virtio_mmio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

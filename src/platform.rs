@@ -12,10 +12,11 @@
 use std::sync::Arc;
 
 use kvmkit_devices::{
-    AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop,
-    SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT,
-    DEBUG_EXIT_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET,
+    AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, PvPanic,
+    ResetControl, SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN,
+    ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ,
+    COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT,
+    I8042_PULSE_RESET, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN,
     SERIAL_PORT_LEN,
 };
 use kvmkit_devices::{ConsoleInput, ConsoleOutput, EventSources};
@@ -88,6 +89,20 @@ impl IoHandler for PlatformIo {
     }
 }
 
+/// Which console the VMM's standard input feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StdinConsole {
+    /// None: stdin is not read.
+    #[default]
+    None,
+    /// COM1 (`ttyS0`).
+    Serial,
+    /// The virtio console (`hvc0`); the run fails with
+    /// [`Error::NoVirtioConsole`] if none was added.
+    Virtio,
+}
+
 /// Where the platform's console is connected, and which extras it has.
 ///
 /// The default suits a library: COM1's output on stdout (written without blocking),
@@ -98,9 +113,10 @@ impl IoHandler for PlatformIo {
 pub struct PlatformConfig {
     /// Where COM1's output goes.
     pub serial_output: SerialOutput,
-    /// Feed the VMM's stdin to the console (in raw mode when it is a terminal): COM1,
-    /// or the virtio console once one is added.
-    pub stdin_to_serial: bool,
+    /// The console the VMM's stdin feeds: a terminal is put in raw mode, where every
+    /// key goes to the guest but the escape, Ctrl-A x, which ends the VM (see
+    /// [`EventLoop::add_terminal_input`]).
+    pub stdin: StdinConsole,
     /// Turn SIGINT, SIGTERM, SIGHUP and SIGQUIT into an orderly stop
     /// ([`VmOutcome::Signal`](crate::VmOutcome::Signal)) and SIGTSTP into a suspend with the terminal restored.
     /// Only for the VMM's main thread: it blocks them there and in the vCPU threads.
@@ -120,7 +136,7 @@ impl Default for PlatformConfig {
     fn default() -> Self {
         PlatformConfig {
             serial_output: SerialOutput::Stdout,
-            stdin_to_serial: false,
+            stdin: StdinConsole::None,
             handle_signals: false,
             debug_exit_port: None,
             seccomp: SeccompPolicy::Off,
@@ -134,7 +150,7 @@ impl PlatformConfig {
     pub fn interactive() -> Self {
         PlatformConfig {
             serial_output: SerialOutput::Stdout,
-            stdin_to_serial: true,
+            stdin: StdinConsole::Serial,
             handle_signals: true,
             debug_exit_port: Some(port(DEBUG_EXIT_PORT)),
             seccomp: SeccompPolicy::Off,
@@ -161,9 +177,10 @@ impl PlatformConfig {
 }
 
 /// The legacy devices of a minimal PC: COM1 (IRQ 4 through an irqfd), the i8042 reset
-/// line, the CMOS RTC, the ACPI sleep control register (power-off) and, optionally, a
-/// debug exit port; on a port bus and an (empty)
-/// MMIO bus that the VMM can add devices to.
+/// line, the reset control register (0xcf9), the CMOS RTC, the ACPI sleep control
+/// register (power-off), the pvpanic port (a guest's panic report) and, optionally, a
+/// debug exit port; on a port bus and an (empty) MMIO bus that the VMM can add devices
+/// to.
 pub struct Platform {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -198,6 +215,15 @@ impl Platform {
         pio.insert(COM1_PORT, SERIAL_PORT_LEN, "com1", serial.clone())?;
         let i8042 = Arc::new(I8042::new(exit.clone()));
         pio.insert(I8042_DATA_PORT, 5, "i8042", i8042)?;
+        let reset_control = Arc::new(ResetControl::new(exit.clone()));
+        pio.insert(
+            RESET_CONTROL_PORT,
+            RESET_CONTROL_PORT_LEN,
+            "reset-control",
+            reset_control,
+        )?;
+        let pvpanic = Arc::new(PvPanic::new(exit.clone()));
+        pio.insert(PVPANIC_PORT, PVPANIC_PORT_LEN, "pvpanic", pvpanic)?;
         let rtc = Arc::new(CmosRtc::new());
         pio.insert(CMOS_PORT, CMOS_PORT_LEN, "cmos-rtc", rtc)?;
         let sleep_control = Arc::new(AcpiSleepControl::new(exit.clone()));
@@ -249,13 +275,14 @@ impl Platform {
     }
 
     /// The legacy devices every platform has, as a guest's ACPI tables describe them:
-    /// COM1, the sleep control and status registers and the i8042's reset.
+    /// COM1, the sleep control and status registers, the i8042's reset and pvpanic.
     pub fn legacy_devices() -> kvmkit_boot::LegacyDevices {
         kvmkit_boot::LegacyDevices {
             serial: Some((port(COM1_PORT), COM1_IRQ)),
             sleep_control_port: port(ACPI_SLEEP_CONTROL_PORT),
             sleep_status_port: port(ACPI_SLEEP_CONTROL_PORT + ACPI_SLEEP_STATUS_OFFSET),
             reset: (port(I8042_COMMAND_PORT), I8042_PULSE_RESET),
+            pvpanic_port: Some(port(PVPANIC_PORT)),
         }
     }
 
@@ -328,8 +355,7 @@ impl Platform {
     }
 
     /// Adds a virtio console (`/dev/hvc0` in a Linux guest) writing to `output`; it
-    /// takes the VMM's stdin instead of COM1 when the configuration feeds stdin to the
-    /// console.
+    /// takes the VMM's stdin when the configuration says [`StdinConsole::Virtio`].
     pub fn add_virtio_console(
         &mut self,
         output: SerialOutput,
@@ -352,8 +378,8 @@ impl Platform {
         Ok(slot)
     }
 
-    /// The input of the console that takes the VMM's stdin: the virtio console's once
-    /// one is added (what a test or a VMM feeds other input to).
+    /// The virtio console's input, once one is added (what a test or a VMM feeds
+    /// other input to).
     pub fn console_input(&self) -> Option<Arc<dyn ConsoleInput>> {
         self.console_input.clone()
     }
@@ -388,12 +414,16 @@ impl Platform {
         self.event_loop.take().ok_or(Error::PlatformRunning)
     }
 
-    /// The console that takes the VMM's stdin: the virtio console once one is added,
-    /// COM1 otherwise.
-    pub(crate) fn stdin_console(&self) -> Arc<dyn ConsoleInput> {
-        match &self.console_input {
-            Some(console) => Arc::clone(console),
-            None => self.serial.clone(),
+    /// The console that takes the VMM's stdin, as configured; `None` for none.
+    pub(crate) fn stdin_console(&self) -> Result<Option<Arc<dyn ConsoleInput>>, Error> {
+        match self.config.stdin {
+            StdinConsole::None => Ok(None),
+            StdinConsole::Serial => Ok(Some(self.serial.clone())),
+            StdinConsole::Virtio => self
+                .console_input
+                .clone()
+                .map(Some)
+                .ok_or(Error::NoVirtioConsole),
         }
     }
 

@@ -25,11 +25,17 @@ pub enum VmOutcome {
     DebugExit(u32),
     /// The VMM got this signal (SIGINT, SIGTERM).
     Signal(i32),
-    /// The guest reported a crash (a KVM crash system event, e.g. from pvpanic).
+    /// The guest reported a crash (a KVM crash system event, such as Hyper-V's crash
+    /// registers raise).
     GuestCrash {
         /// The vCPU that reported it.
         vcpu: u32,
     },
+    /// The guest reported a panic on the pvpanic device (Linux's `pvpanic` driver
+    /// does, before `panic=N` reboots it).
+    GuestPanic,
+    /// The user typed the terminal's escape, Ctrl-A x.
+    Escape,
     /// A vCPU thread panicked: a bug in an I/O handler, a device or kvmkit. The other
     /// vCPUs were stopped.
     VcpuPanicked {
@@ -38,7 +44,8 @@ pub enum VmOutcome {
         /// The panic's message.
         message: String,
     },
-    /// A vCPU triple-faulted.
+    /// A vCPU triple-faulted: on a PC, a reset (Linux's `reboot=t` asks for one this
+    /// way), and so a reboot as far as the exit status goes.
     TripleFault {
         /// The vCPU.
         vcpu: u32,
@@ -59,8 +66,9 @@ impl VmOutcome {
     /// process status cannot carry must not read as success or as another code's
     /// truncation.
     pub const DEBUG_EXIT_OUT_OF_RANGE: i32 = 255;
-    /// The status of a guest crash report.
-    pub const GUEST_CRASH: i32 = 2;
+    /// The status of a guest's panic or crash report (2 is a usage error's, by the
+    /// convention of command lines).
+    pub const GUEST_CRASH: i32 = 3;
     /// The status of a vCPU thread's panic (Rust's own panic status).
     pub const VCPU_PANICKED: i32 = 101;
 
@@ -68,21 +76,23 @@ impl VmOutcome {
     ///
     /// | outcome | status |
     /// |---|---|
-    /// | power-off, reboot | 0 |
+    /// | power-off, reboot, triple fault (a reset) | 0 |
     /// | debug exit with code 1..=255 | the code |
     /// | debug exit with any other code | [`DEBUG_EXIT_OUT_OF_RANGE`](Self::DEBUG_EXIT_OUT_OF_RANGE) (255) |
     /// | signal | 128 + the signal number |
-    /// | triple fault, another vCPU exit | 1 |
-    /// | guest crash | [`GUEST_CRASH`](Self::GUEST_CRASH) (2) |
+    /// | the terminal's escape | 128 + SIGINT (130), as Ctrl-C ending a program |
+    /// | another vCPU exit | 1 |
+    /// | guest panic (pvpanic) or crash report | [`GUEST_CRASH`](Self::GUEST_CRASH) (3) |
     /// | vCPU panic | [`VCPU_PANICKED`](Self::VCPU_PANICKED) (101) |
     pub fn exit_status(&self) -> i32 {
         match self {
-            VmOutcome::PowerOff | VmOutcome::Reboot => 0,
+            VmOutcome::PowerOff | VmOutcome::Reboot | VmOutcome::TripleFault { .. } => 0,
             VmOutcome::DebugExit(code @ 1..=255) => *code as i32,
             VmOutcome::DebugExit(_) => Self::DEBUG_EXIT_OUT_OF_RANGE,
             VmOutcome::Signal(signo) => 128 + signo,
-            VmOutcome::TripleFault { .. } | VmOutcome::VcpuExit { .. } => 1,
-            VmOutcome::GuestCrash { .. } => Self::GUEST_CRASH,
+            VmOutcome::Escape => 128 + libc::SIGINT,
+            VmOutcome::VcpuExit { .. } => 1,
+            VmOutcome::GuestCrash { .. } | VmOutcome::GuestPanic => Self::GUEST_CRASH,
             VmOutcome::VcpuPanicked { .. } => Self::VCPU_PANICKED,
         }
     }
@@ -117,17 +127,25 @@ impl BootedMachine {
                 .map_err(Error::host("cannot create an eventfd"))?,
         );
         let mut event_loop = platform.take_event_loop()?;
-        let terminal = if platform.config().stdin_to_serial {
-            event_loop
-                .add_console_input(std::io::stdin(), platform.stdin_console())
-                .map_err(Error::host("cannot watch stdin"))?;
-            // SAFETY: standard input is never closed by this process.
-            let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
-            RawTerminal::enable(stdin)
-                .map_err(Error::host("cannot put the terminal in raw mode"))?
-                .map(Arc::new)
-        } else {
-            None
+        let terminal = match platform.stdin_console()? {
+            Some(console) => {
+                // SAFETY: standard input is never closed by this process.
+                let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
+                let terminal = RawTerminal::enable(stdin)
+                    .map_err(Error::host("cannot put the terminal in raw mode"))?
+                    .map(Arc::new);
+                let watched = match terminal {
+                    Some(_) => event_loop.add_terminal_input(std::io::stdin(), console),
+                    None => event_loop.add_console_input(std::io::stdin(), console),
+                };
+                match watched {
+                    // A regular file or /dev/null cannot be watched, and is no one typing.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                    watched => watched.map_err(Error::host("cannot watch stdin"))?,
+                }
+                terminal
+            }
+            None => None,
         };
         if let Some(signals) = &signals {
             event_loop
@@ -187,6 +205,8 @@ fn outcome(
             ShutdownReason::Reboot => VmOutcome::Reboot,
             ShutdownReason::DebugExit(code) => VmOutcome::DebugExit(code),
             ShutdownReason::Signal(signo) => VmOutcome::Signal(signo),
+            ShutdownReason::Escape => VmOutcome::Escape,
+            ShutdownReason::GuestPanic => VmOutcome::GuestPanic,
             _ => VmOutcome::PowerOff,
         });
     }
@@ -270,7 +290,18 @@ mod tests {
                 rip: 0x1234
             }
         );
-        assert_eq!(result.exit_status(), 1);
+        assert_eq!(result.exit_status(), 0, "a triple fault resets a PC");
+    }
+
+    #[test]
+    fn a_pvpanic_report_and_the_escape_are_outcomes_with_their_statuses() {
+        let panic = outcome(LoopEnd::Requested(ShutdownReason::GuestPanic), vec![]).unwrap();
+        let escape = outcome(LoopEnd::Requested(ShutdownReason::Escape), vec![]).unwrap();
+
+        assert_eq!(panic, VmOutcome::GuestPanic);
+        assert_eq!(panic.exit_status(), VmOutcome::GUEST_CRASH);
+        assert_eq!(escape, VmOutcome::Escape);
+        assert_eq!(escape.exit_status(), 130);
     }
 
     #[test]

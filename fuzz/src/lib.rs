@@ -20,8 +20,10 @@ use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, BusDevice, BusError, CmosRtc, DebugExit, EventFdInterrupt,
     SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT,
     CMOS_PORT, CMOS_PORT_LEN, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042,
-    I8042_DATA_PORT, SERIAL_PORT_LEN,
+    I8042_DATA_PORT, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN,
+    SERIAL_PORT_LEN,
 };
+use kvmkit_devices::{PvPanic, ResetControl};
 use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
 use kvmkit_virtio::{
     Block, Console, DatagramBackend, EventFdVirtioInterrupt, GuestMemory, MmioTransport, Net,
@@ -158,8 +160,9 @@ impl BusDevice for IdDevice {
 }
 
 /// The legacy devices of the platform on one port bus (COM1, the i8042, the CMOS RTC,
-/// ACPI sleep control and the debug exit port), driven by a stream of accesses of any
-/// width, host input and output flushes, as a guest and the I/O thread would.
+/// ACPI sleep control, the debug exit port, pvpanic and the reset control register),
+/// driven by a stream of accesses of any width, host input and output flushes, as a
+/// guest and the I/O thread would.
 pub fn legacy_devices(data: &[u8]) {
     let _one_at_a_time = one_at_a_time();
     let shutdown = Arc::new(VmShutdown::new().expect("an eventfd"));
@@ -174,7 +177,7 @@ pub fn legacy_devices(data: &[u8]) {
     );
     let ports = Bus::new(AddressSpace::Pio);
     let clock = Box::new(|| UNIX_EPOCH + Duration::from_secs(1_795_615_509));
-    let devices: [(u64, u64, Arc<dyn BusDevice>); 5] = [
+    let devices: [(u64, u64, Arc<dyn BusDevice>); 7] = [
         (COM1_PORT, SERIAL_PORT_LEN, serial.clone()),
         (I8042_DATA_PORT, 5, Arc::new(I8042::new(shutdown.clone()))),
         (
@@ -191,6 +194,16 @@ pub fn legacy_devices(data: &[u8]) {
             DEBUG_EXIT_PORT,
             DEBUG_EXIT_PORT_LEN,
             Arc::new(DebugExit::new(shutdown.clone())),
+        ),
+        (
+            PVPANIC_PORT,
+            PVPANIC_PORT_LEN,
+            Arc::new(PvPanic::new(shutdown.clone())),
+        ),
+        (
+            RESET_CONTROL_PORT,
+            RESET_CONTROL_PORT_LEN,
+            Arc::new(ResetControl::new(shutdown.clone())),
         ),
     ];
     for (base, len, device) in &devices {
@@ -588,12 +601,11 @@ pub fn elf(data: &[u8]) {
 /// with a path, a unicast MAC).
 pub fn cli_options(data: &[u8]) {
     let _one_at_a_time = one_at_a_time();
-    use clap::Parser;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let args = std::iter::once("kvmkit").chain(text.split('\n'));
-    let Ok(options) = kvmkit_cli::options::Options::try_parse_from(args) else {
+    let Ok(options) = kvmkit_cli::options::Options::from_args(args) else {
         return;
     };
     assert!((1..=255).contains(&options.cpus), "{options:?}");
@@ -602,10 +614,23 @@ pub fn cli_options(data: &[u8]) {
         .disk
         .iter()
         .all(|disk| !disk.path.as_os_str().is_empty()));
-    if let Some(net) = &options.net {
-        assert_eq!(net.mac[0] & 1, 0, "{options:?}");
-        assert!(!net.tap.is_empty() && net.tap.len() < 16, "{options:?}");
+    for net in &options.net {
+        assert!(net.mac.is_none_or(|mac| mac[0] & 1 == 0), "{options:?}");
+        assert!(
+            net.tap
+                .as_ref()
+                .is_none_or(|tap| !tap.is_empty() && tap.len() < 16),
+            "{options:?}"
+        );
+        assert!(
+            net.host.is_none_or(|(_, mask)| {
+                let bits = u32::from(mask);
+                bits.leading_ones() + bits.trailing_zeros() == 32
+            }),
+            "{options:?}"
+        );
     }
+    assert!(!options.rng.src.as_os_str().is_empty(), "{options:?}");
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ tail -c +$((offset + 1)) "$kernel" | lz4 -dc > "$work/vmlinux" 2>/dev/null || tr
 
 echo "sandbox: L2 initramfs (busybox + virtio modules), kernel $kver"
 make_root "$work/l2" virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
-    virtio_net virtio-rng virtio_console
+    virtio_net virtio-rng virtio_console pvpanic pvpanic-mmio
 cp "$here/l2-init" "$work/l2/init"
 pack "$work/l2" "$work/l2.cpio.gz"
 
@@ -114,7 +114,13 @@ echo "sandbox: L1 ran $(( $(date +%s) - start ))s, QEMU status $status"
 
 markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK-WRITE-OK
          L2-NET-OK L2-RNG-OK L2-HVC-WRITE-OK L2-POWEROFF "L1-RUNNER-EXIT status=0"
-         L1-DISK-OK L1-HVC-OK L2-PVH-INIT "L1-PVH-EXIT status=0" L1-DONE)
+         L1-DISK-OK L1-HVC-OK L2-PVH-INIT "L1-PVH-EXIT status=0"
+         L2-PANICKING "L1-PANIC-EXIT status=3 kvmkit: the guest panicked"
+         L2-INIT-ENDING "L1-INIT-ENDS-EXIT status=3 kvmkit: the guest panicked"
+         L2-REBOOTING "L1-REBOOT-T-EXIT status=0 kvmkit: vCPU 0 triple-faulted"
+         "L1-SMALL-64M-EXIT status=1 kvmkit: --memory: the kernel needs"
+         L2-SMALL-INIT "L1-SMALL-96M-EXIT status=0"
+         L1-DONE)
 missing=()
 for marker in "${markers[@]}"; do
     grep -q -- "$marker" "$log" || missing+=("$marker")

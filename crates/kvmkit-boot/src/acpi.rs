@@ -149,8 +149,9 @@ fn madt(vcpus: u32) -> Sdt {
     madt
 }
 
-/// The DSDT: `\_S5` for power-off, COM1 (`PNP0501`) and every virtio-mmio window
-/// (`LNRO0005`, its registers and its edge-triggered interrupt).
+/// The DSDT: `\_S5` for power-off, COM1 (`PNP0501`), the pvpanic port (`QEMU0001`)
+/// and every virtio-mmio window (`LNRO0005`, its registers and its edge-triggered
+/// interrupt).
 fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE])).to_aml_bytes(&mut body);
@@ -165,6 +166,13 @@ fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
             &aml::ResourceTemplate::new(vec![&io, &interrupt]),
         );
         let device = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
+        devices.push(RawAml(to_bytes(&device)));
+    }
+    if let Some(port) = legacy.pvpanic_port {
+        let hid = aml::Name::new("_HID".into(), &"QEMU0001");
+        let io = aml::IO::new(port, port, 1, 1);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&io]));
+        let device = aml::Device::new("PEVT".into(), vec![&hid, &crs]);
         devices.push(RawAml(to_bytes(&device)));
     }
     for (index, (base, size, irq)) in layout.virtio_mmio().enumerate() {

@@ -82,17 +82,20 @@ pub struct LegacyDevices {
     pub sleep_status_port: u16,
     /// The reset register's port and the value that resets.
     pub reset: (u16, u8),
+    /// The pvpanic device's port (ACPI `QEMU0001`), if present.
+    pub pvpanic_port: Option<u16>,
 }
 
 impl Default for LegacyDevices {
     /// COM1 at 0x3f8 (IRQ 4), sleep control and status at 0x600 and 0x601, reset by
-    /// writing 0xfe to the i8042's command port 0x64.
+    /// writing 0xfe to the i8042's command port 0x64, pvpanic at 0x505.
     fn default() -> Self {
         LegacyDevices {
             serial: Some((0x3f8, 4)),
             sleep_control_port: 0x600,
             sleep_status_port: 0x601,
             reset: (0x64, 0xfe),
+            pvpanic_port: Some(0x505),
         }
     }
 }

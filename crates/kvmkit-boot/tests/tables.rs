@@ -125,7 +125,7 @@ fn the_fadt_is_hardware_reduced_with_sleep_control_and_reset_registers() {
 }
 
 #[test]
-fn the_dsdt_describes_s5_com1_and_every_virtio_window_with_its_irq() {
+fn the_dsdt_describes_s5_com1_pvpanic_and_every_virtio_window_with_its_irq() {
     let windows = [
         (x86::VIRTIO_MMIO.start, 5),
         (x86::VIRTIO_MMIO.start + 0x1000, 6),
@@ -143,6 +143,10 @@ fn the_dsdt_describes_s5_com1_and_every_virtio_window_with_its_irq() {
     assert_eq!(find(b"LNRO0005\0"), 2, "one virtio-mmio device each");
     // PNP0501 as an EISA id, and COM1's ports.
     assert_eq!(find(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1);
+    // pvpanic: QEMU0001 as a string, and its one port at 0x505 (IO descriptor:
+    // decodes 16 bits, min and max 0x505, alignment 1, length 1).
+    assert_eq!(find(b"QEMU0001\0"), 1);
+    assert_eq!(find(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]), 1);
     for (base, irq) in windows {
         // Memory32Fixed: read-write, base, length 0x1000.
         let mut memory32 = vec![0x86, 0x09, 0x00, 0x01];

@@ -6,4 +6,5 @@
 //! The `kvmkit` runner's command line, in Cloud Hypervisor's dialect, as a library so
 //! that its parsers can be tested and fuzzed; the binary is `src/main.rs`.
 
+pub mod dialect;
 pub mod options;

@@ -3,27 +3,29 @@
 
 //! `kvmkit`: boots a Linux VM on KVM from the command line.
 //!
-//! The process ends with the guest: power-off and reboot give status 0, a triple fault
-//! or another vCPU end 1, a guest crash report 2, a signal 128 + its number (after an
-//! orderly stop, the terminal restored); an error before the guest runs gives 1 with a
-//! line that names the option and the fix.
+//! The process ends with the guest: power-off, reboot (a triple fault included, as on
+//! a PC) give status 0, a vCPU's other end 1, a guest panic (pvpanic) 3, a signal 128 +
+//! its number (Ctrl-A x as SIGINT: 130), after an orderly stop with the terminal
+//! restored; an error before the guest runs gives 1 with a line that names the option
+//! and the fix, and a usage error 2 (as `--help` says).
 
 #![forbid(unsafe_code)]
 
 mod stats;
 
 use std::fs::File;
-use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use kvmkit::devices::SerialOutput;
 use kvmkit::virtio::{Block, Net, Rng, Tap};
-use kvmkit::{Causes, LinuxBoot, MachineBuilder, Platform, PlatformConfig, VmOutcome};
+use kvmkit::{
+    Causes, LinuxBoot, MachineBuilder, Platform, PlatformConfig, StdinConsole, VmOutcome,
+};
 
-use kvmkit_cli::options::{ConsoleMode, Options};
-use stats::DeviceStats;
+use kvmkit_cli::options::{random_mac, ConsoleMode, NetOption, Options};
+use stats::RunStats;
 
 /// An error, and the option it is about.
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +50,45 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    match run(&options) {
+    let options = Options::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    warn_without_hardware_virtualization();
+    let mut stats = RunStats::default();
+    let result = run(&options, &mut stats);
+    if options.stats {
+        stats.print();
+    }
+    match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(error) => {
             eprintln!("kvmkit: {error}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Says so when this host's KVM has no VT-x or AMD-V (KVM on PVM, say): small guests
+/// run there, an unmodified Linux hangs early in its boot.
+fn warn_without_hardware_virtualization() {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return;
+    };
+    let hardware = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("flags"))
+        .any(|line| {
+            line.split_whitespace()
+                .any(|flag| flag == "vmx" || flag == "svm")
+        });
+    if !hardware {
+        let pvm = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            " (its KVM is PVM)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "kvmkit: this host has no VT-x or AMD-V{pvm}: an unmodified Linux kernel will \
+             not boot here (kernels built for this KVM and small hand-built guests do)"
+        );
     }
 }
 
@@ -68,37 +102,101 @@ fn console_output(mode: &ConsoleMode, option: &'static str) -> Result<SerialOutp
     }
 }
 
-fn run(options: &Options) -> Result<i32, CliError> {
+/// The console stdin feeds: the one whose output is the terminal. Both on the
+/// terminal would mix two consoles' output and leave the input to a guess: refused.
+fn stdin_console(options: &Options) -> Result<StdinConsole, CliError> {
+    match (&options.serial, &options.console) {
+        (ConsoleMode::Tty, ConsoleMode::Tty) => Err(CliError::new(
+            "--serial",
+            "--serial tty and --console tty cannot share the terminal: set one of them \
+             to off, null or file=PATH",
+        )),
+        (ConsoleMode::Tty, _) => Ok(StdinConsole::Serial),
+        (_, ConsoleMode::Tty) => Ok(StdinConsole::Virtio),
+        _ => Ok(StdinConsole::None),
+    }
+}
+
+/// A hint when the kernel is told to write to a console whose output goes nowhere.
+fn hint_unseen_console(options: &Options) {
+    let kernel_console = |name: &str| {
+        options.cmdline.split_whitespace().any(|arg| {
+            arg.strip_prefix("console=")
+                .is_some_and(|c| c.starts_with(name))
+        })
+    };
+    let unseen = |mode: &ConsoleMode| matches!(mode, ConsoleMode::Null | ConsoleMode::Off);
+    if kernel_console("ttyS0") && !kernel_console("hvc") && unseen(&options.serial) {
+        eprintln!(
+            "kvmkit: the kernel's console is ttyS0 (--cmdline) and --serial is not shown: \
+             add --serial tty --console off to see it"
+        );
+    }
+}
+
+fn run(options: &Options, stats: &mut RunStats) -> Result<i32, CliError> {
     if !options.kernel.is_file() {
         return Err(CliError::new(
             "--kernel",
             format!("{:?} is not a file", options.kernel),
         ));
     }
+    let stdin = stdin_console(options)?;
+    hint_unseen_console(options);
     let machine = MachineBuilder::new()
         .memory_config(options.memory.clone())
         .vcpus(options.cpus)
         .irqchip(true)
         .build()
         .map_err(|e| CliError::from_error(error_option(&e), &e))?;
+    stats.set_vcpus(
+        machine
+            .vcpus()
+            .iter()
+            .map(|v| Arc::clone(v.stats()))
+            .collect(),
+    );
 
     let mut config = PlatformConfig::default();
     config.serial_output = console_output(&options.serial, "--serial")?;
-    config.stdin_to_serial = std::io::stdin().is_terminal()
-        && (options.serial == ConsoleMode::Tty || options.console == ConsoleMode::Tty);
+    config.stdin = stdin;
     config.handle_signals = true;
     config.seccomp = options.seccomp;
     let mut platform =
         Platform::new(machine.vm(), config).map_err(|e| CliError::from_error("platform", &e))?;
-    let memory = Arc::clone(machine.ram().shared_memory());
-    let mut devices = DeviceStats::default();
+    add_devices(options, &mut platform, machine.ram().shared_memory(), stats)?;
 
+    let mut linux = LinuxBoot::new(&options.kernel).cmdline(options.cmdline.clone());
+    if let Some(initramfs) = &options.initramfs {
+        linux = linux.initrd(initramfs);
+    }
+    let booted = machine
+        .boot_on(&linux, &platform.devices())
+        .map_err(|e| CliError::from_error(error_option(&e), &e))?;
+    let (outcome, memory_report) = booted
+        .run_on_then(platform, |ram| ram.report())
+        .map_err(|e| CliError::from_error("run", &e))?;
+    stats.set_memory(memory_report);
+
+    if let Some(reason) = outcome_line(&outcome) {
+        eprintln!("kvmkit: {reason}");
+    }
+    Ok(outcome.exit_status())
+}
+
+/// The virtio devices of the command line, in Cloud Hypervisor's order.
+fn add_devices(
+    options: &Options,
+    platform: &mut Platform,
+    memory: &Arc<kvmkit::virtio::GuestMemory>,
+    stats: &mut RunStats,
+) -> Result<(), CliError> {
     if options.console != ConsoleMode::Off {
         let output = console_output(&options.console, "--console")?;
         platform
-            .add_virtio_console(output, &memory)
+            .add_virtio_console(output, memory)
             .map_err(|e| CliError::from_error("--console", &e))?;
-        devices.add("console", &platform);
+        stats.add_device("console", platform);
     }
     for disk in &options.disk {
         let mut block = Block::open(&disk.path, disk.readonly)
@@ -107,56 +205,63 @@ fn run(options: &Options) -> Result<i32, CliError> {
             block = block.with_serial(serial.as_bytes());
         }
         platform
-            .add_virtio_mmio(Box::new(block), &memory)
+            .add_virtio_mmio(Box::new(block), memory)
             .map_err(|e| CliError::from_error("--disk", &e))?;
-        devices.add("disk", &platform);
+        stats.add_device("disk", platform);
     }
-    if let Some(net) = &options.net {
-        let tap = Tap::open(&net.tap).map_err(|e| {
-            CliError::new(
-                "--net",
-                format!(
-                    "cannot open the tap {}: {e} (create it with `ip tuntap add {} mode tap`, \
-                     or run as root)",
-                    net.tap, net.tap
-                ),
-            )
-        })?;
+    for net in &options.net {
+        let tap = open_tap(net)?;
+        let mac = match net.mac {
+            Some(mac) => mac,
+            None => random_mac()
+                .map_err(|e| CliError::new("--net", format!("cannot draw a MAC address: {e}")))?,
+        };
         platform
-            .add_virtio_mmio(Box::new(Net::new(tap, net.mac)), &memory)
+            .add_virtio_mmio(Box::new(Net::new(tap, mac)), memory)
             .map_err(|e| CliError::from_error("--net", &e))?;
-        devices.add("net", &platform);
+        stats.add_device("net", platform);
     }
-    if options.rng {
-        platform
-            .add_virtio_mmio(Box::new(Rng::new()), &memory)
-            .map_err(|e| CliError::from_error("--rng", &e))?;
-        devices.add("rng", &platform);
-    }
+    let rng = &options.rng;
+    let device = if rng.src == std::path::Path::new("/dev/urandom") {
+        Rng::new()
+    } else {
+        let source = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&rng.src)
+            .map_err(|e| CliError::new("--rng", format!("cannot open {:?}: {e}", rng.src)))?;
+        Rng::with_source(source)
+    };
+    platform
+        .add_virtio_mmio(Box::new(device), memory)
+        .map_err(|e| CliError::from_error("--rng", &e))?;
+    stats.add_device("rng", platform);
+    Ok(())
+}
 
-    let mut linux = LinuxBoot::new(&options.kernel).cmdline(options.cmdline.clone());
-    if let Some(initramfs) = &options.initramfs {
-        linux = linux.initrd(initramfs);
+/// The tap of a `--net`: the one named, or a new one; with its host side configured
+/// and up when `ip=` is given.
+fn open_tap(net: &NetOption) -> Result<Tap, CliError> {
+    let tap = match &net.tap {
+        Some(name) => Tap::open(name),
+        None => Tap::create(),
     }
-    let vcpu_stats: Vec<_> = machine
-        .vcpus()
-        .iter()
-        .map(|v| Arc::clone(v.stats()))
-        .collect();
-    let booted = machine
-        .boot_on(&linux, &platform.devices())
-        .map_err(|e| CliError::from_error(error_option(&e), &e))?;
-    let (outcome, memory_report) = booted
-        .run_on_then(platform, |ram| ram.report())
-        .map_err(|e| CliError::from_error("run", &e))?;
-
-    if options.stats {
-        stats::print(&vcpu_stats, &devices, memory_report.as_ref());
+    .map_err(|e| {
+        let name = net.tap.as_deref().unwrap_or("(a new one)");
+        CliError::new(
+            "--net",
+            format!(
+                "cannot open the tap {name}: {} (run as root, or give a tap you own: \
+                 `ip tuntap add NAME mode tap user $USER`)",
+                Causes(&e)
+            ),
+        )
+    })?;
+    if let Some((addr, mask)) = net.host {
+        tap.configure_host(addr, mask)
+            .map_err(|e| CliError::from_error("--net", &e))?;
     }
-    if let Some(reason) = failure_reason(&outcome) {
-        eprintln!("kvmkit: {reason}");
-    }
-    Ok(outcome.exit_status())
+    Ok(tap)
 }
 
 /// The option an error while building or booting the machine is about, from the
@@ -186,7 +291,8 @@ fn error_option(error: &kvmkit::Error) -> &'static str {
                 what: BootStructure::CommandLine,
                 ..
             } => "--cmdline",
-            BootError::Layout(
+            BootError::RamTooSmallForKernel { .. }
+            | BootError::Layout(
                 LayoutError::RamNotAtZero
                 | LayoutError::RamTooSmall { .. }
                 | LayoutError::RamOverlap { .. }
@@ -200,13 +306,14 @@ fn error_option(error: &kvmkit::Error) -> &'static str {
     }
 }
 
-/// One line on why the VM ended, if that was not the guest's own orderly end.
-fn failure_reason(outcome: &VmOutcome) -> Option<String> {
+/// One line on how the VM ended, if that was not the guest's own orderly end.
+fn outcome_line(outcome: &VmOutcome) -> Option<String> {
     match outcome {
-        VmOutcome::PowerOff | VmOutcome::Reboot | VmOutcome::Signal(_) => None,
-        VmOutcome::TripleFault { vcpu, rip } => {
-            Some(format!("vCPU {vcpu} triple-faulted at rip {rip:#x}"))
-        }
+        VmOutcome::PowerOff | VmOutcome::Reboot | VmOutcome::Signal(_) | VmOutcome::Escape => None,
+        VmOutcome::TripleFault { vcpu, rip } => Some(format!(
+            "vCPU {vcpu} triple-faulted at rip {rip:#x}: a reset, ended as a reboot"
+        )),
+        VmOutcome::GuestPanic => Some("the guest panicked (it said so on pvpanic)".into()),
         VmOutcome::GuestCrash { vcpu } => {
             Some(format!("the guest reported a crash on vCPU {vcpu}"))
         }

@@ -4,15 +4,21 @@
 //! The command line, in Cloud Hypervisor's dialect: options whose values are
 //! comma-separated `key=value` lists.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{ArgAction, Parser};
 use kvmkit::memory::MemoryConfig;
 use kvmkit::seccomp::SeccompPolicy;
 
+use crate::dialect::{switch, Item, Keys};
+
 /// Boot a Linux VM on KVM.
+///
+/// Options and their values follow Cloud Hypervisor's: a command line written for it
+/// runs as written, or is refused naming the option kvmkit does not support.
 #[derive(Debug, Parser)]
-#[command(name = "kvmkit", version, about)]
+#[command(name = "kvmkit", version, about, after_help = AFTER_HELP)]
 pub struct Options {
     /// The kernel: a bzImage, or an ELF vmlinux (entered through PVH when it has the note).
     #[arg(long, value_name = "PATH")]
@@ -33,29 +39,118 @@ pub struct Options {
     /// Guest memory: size=512M[,hugepages=on,hugepage_size=2M,mergeable=on,thp=on,shared=on,prefault=on].
     #[arg(long, value_name = "size=SIZE,...", default_value = "size=512M", value_parser = parse_memory)]
     pub memory: MemoryConfig,
-    /// A virtio-blk disk: `path=IMG[,readonly=on][,serial=ID]`. May be repeated.
-    #[arg(long, value_name = "path=IMG[,readonly=on][,serial=ID]", value_parser = parse_disk)]
+    /// virtio-blk disks: `path=IMG[,readonly=on][,serial=ID]`, one value each
+    /// (`--disk path=a path=b`, or the option repeated).
+    #[arg(long, value_name = "path=IMG,...", num_args = 1.., action = ArgAction::Append, value_parser = parse_disk)]
     pub disk: Vec<DiskOption>,
-    /// A virtio-net device on a tap: tap=NAME[,mac=MAC].
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
-    pub net: Option<NetOption>,
-    /// A virtio-rng device.
-    #[arg(long)]
-    pub rng: bool,
+    /// virtio-net devices on taps: `tap=NAME[,mac=MAC][,ip=ADDR,mask=MASK]`; an empty
+    /// tap= makes a tap, and ip/mask give the host's side that address and bring it up.
+    #[arg(long, value_name = "tap=NAME,...", num_args = 1.., action = ArgAction::Append, value_parser = parse_net)]
+    pub net: Vec<NetOption>,
+    /// The virtio-rng device's entropy source: src=PATH. As in Cloud Hypervisor, the
+    /// device is always there, on /dev/urandom unless this says otherwise.
+    #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_value = "src=/dev/urandom", default_missing_value = "src=/dev/urandom", value_parser = parse_rng)]
+    pub rng: RngOption,
     /// The serial console (COM1, ttyS0): tty, file=PATH, null or off.
-    #[arg(long, value_name = "MODE", default_value = "tty", value_parser = parse_console)]
+    #[arg(long, value_name = "MODE", default_value = "null", value_parser = parse_console)]
     pub serial: ConsoleMode,
     /// The virtio console (hvc0): tty, file=PATH, null or off.
-    #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_console)]
+    #[arg(long, value_name = "MODE", default_value = "tty", value_parser = parse_console)]
     pub console: ConsoleMode,
-    /// Print exits per vCPU, device counters and the guest memory report at the end.
+    /// A pvpanic device (ACPI QEMU0001, port 0x505); kvmkit always has one, so that a
+    /// guest's panic ends the VM with status 3: the flag is taken for Cloud
+    /// Hypervisor's command lines.
+    #[arg(long)]
+    pub pvpanic: bool,
+    /// Print exits per vCPU, device counters and the guest memory report at the end,
+    /// however the run ends.
     #[arg(long)]
     pub stats: bool,
     /// Confine the vCPU and I/O threads with seccomp filters: true (a forbidden call
     /// ends the VMM, naming it), log (the kernel logs it) or false.
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
     pub seccomp: SeccompPolicy,
+    /// Cloud Hypervisor's verbosity: taken, and changes nothing (kvmkit logs nothing).
+    #[arg(short = 'v', action = ArgAction::Count, hide = true)]
+    pub verbose: u8,
 }
+
+/// Cloud Hypervisor's options kvmkit does not have (v54, its default and optional
+/// features): refused by name, so that a command line for it is never taken as
+/// malformed.
+pub const UNSUPPORTED_OPTIONS: &[&str] = &[
+    "--api-socket",
+    "--balloon",
+    "--dbus-object-path",
+    "--dbus-service-name",
+    "--dbus-system-bus",
+    "--debug-console",
+    "--device",
+    "--event-monitor",
+    "--firmware",
+    "--fs",
+    "--fw-cfg-config",
+    "--gdb",
+    "--generic-vhost-user",
+    "--ivshmem",
+    "--landlock",
+    "--landlock-rules",
+    "--log-file",
+    "--log-format",
+    "--memory-zone",
+    "--no-shutdown",
+    "--numa",
+    "--pci-segment",
+    "--platform",
+    "--pmem",
+    "--rate-limit-group",
+    "--restore",
+    "--rtc",
+    "--sgx-epc",
+    "--tpm",
+    "--user-device",
+    "--vdpa",
+    "--vsock",
+    "--watchdog",
+];
+
+impl Options {
+    /// The options of `args` (the program's name first), as [`Parser::try_parse_from`]
+    /// reads them, after refusing any of Cloud Hypervisor's options kvmkit lacks
+    /// ([`UNSUPPORTED_OPTIONS`]) as not supported, naming it.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        for arg in args.iter().skip(1) {
+            let Some(arg) = arg.to_str() else { continue };
+            if arg == "--" {
+                break;
+            }
+            let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+            if UNSUPPORTED_OPTIONS.contains(&name) {
+                let mut command = <Self as clap::CommandFactory>::command();
+                return Err(command.error(
+                    clap::error::ErrorKind::UnknownArgument,
+                    format!("{name} is a Cloud Hypervisor option kvmkit does not support"),
+                ));
+            }
+        }
+        Self::try_parse_from(args)
+    }
+}
+
+/// The end of `--help`: the terminal's escape and the exit statuses.
+const AFTER_HELP: &str = "\
+On a terminal, every key goes to the guest (Ctrl-C, Ctrl-Z and Ctrl-\\ included); \
+Ctrl-A x ends the VM (as SIGINT does), Ctrl-A Ctrl-A sends one Ctrl-A.
+
+Exit status: 0 the guest powered off or rebooted (a triple fault is a reset); 1 an \
+error before the guest ran, or a vCPU ended abnormally; 2 a usage error; 3 the guest \
+panicked (it said so on pvpanic); 101 a vCPU thread panicked; 128+N signal N (Ctrl-A \
+x: 130); 159 a system call outside the seccomp filter.";
 
 /// A `--disk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +166,19 @@ pub struct DiskOption {
 /// A `--net`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetOption {
-    /// The tap's name.
-    pub tap: String,
-    /// The guest's MAC address.
-    pub mac: [u8; 6],
+    /// The tap's name; `None` (an empty `tap=`, or none) makes a new tap.
+    pub tap: Option<String>,
+    /// The guest's MAC address; `None` for a random locally administered one.
+    pub mac: Option<[u8; 6]>,
+    /// The host side's address and netmask, which also bring the tap up.
+    pub host: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// A `--rng`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RngOption {
+    /// Where the device's bytes come from.
+    pub src: PathBuf,
 }
 
 /// Where a console goes.
@@ -90,52 +194,140 @@ pub enum ConsoleMode {
     Off,
 }
 
-/// The MAC address a `--net` without `mac=` gets: locally administered.
-pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const CPUS: Keys = Keys {
+    supported: &["boot"],
+    defaults: &[("kvm_hyperv", &["off"])],
+    unsupported: &[
+        "max",
+        "topology",
+        "max_phys_bits",
+        "affinity",
+        "features",
+        "nested",
+        "core_scheduling",
+    ],
+};
 
-/// `key=value` pairs, each key once and known.
-fn pairs<'a>(text: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
-    let mut seen: Vec<(&str, &str)> = Vec::new();
-    for item in text.split(',').filter(|item| !item.is_empty()) {
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| format!("`{item}` is not key=value"))?;
-        if !known.contains(&key) {
-            return Err(format!("unknown key `{key}` (known: {})", known.join(", ")));
-        }
-        if seen.iter().any(|(seen, _)| *seen == key) {
-            return Err(format!("`{key}` is given twice"));
-        }
-        seen.push((key, value));
-    }
-    Ok(seen)
-}
+/// The keys `kvmkit_memory::MemoryConfig` reads, and Cloud Hypervisor's others.
+const MEMORY: Keys = Keys {
+    supported: &[
+        "size",
+        "mergeable",
+        "shared",
+        "hugepages",
+        "hugepage_size",
+        "prefault",
+        "reserve",
+        "thp",
+    ],
+    defaults: &[("hotplug_method", &["acpi"])],
+    unsupported: &["hotplug_size", "hotplugged_size"],
+};
 
-fn switch(key: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "on" | "true" => Ok(true),
-        "off" | "false" => Ok(false),
-        _ => Err(format!("`{key}` takes on or off, not `{value}`")),
-    }
-}
+/// Cloud Hypervisor's per-device keys kvmkit takes at their defaults: no IOMMU, the
+/// default PCI placement (kvmkit's devices are on virtio-mmio), any id.
+const DEVICE_DEFAULTS: [(&str, &[&str]); 4] = [
+    ("iommu", &["off", "false"]),
+    ("id", &["*"]),
+    ("pci_segment", &["0"]),
+    ("pci_device_id", &["*"]),
+];
+
+const DISK: Keys = Keys {
+    supported: &["path", "readonly", "serial"],
+    defaults: &[
+        DEVICE_DEFAULTS[0],
+        DEVICE_DEFAULTS[1],
+        DEVICE_DEFAULTS[2],
+        DEVICE_DEFAULTS[3],
+        ("direct", &["off", "false"]),
+        ("num_queues", &["1"]),
+        ("vhost_user", &["off", "false"]),
+        ("image_type", &["raw"]),
+        // kvmkit locks the whole image file, which for a raw image is its byte range.
+        ("lock_granularity", &["full", "byte-range"]),
+        ("backing_files", &["off", "false"]),
+    ],
+    unsupported: &[
+        "queue_size",
+        "socket",
+        "bw_size",
+        "bw_one_time_burst",
+        "bw_refill_time",
+        "ops_size",
+        "ops_one_time_burst",
+        "ops_refill_time",
+        "rate_limit_group",
+        "queue_affinity",
+        "sparse",
+    ],
+};
+
+const NET: Keys = Keys {
+    supported: &["tap", "mac", "ip", "mask"],
+    defaults: &[
+        DEVICE_DEFAULTS[0],
+        DEVICE_DEFAULTS[1],
+        DEVICE_DEFAULTS[2],
+        DEVICE_DEFAULTS[3],
+        ("num_queues", &["2"]),
+        ("vhost_user", &["off", "false"]),
+    ],
+    unsupported: &[
+        "fd",
+        "host_mac",
+        "queue_size",
+        "socket",
+        "vhost_mode",
+        "bw_size",
+        "bw_one_time_burst",
+        "bw_refill_time",
+        "ops_size",
+        "ops_one_time_burst",
+        "ops_refill_time",
+        "offload_tso",
+        "offload_ufo",
+        "offload_csum",
+        "mtu",
+    ],
+};
+
+const RNG: Keys = Keys {
+    supported: &["src"],
+    defaults: &[DEVICE_DEFAULTS[0], DEVICE_DEFAULTS[2], DEVICE_DEFAULTS[3]],
+    unsupported: &[],
+};
+
+/// `--serial` and `--console`: a mode, then keys.
+const CONSOLE: Keys = Keys {
+    supported: &["tty", "null", "off", "file"],
+    defaults: &[DEVICE_DEFAULTS[0], DEVICE_DEFAULTS[1]],
+    unsupported: &["pty", "socket", "iobase"],
+};
 
 /// `boot=N`, N from 1 to 255.
 pub fn parse_cpus(text: &str) -> Result<u32, String> {
-    let pairs = pairs(text, &["boot"])?;
-    let (_, value) = pairs
+    let items = CPUS.parse(text)?;
+    let item = items
         .first()
         .ok_or_else(|| "give the vCPU count as boot=N".to_string())?;
-    match value.parse::<u32>() {
+    match item.value.parse::<u32>() {
         Ok(count @ 1..=255) => Ok(count),
         _ => Err(format!(
-            "boot takes a vCPU count from 1 to 255, not `{value}`"
+            "boot takes a vCPU count from 1 to 255, not `{}`",
+            item.value
         )),
     }
 }
 
 /// The memory options of `kvmkit_memory::MemoryConfig`; a size is required.
 pub fn parse_memory(text: &str) -> Result<MemoryConfig, String> {
-    let config: MemoryConfig = text.parse().map_err(|e| format!("{e}"))?;
+    let items = MEMORY.parse(text)?;
+    let ours: Vec<String> = items
+        .iter()
+        .map(|item| format!("{}={}", item.key, item.value))
+        .collect();
+    let config: MemoryConfig = ours.join(",").parse().map_err(|e| format!("{e}"))?;
     if config.size.is_none() {
         return Err("give the memory size as size=SIZE (e.g. size=512M)".into());
     }
@@ -144,39 +336,66 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, String> {
 
 /// `path=IMG[,readonly=on][,serial=ID]`.
 pub fn parse_disk(text: &str) -> Result<DiskOption, String> {
-    let mut path = None;
-    let mut readonly = false;
-    let mut serial = None;
-    for (key, value) in pairs(text, &["path", "readonly", "serial"])? {
+    let mut disk = DiskOption {
+        path: PathBuf::new(),
+        readonly: false,
+        serial: None,
+    };
+    for Item { key, value, .. } in DISK.parse(text)? {
         match key {
-            "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
-            "path" => return Err("path is empty".into()),
-            "serial" if value.len() <= 20 => serial = Some(value.to_string()),
+            "path" if value.is_empty() => return Err("path is empty".into()),
+            "path" => disk.path = PathBuf::from(value),
+            "serial" if value.len() <= 20 => disk.serial = Some(value),
             "serial" => return Err(format!("serial takes at most 20 bytes, not `{value}`")),
-            _ => readonly = switch(key, value)?,
+            _ => disk.readonly = switch(key, &value)?,
         }
     }
-    let path = path.ok_or_else(|| "give the image as path=IMG".to_string())?;
-    Ok(DiskOption {
-        path,
-        readonly,
-        serial,
-    })
+    if disk.path.as_os_str().is_empty() {
+        return Err("give the image as path=IMG".into());
+    }
+    Ok(disk)
 }
 
-/// `tap=NAME[,mac=MAC]`.
+/// `tap=[NAME][,mac=[MAC]][,ip=[ADDR],mask=[MASK]]`: empty values mean what they
+/// mean to Cloud Hypervisor (a new tap, a random MAC, no host address).
 pub fn parse_net(text: &str) -> Result<NetOption, String> {
-    let mut tap = None;
-    let mut mac = DEFAULT_MAC;
-    for (key, value) in pairs(text, &["tap", "mac"])? {
+    let mut net = NetOption {
+        tap: None,
+        mac: None,
+        host: None,
+    };
+    let (mut ip, mut mask) = (None, None);
+    for Item { key, value, .. } in NET.parse(text)? {
+        if value.is_empty() {
+            continue;
+        }
         match key {
-            "tap" if !value.is_empty() && value.len() < 16 => tap = Some(value.to_string()),
+            "tap" if value.len() < 16 => net.tap = Some(value),
             "tap" => return Err(format!("`{value}` is not a tap name (1 to 15 bytes)")),
-            _ => mac = parse_mac(value)?,
+            "mac" => net.mac = Some(parse_mac(&value)?),
+            "ip" => ip = Some(parse_ipv4("ip", &value)?),
+            _ => mask = Some(parse_ipv4("mask", &value)?),
         }
     }
-    let tap = tap.ok_or_else(|| "give the tap as tap=NAME".to_string())?;
-    Ok(NetOption { tap, mac })
+    net.host = match (ip, mask) {
+        (Some(ip), Some(mask)) if mask_is_contiguous(mask) => Some((ip, mask)),
+        (Some(_), Some(mask)) => return Err(format!("mask `{mask}` is not a netmask")),
+        (Some(ip), None) => Some((ip, Ipv4Addr::new(255, 255, 255, 0))),
+        (None, Some(_)) => return Err("mask is given without ip".into()),
+        (None, None) => None,
+    };
+    Ok(net)
+}
+
+fn parse_ipv4(key: &str, value: &str) -> Result<Ipv4Addr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("`{key}` takes an IPv4 address, not `{value}`"))
+}
+
+fn mask_is_contiguous(mask: Ipv4Addr) -> bool {
+    let bits = u32::from(mask);
+    bits.leading_ones() + bits.trailing_zeros() == 32
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
@@ -201,26 +420,55 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// A random locally administered unicast MAC address, as Cloud Hypervisor gives a
+/// `--net` without `mac=` (a fixed one collides between VMs on one bridge).
+pub fn random_mac() -> std::io::Result<[u8; 6]> {
+    use std::io::Read;
+    let mut mac = [0u8; 6];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    mac[0] = (mac[0] & !1) | 2;
+    Ok(mac)
+}
+
+/// `[src=PATH]`.
+pub fn parse_rng(text: &str) -> Result<RngOption, String> {
+    let mut src = PathBuf::from("/dev/urandom");
+    for Item { value, .. } in RNG.parse(text)? {
+        if value.is_empty() {
+            return Err("src is empty".into());
+        }
+        src = PathBuf::from(value);
+    }
+    Ok(RngOption { src })
+}
+
 /// `true`, `false` or `log`, as Cloud Hypervisor's `--seccomp` takes them.
 pub fn parse_seccomp(text: &str) -> Result<SeccompPolicy, String> {
     match text {
         "true" => Ok(SeccompPolicy::Enforce),
         "false" => Ok(SeccompPolicy::Off),
         "log" => Ok(SeccompPolicy::Log),
+        "errno" => Err("`errno` is a Cloud Hypervisor option kvmkit does not support".into()),
         _ => Err(format!("`{text}`: give true, false or log")),
     }
 }
 
-/// `tty`, `file=PATH`, `null` or `off`.
+/// `tty`, `file=PATH`, `null` or `off`, then Cloud Hypervisor's keys at their
+/// defaults (`file=/tmp/c.log,iommu=off`).
 pub fn parse_console(text: &str) -> Result<ConsoleMode, String> {
-    match text {
-        "tty" => Ok(ConsoleMode::Tty),
-        "null" => Ok(ConsoleMode::Null),
-        "off" => Ok(ConsoleMode::Off),
-        _ => match text.strip_prefix("file=") {
-            Some(path) if !path.is_empty() => Ok(ConsoleMode::File(PathBuf::from(path))),
-            _ => Err(format!("`{text}`: give tty, file=PATH, null or off")),
-        },
+    let items = CONSOLE.parse(text)?;
+    let bad = || format!("`{text}`: give one of tty, file=PATH, null or off");
+    let [item] = items.as_slice() else {
+        return Err(bad());
+    };
+    match (item.key, item.has_value) {
+        ("tty", false) => Ok(ConsoleMode::Tty),
+        ("null", false) => Ok(ConsoleMode::Null),
+        ("off", false) => Ok(ConsoleMode::Off),
+        ("file", true) if !item.value.is_empty() => {
+            Ok(ConsoleMode::File(item.value.clone().into()))
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -228,12 +476,13 @@ pub fn parse_console(text: &str) -> Result<ConsoleMode, String> {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(["kvmkit", "--kernel", "vmlinuz"].iter().chain(args))
+    }
+
     #[test]
     fn cloud_hypervisor_style_values_parse() {
-        let options = Options::try_parse_from([
-            "kvmkit",
-            "--kernel",
-            "vmlinuz",
+        let options = parse(&[
             "--cpus",
             "boot=2",
             "--memory",
@@ -257,26 +506,93 @@ mod tests {
         assert!(options.disk[1].readonly);
         assert_eq!(options.disk[1].serial.as_deref(), Some("data-1"));
         assert_eq!(options.disk[0].serial, None);
-        let net = options.net.unwrap();
-        assert_eq!((net.tap.as_str(), net.mac), ("kvmkit0", [2, 0, 0, 0, 0, 1]));
+        let net = &options.net[0];
+        assert_eq!(net.tap.as_deref(), Some("kvmkit0"));
+        assert_eq!(net.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(options.console, ConsoleMode::File("/tmp/hvc0".into()));
-        assert_eq!(options.serial, ConsoleMode::Tty);
+        assert_eq!(options.rng.src, PathBuf::from("/dev/urandom"));
+    }
+
+    #[test]
+    fn the_defaults_are_cloud_hypervisors() {
+        let options = parse(&[]).unwrap();
+
+        assert_eq!(options.serial, ConsoleMode::Null);
+        assert_eq!(options.console, ConsoleMode::Tty);
+        assert_eq!(options.memory.size, Some(512 << 20));
+        assert_eq!(options.cpus, 1);
+        assert_eq!(options.rng.src, PathBuf::from("/dev/urandom"));
+        assert!(options.net.is_empty() && options.disk.is_empty());
+    }
+
+    #[test]
+    fn several_values_follow_one_flag() {
+        let options = parse(&[
+            "--disk",
+            "path=a.img",
+            "path=b.img",
+            "--net",
+            "tap=t0",
+            "tap=t1",
+            "--rng",
+            "src=/dev/hwrng",
+        ])
+        .unwrap();
+
+        let paths: Vec<_> = options.disk.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(paths, [PathBuf::from("a.img"), PathBuf::from("b.img")]);
+        let taps: Vec<_> = options.net.iter().map(|n| n.tap.clone()).collect();
+        assert_eq!(taps, [Some("t0".to_string()), Some("t1".to_string())]);
+        assert_eq!(options.rng.src, PathBuf::from("/dev/hwrng"));
+    }
+
+    #[test]
+    fn empty_net_values_mean_a_new_tap_a_random_mac_and_no_host_address() {
+        let bare = parse_net("tap=,mac=,ip=,mask=").unwrap();
+        let host = parse_net("tap=,ip=192.168.249.1,mask=255.255.255.0").unwrap();
+        let (first, second) = (random_mac().unwrap(), random_mac().unwrap());
+
+        assert_eq!((bare.tap, bare.mac, bare.host), (None, None, None));
+        assert_eq!(
+            host.host,
+            Some(([192, 168, 249, 1].into(), [255, 255, 255, 0].into()))
+        );
+        for mac in [first, second] {
+            assert_eq!(mac[0] & 0b11, 0b10, "unicast and locally administered");
+        }
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn a_console_file_takes_cloud_hypervisors_other_keys_at_their_defaults() {
+        let with_iommu = parse_console("file=/tmp/c.log,iommu=off").unwrap();
+        let quoted = parse_console(r#"file="/tmp/a,b.log""#).unwrap();
+
+        assert_eq!(with_iommu, ConsoleMode::File("/tmp/c.log".into()));
+        assert_eq!(quoted, ConsoleMode::File("/tmp/a,b.log".into()));
     }
 
     #[test]
     fn bad_values_name_what_is_wrong() {
         let cases = [
             (parse_cpus("boot=0").unwrap_err(), "1 to 255"),
-            (parse_cpus("cores=2").unwrap_err(), "unknown key"),
+            (parse_cpus("cores=2").unwrap_err(), "unknown option `cores`"),
+            (parse_cpus("boot=2,max=4").unwrap_err(), "does not support"),
             (parse_memory("hugepages=on").unwrap_err(), "size="),
+            (
+                parse_memory("size=1G,hotplug_size=1G").unwrap_err(),
+                "does not support",
+            ),
             (parse_disk("readonly=on").unwrap_err(), "path=IMG"),
             (parse_disk("path=a,path=b").unwrap_err(), "twice"),
             (parse_disk("path=a,readonly=yes").unwrap_err(), "on or off"),
+            (parse_disk("path=a,bogus=1").unwrap_err(), "unknown option"),
+            (parse_disk("path=a,iommu=on").unwrap_err(), "not supported"),
             (
                 parse_disk("path=a,serial=123456789012345678901").unwrap_err(),
                 "20 bytes",
             ),
-            (parse_net("tap=").unwrap_err(), "tap name"),
+            (parse_net("tap=0123456789abcdefg").unwrap_err(), "tap name"),
             (
                 parse_net("tap=t0,mac=01:00:00:00:00:01").unwrap_err(),
                 "multicast",
@@ -285,7 +601,22 @@ mod tests {
                 parse_net("tap=t0,mac=zz:00:00:00:00:01").unwrap_err(),
                 "MAC address",
             ),
+            (parse_net("tap=t0,ip=10.0.0.300").unwrap_err(), "IPv4"),
+            (
+                parse_net("ip=10.0.0.1,mask=255.0.255.0").unwrap_err(),
+                "netmask",
+            ),
+            (parse_net("mask=255.255.255.0").unwrap_err(), "without ip"),
+            (parse_net("fd=3").unwrap_err(), "does not support"),
+            (parse_rng("src=").unwrap_err(), "empty"),
             (parse_console("file=").unwrap_err(), "tty, file=PATH"),
+            (parse_console("tty,file=/a").unwrap_err(), "one of"),
+            (parse_console("pty").unwrap_err(), "does not support"),
+            (
+                parse_console("file=/tmp/c.log,bogus=1").unwrap_err(),
+                "unknown option",
+            ),
+            (parse_seccomp("errno").unwrap_err(), "does not support"),
         ];
 
         for (error, expected) in cases {

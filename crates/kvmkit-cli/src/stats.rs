@@ -1,7 +1,8 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `--stats`: what the VM did, printed when it ends.
+//! `--stats`: what the VM did, gathered as the run goes and printed however it ends
+//! (an error included: that is when it is most wanted).
 
 use std::sync::Arc;
 
@@ -10,30 +11,50 @@ use kvmkit::vcpu::{ExitReason, ExitStats};
 use kvmkit::virtio::MmioTransport;
 use kvmkit::Platform;
 
-/// The virtio devices of the VM, by name, for their counters.
+/// What the run got as far as: the vCPUs' exit counters, the virtio devices by name
+/// (for their counters), and the guest memory report taken as the VM ended.
 #[derive(Default)]
-pub struct DeviceStats {
+pub struct RunStats {
+    vcpus: Vec<Arc<ExitStats>>,
     devices: Vec<(&'static str, Arc<MmioTransport>)>,
+    memory: Option<Result<MemoryReport, kvmkit::memory::Error>>,
 }
 
-impl DeviceStats {
+impl RunStats {
+    /// Records the vCPUs' exit counters.
+    pub fn set_vcpus(&mut self, vcpus: Vec<Arc<ExitStats>>) {
+        self.vcpus = vcpus;
+    }
+
     /// Records the device just added to `platform` as `name`.
-    pub fn add(&mut self, name: &'static str, platform: &Platform) {
+    pub fn add_device(&mut self, name: &'static str, platform: &Platform) {
         let index = platform.virtio_devices().len().saturating_sub(1);
         if let Some(transport) = platform.virtio_transport(index) {
             self.devices.push((name, Arc::clone(transport)));
         }
     }
+
+    /// Records the memory report taken when the vCPUs stopped.
+    pub fn set_memory(&mut self, memory: Result<MemoryReport, kvmkit::memory::Error>) {
+        self.memory = Some(memory);
+    }
+
+    /// Prints exits by reason per vCPU, requests, bytes and errors per device queue,
+    /// and the guest memory report, to stderr: what there is of them.
+    pub fn print(&self) {
+        print(&self.vcpus, &self.devices, self.memory.as_ref());
+    }
 }
 
-/// Prints exits by reason per vCPU, requests, bytes and errors per device queue, and
-/// the guest memory report, to stderr.
-pub fn print(
+fn print(
     vcpus: &[Arc<ExitStats>],
-    devices: &DeviceStats,
-    memory: Result<&MemoryReport, &kvmkit::memory::Error>,
+    devices: &[(&'static str, Arc<MmioTransport>)],
+    memory: Option<&Result<MemoryReport, kvmkit::memory::Error>>,
 ) {
     eprintln!("kvmkit stats");
+    if vcpus.is_empty() {
+        eprintln!("  no vCPU was created");
+    }
     for (id, stats) in vcpus.iter().enumerate() {
         let counts = stats.snapshot();
         let exits: Vec<String> = ExitReason::ALL
@@ -47,7 +68,7 @@ pub fn print(
             exits.join(" ")
         );
     }
-    for (index, (name, transport)) in devices.devices.iter().enumerate() {
+    for (index, (name, transport)) in devices.iter().enumerate() {
         for (queue, counters) in transport.queue_counters().iter().enumerate() {
             eprintln!(
                 "  virtio{index} {name} queue{queue} requests={} bytes={} errors={}",
@@ -58,7 +79,8 @@ pub fn print(
         }
     }
     match memory {
-        Ok(report) => {
+        None => eprintln!("  memory report unavailable: the VM did not run"),
+        Some(Ok(report)) => {
             for region in &report.regions {
                 eprintln!("  memory {region}");
             }
@@ -73,6 +95,6 @@ pub fn print(
                 );
             }
         }
-        Err(error) => eprintln!("  memory report unavailable: {}", kvmkit::Causes(&error)),
+        Some(Err(error)) => eprintln!("  memory report unavailable: {}", kvmkit::Causes(error)),
     }
 }
