@@ -406,6 +406,22 @@ impl RunningMachine {
         &self.handles
     }
 
+    /// Pauses every vCPU and returns once none executes guest code (each parked
+    /// outside `KVM_RUN`, its state as it was). A VM's pause does this first, then
+    /// pauses its devices ([`Platform::pause_devices`](crate::Platform::pause_devices)).
+    pub fn pause(&self) {
+        for handle in &self.handles {
+            handle.pause();
+        }
+    }
+
+    /// Lets every paused vCPU run again.
+    pub fn resume(&self) {
+        for handle in &self.handles {
+            handle.resume();
+        }
+    }
+
     /// Asks every vCPU to stop.
     pub fn stop(&self) {
         for handle in &self.handles {

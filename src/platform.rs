@@ -399,6 +399,25 @@ impl Platform {
         self.virtio.iter().map(|device| device.slot).collect()
     }
 
+    /// Pauses every virtio device's queue work and returns once none runs
+    /// ([`MmioTransport::pause`]): the second half of a VM's pause, after its vCPUs
+    /// ([`RunningMachine::pause`](crate::RunningMachine::pause)). The legacy devices
+    /// need none: they act only when a vCPU touches them (COM1 also takes host input,
+    /// into its FIFO).
+    pub fn pause_devices(&self) {
+        for device in &self.virtio {
+            device.transport.pause();
+        }
+    }
+
+    /// Resumes every virtio device; what their drivers posted meanwhile is served.
+    /// Resume the devices before the vCPUs.
+    pub fn resume_devices(&self) {
+        for device in &self.virtio {
+            device.transport.resume();
+        }
+    }
+
     /// The transport of virtio-mmio device `index`, for its counters.
     pub fn virtio_transport(&self, index: usize) -> Option<&Arc<MmioTransport>> {
         self.virtio.get(index).map(|device| &device.transport)

@@ -382,7 +382,8 @@ impl VirtioRig {
 
 /// The driver's side of a virtio-mmio device as a stream: register writes and reads of
 /// any offset and width, guest memory scribbled (rings included), notifications,
-/// resets at any point, and the I/O thread's turns, against an rng, a block device
+/// resets at any point, the VMM's pauses and resumes at any point, and the I/O
+/// thread's turns, against an rng, a block device
 /// (read-write or read-only) or a console. Nothing may panic, the device is either
 /// serving or says it needs a reset, and a final reset leaves no event source and no
 /// descriptor behind.
@@ -403,12 +404,13 @@ pub fn virtio_mmio(data: &[u8]) {
         }
     };
     let mut rig = VirtioRig::new(device);
+    let mut paused = false;
     while ops.len() >= 6 {
         let (op, rest) = ops.split_at(6);
         ops = rest;
         let offset = u64::from(u16::from_le_bytes([op[1], op[2]])) % 0x200;
         let value = u32::from_le_bytes([op[2], op[3], op[4], op[5]]);
-        match op[0] % 7 {
+        match op[0] % 8 {
             0 => rig.write(offset & !3, value),
             1 => {
                 let width = [1usize, 2, 4, 8][usize::from(op[3] % 4)];
@@ -425,6 +427,14 @@ pub fn virtio_mmio(data: &[u8]) {
             }
             4 => rig.set_up_queue(),
             5 => rig.write(0x70, 0),
+            6 => {
+                if paused {
+                    rig.transport.resume();
+                } else {
+                    rig.transport.pause();
+                }
+                paused = !paused;
+            }
             _ => rig.settle(),
         }
     }

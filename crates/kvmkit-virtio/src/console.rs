@@ -180,6 +180,14 @@ impl VirtioDevice for Console {
         *self.input.receive.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    fn pause(&mut self) {
+        self.lifecycle.pause();
+    }
+
+    fn resume(&mut self) {
+        self.lifecycle.resume();
+    }
+
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
         self.lifecycle.counters()
     }

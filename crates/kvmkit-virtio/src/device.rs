@@ -46,6 +46,15 @@ pub trait VirtioDevice: Send {
     /// sources the device added to the event loop remove themselves on their next
     /// event.
     fn reset(&mut self);
+    /// Stops the device's queue work and returns once none runs: until
+    /// [`resume`](Self::resume), nothing is taken from the queues, written to guest
+    /// memory or interrupted, and what arrives meanwhile (chains, host input) waits
+    /// ([`DeviceLifecycle::pause`](crate::DeviceLifecycle::pause)). A VM's pause calls
+    /// it after its vCPUs stopped; a snapshot saves a device only when paused.
+    fn pause(&mut self);
+    /// Lets the queue work run again; the transport then signals every queue, so that
+    /// what the driver posted while paused is served.
+    fn resume(&mut self);
     /// Per-queue counters, in queue order.
     fn counters(&self) -> Vec<Arc<QueueCounters>>;
 }

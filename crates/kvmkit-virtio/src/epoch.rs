@@ -12,14 +12,20 @@
 //! device's. [`Gate::revoke`] moves the device to a new epoch and then takes the lock,
 //! so it returns only once the turn in flight (if any) has stopped, and no turn of the
 //! old epoch can start after it.
+//!
+//! A pause is the same wait without the end: [`Gate::pause`] marks the gate paused and
+//! takes the lock, so the turn in flight stops after the chain it is serving and no
+//! turn serves anything until [`Gate::resume`]; the epoch, the queues' state and what
+//! the driver posted meanwhile are kept.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A device's generation counter and the lock its queue work runs under.
 #[derive(Debug, Default)]
 pub struct Gate {
     generation: AtomicU64,
+    paused: AtomicBool,
     turn: Mutex<()>,
 }
 
@@ -42,6 +48,26 @@ impl Gate {
         drop(self.lock());
     }
 
+    /// Stops queue work and waits until none runs: when this returns, no turn touches
+    /// guest memory or the interrupt until [`resume`](Self::resume). The turn in flight
+    /// stops after its current chain, which it completes. Must not be called from
+    /// inside a [`Turn`].
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        drop(self.lock());
+    }
+
+    /// Lets queue work run again after [`pause`](Self::pause) (it starts on the
+    /// queues' next notification: whoever resumes signals them).
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether queue work is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
     /// Ends the current epoch without waiting for the turn in flight: for a device
     /// going away, whose work may be blocked where nothing can wait for it.
     pub fn end(&self) {
@@ -62,6 +88,11 @@ pub struct Epoch {
 }
 
 impl Epoch {
+    /// Whether the device's queue work is paused.
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+
     /// Whether the device has not been reset since this epoch began.
     pub fn is_current(&self) -> bool {
         self.gate.generation.load(Ordering::Acquire) == self.born
@@ -88,6 +119,11 @@ pub struct Turn<'a> {
 }
 
 impl Turn<'_> {
+    /// Whether the device was paused: the turn serves no further chain.
+    pub fn is_paused(&self) -> bool {
+        self.epoch.gate.is_paused()
+    }
+
     /// Whether the device is still in this turn's epoch: a reset asked for meanwhile
     /// makes it `false`, and the turn must stop before its next access.
     pub fn is_current(&self) -> bool {

@@ -25,7 +25,8 @@ use crate::{ActivateError, Activation, ActiveQueue, GuestMemory, QueueCounters};
 /// [`watch_pausable`](Self::watch_pausable), so that every piece of its queue work runs
 /// under the current epoch; its [`VirtioDevice::reset`](crate::VirtioDevice::reset)
 /// calls [`reset`](Self::reset), which returns only once none of that work can touch
-/// guest memory or the interrupt again.
+/// guest memory or the interrupt again. [`pause`](Self::pause) waits the same way and
+/// keeps everything for [`resume`](Self::resume).
 ///
 /// ```
 /// use kvmkit_virtio::DeviceLifecycle;
@@ -43,6 +44,9 @@ pub struct DeviceLifecycle {
     /// The work of the current activation, dropped (buffers, backends, runners) when
     /// the device is reset, however long the event loop takes to drop the sources.
     work: Mutex<Vec<Arc<WorkSlot>>>,
+    /// The wake events of the activation's pausable sources, which a paused device
+    /// stopped watching: the resume signals them.
+    wakes: Mutex<Vec<EventFd>>,
 }
 
 /// A source's work, held for the activation it belongs to.
@@ -78,6 +82,7 @@ impl DeviceLifecycle {
             counters: (0..queues).map(|_| Arc::default()).collect(),
             gate: Arc::default(),
             work: Mutex::default(),
+            wakes: Mutex::default(),
         }
     }
 
@@ -113,6 +118,31 @@ impl DeviceLifecycle {
         for slot in work {
             slot.lock().take();
         }
+        self.wakes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Stops the device's queue work and returns once none runs: the turn in flight
+    /// completes its chain and stops, and until [`resume`](Self::resume) nothing is
+    /// taken from the queues, written to guest memory or interrupted; chains the driver
+    /// posts meanwhile, and input for the guest, wait. What a VM's pause does to its
+    /// devices, and what a snapshot needs of them (a device saved only when quiesced).
+    pub fn pause(&self) {
+        self.gate.pause();
+    }
+
+    /// Lets the queue work run again and wakes the sources a pause stopped watching.
+    /// The transport signals the queues' notifiers after this, so that what was
+    /// posted while paused is served.
+    pub fn resume(&self) {
+        self.gate.resume();
+        for wake in self.wakes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = wake.write(1);
+        }
+    }
+
+    /// Whether the device is paused.
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
     }
 
     /// Keeps `work` for the current activation: until the next reset.
@@ -226,6 +256,10 @@ impl DeviceLifecycle {
     ) -> Result<(), ActivateError> {
         let epoch = self.epoch();
         let work = self.hold(work);
+        self.wakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(wake.try_clone().map_err(ActivateError::Events)?);
         activation
             .events
             .add_pausable(
@@ -234,6 +268,11 @@ impl DeviceLifecycle {
                 Box::new(move || {
                     if !epoch.is_current() {
                         return Flow::Remove;
+                    }
+                    if epoch.is_paused() {
+                        // Stop watching `fd` (its input waits there) until the resume
+                        // signals `wake`.
+                        return Flow::Pause;
                     }
                     work.run()
                 }),

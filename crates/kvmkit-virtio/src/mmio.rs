@@ -175,6 +175,23 @@ impl MmioTransport {
         self.lock().device.counters()
     }
 
+    /// Pauses the device ([`VirtioDevice::pause`]): returns once none of its queue
+    /// work runs. Pause the vCPUs first, so that the driver does not wait on a device
+    /// it is still talking to.
+    pub fn pause(&self) {
+        self.lock().device.pause();
+    }
+
+    /// Resumes the device ([`VirtioDevice::resume`]) and signals each live queue, so
+    /// that chains the driver posted while it was paused are served.
+    pub fn resume(&self) {
+        let mut state = self.lock();
+        state.device.resume();
+        for notifier in state.notifiers.iter().flatten() {
+            let _ = notifier.event.write(1);
+        }
+    }
+
     /// The status the driver reads: what it wrote, plus `DEVICE_NEEDS_RESET` once
     /// the device faulted.
     pub fn status(&self) -> u32 {

@@ -387,6 +387,14 @@ impl VirtioDevice for Net {
         self.lifecycle.reset();
     }
 
+    fn pause(&mut self) {
+        self.lifecycle.pause();
+    }
+
+    fn resume(&mut self) {
+        self.lifecycle.resume();
+    }
+
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
         self.lifecycle.counters()
     }

@@ -170,7 +170,12 @@ impl QueueServer {
             }
             self.queue.disable_notification(memory)?;
             let mut pending = ring.pending()?;
-            while taken < budget && !self.spent(moved, walked) && pending > 0 && has_work() {
+            while taken < budget
+                && !self.spent(moved, walked)
+                && pending > 0
+                && !turn.is_paused()
+                && has_work()
+            {
                 let (head, parsed) = ring.take(&mut self.chain);
                 walked += match parsed {
                     Ok(()) => (self.chain.readable.len() + self.chain.writable.len()) as u64,
@@ -192,13 +197,15 @@ impl QueueServer {
             }
             ring.finish(&mut self.queue);
             let more = self.queue.enable_notification(memory)?;
-            // Stop when the ring is empty, a budget is spent, or there is nothing to
-            // put in what is left.
+            // Stop when the ring is empty, a budget is spent, the device is paused (the
+            // chains left wait for the resume), or there is nothing to put in what is
+            // left.
             let spent = taken >= budget || self.spent(moved, walked);
-            if !more || spent || !has_work() {
+            let paused = turn.is_paused();
+            if !more || spent || paused || !has_work() {
                 return Ok(Progress {
                     interrupt: ring.needs_interrupt()?,
-                    more: more && spent,
+                    more: more && (spent || paused),
                 });
             }
         }
@@ -264,7 +271,8 @@ impl QueueRunner {
     /// the used-buffer interrupt if the driver wants it, `Flow::Pause` if chains are
     /// left for later, the fault and a config interrupt if the rings are broken
     /// (`Flow::Remove`). A queue of a device reset since its epoch began touches
-    /// nothing and returns `Flow::Remove`.
+    /// nothing and returns `Flow::Remove`; one of a paused device touches nothing (or
+    /// stops after the chain in flight) and returns `Flow::Continue`.
     pub fn run(
         &mut self,
         has_work: impl FnMut() -> bool,
@@ -280,6 +288,10 @@ impl QueueRunner {
         let Some(turn) = epoch.enter() else {
             return Flow::Remove;
         };
+        if turn.is_paused() {
+            // Touch nothing: the resume signals the queue again.
+            return Flow::Continue;
+        }
         let result = server.serve_while(&turn, memory, has_work, |chain| serve(memory, chain));
         if !turn.is_current() {
             return Flow::Remove;
@@ -289,7 +301,9 @@ impl QueueRunner {
                 if progress.interrupt {
                     let _ = interrupt.signal(InterruptKind::UsedBuffer);
                 }
-                if progress.more {
+                if turn.is_paused() {
+                    Flow::Continue
+                } else if progress.more {
                     Flow::Pause
                 } else {
                     Flow::Continue
@@ -313,11 +327,12 @@ impl QueueRunner {
     /// Whether the driver has made chains available that are not yet served (see
     /// [`QueueServer::has_pending`]): what a thread polling the queue looks at. It
     /// looks within a turn of its epoch, so a reset that has returned is never
-    /// followed by a look at the old rings; after one it says no.
+    /// followed by a look at the old rings; after one, and while the device is paused,
+    /// it says no.
     pub fn has_pending(&self) -> bool {
         self.epoch
             .enter()
-            .is_some_and(|_turn| self.server.has_pending(&self.memory))
+            .is_some_and(|turn| !turn.is_paused() && self.server.has_pending(&self.memory))
     }
 
     /// The epoch it serves in.

@@ -91,6 +91,14 @@ impl VirtioDevice for Rng {
         self.lifecycle.reset();
     }
 
+    fn pause(&mut self) {
+        self.lifecycle.pause();
+    }
+
+    fn resume(&mut self) {
+        self.lifecycle.resume();
+    }
+
     fn counters(&self) -> Vec<Arc<QueueCounters>> {
         self.lifecycle.counters()
     }

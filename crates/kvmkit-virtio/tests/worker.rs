@@ -106,6 +106,14 @@ impl kvmkit_virtio::VirtioDevice for PanickingWorker {
         self.0.reset();
     }
 
+    fn pause(&mut self) {
+        self.0.pause();
+    }
+
+    fn resume(&mut self) {
+        self.0.resume();
+    }
+
     fn counters(&self) -> Vec<std::sync::Arc<kvmkit_virtio::QueueCounters>> {
         self.0.counters()
     }
