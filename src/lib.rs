@@ -40,6 +40,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod control;
 mod error;
 mod machine;
 mod placement;
@@ -48,6 +49,7 @@ mod run;
 pub mod seccomp;
 mod virtio_mmio;
 
+pub use control::{ControlError, VmControl, VmState};
 pub use error::{Causes, Error};
 pub use kvmkit_boot as boot;
 pub use kvmkit_boot::{BootImage, LinuxBoot, RawProgram};

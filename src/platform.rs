@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, EventSources, Flow};
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, PvPanic,
     ResetControl, SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN,
@@ -19,13 +20,13 @@ use kvmkit_devices::{
     I8042_PULSE_RESET, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN,
     SERIAL_PORT_LEN,
 };
-use kvmkit_devices::{ConsoleInput, ConsoleOutput, EventSources};
 use kvmkit_vcpu::{IoAction, IoHandler, Vm};
 use kvmkit_virtio::{
     Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
     VirtioDevice, MMIO_WINDOW,
 };
 
+use crate::control::{ControlEnd, VmControl};
 use crate::seccomp::SeccompPolicy;
 use crate::virtio_mmio::{VirtioMmioDevice, VmNotifiers};
 use crate::{Error, NotifyPath, PlatformDevices, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
@@ -197,6 +198,8 @@ pub struct Platform {
     console_input: Option<Arc<dyn ConsoleInput>>,
     /// Console outputs besides COM1's, flushed once more when the VM ends.
     console_outputs: Vec<Arc<ConsoleOutput>>,
+    /// The I/O thread's end of the VM's control handles, once one was asked for.
+    control: Option<(VmControl, ControlEnd)>,
 }
 
 impl Platform {
@@ -251,6 +254,7 @@ impl Platform {
             virtio: Vec::new(),
             console_input: None,
             console_outputs: Vec::new(),
+            control: None,
         })
     }
 
@@ -397,6 +401,30 @@ impl Platform {
     /// The virtio-mmio devices added so far, in order.
     pub fn virtio_devices(&self) -> Vec<VirtioMmioSlot> {
         self.virtio.iter().map(|device| device.slot).collect()
+    }
+
+    /// A handle that pauses and resumes the VM from another thread while
+    /// [`run_on`](crate::BootedMachine::run_on) runs it on this platform (see
+    /// [`control`](crate::control)); the same one each time.
+    pub fn control(&mut self) -> Result<VmControl, Error> {
+        if let Some((control, _)) = &self.control {
+            return Ok(control.clone());
+        }
+        let (control, end) = ControlEnd::new().map_err(Error::host("cannot create an eventfd"))?;
+        self.event_loop
+            .as_mut()
+            .ok_or(Error::PlatformRunning)?
+            // Leave the loop: the run serves the request (and consumes the event) with
+            // the machine at hand.
+            .add(event_fd(end.wake()), || Flow::Stop)
+            .map_err(Error::host("cannot watch the control requests"))?;
+        self.control = Some((control.clone(), end));
+        Ok(control)
+    }
+
+    /// The I/O thread's end of the control handles, if one was made.
+    pub(crate) fn control_end(&self) -> Option<&ControlEnd> {
+        self.control.as_ref().map(|(_, end)| end)
     }
 
     /// Pauses every virtio device's queue work and returns once none runs

@@ -5,6 +5,7 @@
 //! one outcome that says how it ended.
 
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvmkit_devices::{event_fd, Flow, LoopEnd, RawTerminal, ShutdownReason, TerminationSignals};
@@ -156,9 +157,12 @@ impl BootedMachine {
             .add_console_output(platform.serial().output().clone())
             .map_err(Error::host("cannot watch the serial output"))?;
         let ended = vcpu_ended.clone();
+        let a_vcpu_ended = Arc::new(AtomicBool::new(false));
+        let noted = Arc::clone(&a_vcpu_ended);
         event_loop
             .add(event_fd(&vcpu_ended), move || {
                 let _ = ended.read();
+                noted.store(true, Ordering::SeqCst);
                 Flow::Stop
             })
             .map_err(Error::host("cannot watch the vCPU threads"))?;
@@ -181,7 +185,22 @@ impl BootedMachine {
                 });
             }
         }
-        let end = event_loop.run();
+        if let Some(control) = platform.control_end() {
+            control.started();
+        }
+        let end = loop {
+            let end = event_loop.run();
+            // A control request stopped the loop: carry it out and go back to it.
+            if let (Ok(LoopEnd::Stopped), Some(control)) = (&end, platform.control_end()) {
+                if !a_vcpu_ended.load(Ordering::SeqCst) && control.serve(&running, &platform) {
+                    continue;
+                }
+            }
+            break end;
+        };
+        if let Some(control) = platform.control_end() {
+            control.ended();
+        }
         running.stop();
         let report = at_end(running.ram());
         let vcpus = running.join_all();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvmkit::devices::{BusDevice, DateTime, SerialOutput, SharedBuffer, ShutdownReason, COM1_PORT};
 use kvmkit::guest_asm::{asm::*, programs, CpuMode, GuestProgram};
-use kvmkit::{MachineBuilder, Platform, PlatformConfig, VmOutcome};
+use kvmkit::{ControlError, MachineBuilder, Platform, PlatformConfig, VmOutcome, VmState};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 const PROBE_PORT: u64 = 0x500;
@@ -525,4 +525,62 @@ fn pausing_every_vcpu_at_once_stops_the_guest_and_a_device_added_meanwhile_serve
     assert_eq!(paused, still, "a paused vCPU kept running the guest");
     assert!(counter.writes.load(Ordering::Relaxed) >= 2);
     assert_eq!(outcomes.len(), 2);
+}
+
+#[test]
+fn a_running_vm_is_paused_and_resumed_from_another_thread_through_its_control() {
+    // The guest counts in a word of RAM, forever.
+    let guest = program(|a| {
+        let mut top = a.create_label();
+        a.mov(rsi, 0x30_0000u64)?;
+        a.set_label(&mut top)?;
+        a.inc(qword_ptr(rsi))?;
+        a.jmp(top)
+    });
+    let (machine, mut platform) = machine_and_platform(1, &SharedBuffer::default());
+    let control = platform.control().unwrap();
+    let exit = Arc::clone(platform.exit());
+    let memory = Arc::clone(machine.ram().shared_memory());
+    let count = move || -> u64 {
+        use vm_memory::Bytes;
+        memory.read_obj(vm_memory::GuestAddress(0x30_0000)).unwrap()
+    };
+    let before = control.state();
+    let vm = start_watched(machine, platform, guest);
+    let deadline = Instant::now() + PATIENCE;
+    while count() == 0 {
+        assert!(Instant::now() < deadline, "the guest never counted");
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    let paused = control.pause();
+    let at_pause = count();
+    thread::sleep(Duration::from_millis(50));
+    let still = count();
+    let paused_again = control.pause();
+    let state_paused = control.state();
+    let resumed = control.resume();
+    let resume_deadline = Instant::now() + PATIENCE;
+    while count() == still && Instant::now() < resume_deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let after_resume = count();
+    let resumed_again = control.resume();
+    exit.request(ShutdownReason::PowerOff);
+    let outcome = vm.join().unwrap();
+
+    assert_eq!(before, VmState::Created);
+    assert_eq!(paused, Ok(()));
+    assert_eq!(at_pause, still, "the guest counted while paused");
+    assert_eq!(paused_again, Err(ControlError::AlreadyPaused));
+    assert_eq!(state_paused, VmState::Paused);
+    assert_eq!(resumed, Ok(()));
+    assert!(
+        after_resume > still,
+        "the guest did not go on after the resume"
+    );
+    assert_eq!(resumed_again, Err(ControlError::NotPaused));
+    assert_eq!(outcome, VmOutcome::PowerOff);
+    assert_eq!(control.state(), VmState::Shutdown);
+    assert_eq!(control.pause(), Err(ControlError::NotRunning));
 }

@@ -1,0 +1,224 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Control of a VM running on a [`Platform`](crate::Platform)'s I/O thread, from any
+//! other thread: what a VMM's control plane (an HTTP API, say) asks of it.
+//!
+//! A [`VmControl`] sends its request to the I/O thread and waits for the answer. The
+//! I/O thread, woken by the request, leaves its event loop, carries the request out
+//! with the running machine and the platform in hand (pausing the vCPUs, then the
+//! devices; resuming the other way round), answers, and goes back to its loop. So
+//! the request needs no lock on the vCPUs or devices, and nothing runs concurrently
+//! with it on the I/O thread.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::ThreadId;
+
+use kvmkit_vcpu::EventFd;
+
+use crate::{Platform, RunningMachine};
+
+/// Where a VM is, as its control plane sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VmState {
+    /// Not started yet: the platform's I/O thread does not run it.
+    Created,
+    /// Its vCPUs and devices run.
+    Running,
+    /// Its vCPUs and devices are paused.
+    Paused,
+    /// It ended.
+    Shutdown,
+}
+
+/// Why a control request was not carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The VM is not running: not started yet, or ended.
+    #[error("the VM is not running")]
+    NotRunning,
+    /// A pause of a paused VM.
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    /// A resume of a VM that is not paused.
+    #[error("the VM is not paused")]
+    NotPaused,
+    /// The request was made on the I/O thread itself, which would wait for itself.
+    #[error("a VM cannot be controlled from its own I/O thread")]
+    OnIoThread,
+}
+
+/// A request to the I/O thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Pause,
+    Resume,
+}
+
+struct Request {
+    command: Command,
+    reply: Sender<Result<(), ControlError>>,
+}
+
+/// A handle that pauses and resumes a VM from any thread but its I/O thread; see the
+/// [module](self). Made by [`Platform::control`](crate::Platform::control); cloned
+/// freely; once the VM ended, every request answers [`ControlError::NotRunning`].
+#[derive(Clone)]
+pub struct VmControl {
+    requests: Sender<Request>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for VmControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmControl")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the handles and the I/O thread share.
+struct Shared {
+    state: AtomicU8,
+    io_thread: std::sync::OnceLock<ThreadId>,
+}
+
+impl Shared {
+    fn set(&self, state: VmState) {
+        self.state.store(state as u8, Ordering::SeqCst);
+    }
+}
+
+impl VmControl {
+    /// Pauses the VM: every vCPU parked, then every device's queue work stopped
+    /// ([`RunningMachine::pause`], [`Platform::pause_devices`]); returns once nothing
+    /// of the guest runs.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        self.request(Command::Pause)
+    }
+
+    /// Resumes a paused VM: devices first, then vCPUs; it goes on where it was.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        self.request(Command::Resume)
+    }
+
+    /// Where the VM is.
+    pub fn state(&self) -> VmState {
+        match self.shared.state.load(Ordering::SeqCst) {
+            s if s == VmState::Running as u8 => VmState::Running,
+            s if s == VmState::Paused as u8 => VmState::Paused,
+            s if s == VmState::Shutdown as u8 => VmState::Shutdown,
+            _ => VmState::Created,
+        }
+    }
+
+    fn request(&self, command: Command) -> Result<(), ControlError> {
+        if self.shared.io_thread.get() == Some(&std::thread::current().id()) {
+            return Err(ControlError::OnIoThread);
+        }
+        if self.state() != VmState::Running && self.state() != VmState::Paused {
+            return Err(ControlError::NotRunning);
+        }
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .send(Request { command, reply })
+            .map_err(|_| ControlError::NotRunning)?;
+        let _ = self.wake.write(1);
+        // The I/O thread answers each request it takes; one left when the VM ends is
+        // dropped with the receiver, which ends this wait too.
+        answer.recv().unwrap_or(Err(ControlError::NotRunning))
+    }
+}
+
+/// The I/O thread's end of the control handles.
+pub(crate) struct ControlEnd {
+    requests: Receiver<Request>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+}
+
+impl ControlEnd {
+    /// A pair: the handle for other threads and this end, whose `wake` the platform
+    /// watches on its event loop.
+    pub(crate) fn new() -> std::io::Result<(VmControl, ControlEnd)> {
+        let (sender, receiver) = mpsc::channel();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
+        let shared = Arc::new(Shared {
+            state: AtomicU8::new(VmState::Created as u8),
+            io_thread: std::sync::OnceLock::new(),
+        });
+        let control = VmControl {
+            requests: sender,
+            wake: Arc::clone(&wake),
+            shared: Arc::clone(&shared),
+        };
+        Ok((
+            control,
+            ControlEnd {
+                requests: receiver,
+                wake,
+                shared,
+            },
+        ))
+    }
+
+    /// The event that a request was sent.
+    pub(crate) fn wake(&self) -> &Arc<EventFd> {
+        &self.wake
+    }
+
+    /// Marks the VM running on this (the I/O) thread.
+    pub(crate) fn started(&self) {
+        let _ = self.shared.io_thread.set(std::thread::current().id());
+        self.shared.set(VmState::Running);
+    }
+
+    /// Carries out the requests waiting, on the I/O thread; whether there were any.
+    pub(crate) fn serve(&self, running: &RunningMachine, platform: &Platform) -> bool {
+        let _ = self.wake.read();
+        let mut served = false;
+        while let Ok(Request { command, reply }) = self.requests.try_recv() {
+            let _ = reply.send(self.carry_out(command, running, platform));
+            served = true;
+        }
+        served
+    }
+
+    fn carry_out(
+        &self,
+        command: Command,
+        running: &RunningMachine,
+        platform: &Platform,
+    ) -> Result<(), ControlError> {
+        let paused = self.shared.state.load(Ordering::SeqCst) == VmState::Paused as u8;
+        match (command, paused) {
+            (Command::Pause, true) => Err(ControlError::AlreadyPaused),
+            (Command::Resume, false) => Err(ControlError::NotPaused),
+            (Command::Pause, false) => {
+                running.pause();
+                platform.pause_devices();
+                self.shared.set(VmState::Paused);
+                Ok(())
+            }
+            (Command::Resume, true) => {
+                platform.resume_devices();
+                running.resume();
+                self.shared.set(VmState::Running);
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks the VM ended: requests waiting or sent later answer `NotRunning`.
+    pub(crate) fn ended(&self) {
+        self.shared.set(VmState::Shutdown);
+        while let Ok(Request { reply, .. }) = self.requests.try_recv() {
+            let _ = reply.send(Err(ControlError::NotRunning));
+        }
+    }
+}
