@@ -38,7 +38,8 @@ echo "prepare-host: hugetlbfs at /dev/hugepages"
 echo 1 > /sys/kernel/mm/ksm/run
 echo "prepare-host: KSM run=$(cat /sys/kernel/mm/ksm/run)"
 
-sandbox_packages=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio lz4)
+# curl drives the runner's API in its tests (as ch-remote does).
+sandbox_packages=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio lz4 curl)
 if ! dpkg -s "${sandbox_packages[@]}" >/dev/null 2>&1; then
     echo "prepare-host: installing ${sandbox_packages[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -37,6 +37,8 @@ pub enum VmOutcome {
     GuestPanic,
     /// The user typed the terminal's escape, Ctrl-A x.
     Escape,
+    /// The VMM's control plane ended the VM (Cloud Hypervisor's `vm.shutdown`).
+    VmmRequest,
     /// A vCPU thread panicked: a bug in an I/O handler, a device or kvmkit. The other
     /// vCPUs were stopped.
     VcpuPanicked {
@@ -77,7 +79,7 @@ impl VmOutcome {
     ///
     /// | outcome | status |
     /// |---|---|
-    /// | power-off, reboot, triple fault (a reset) | 0 |
+    /// | power-off, reboot, triple fault (a reset), the VMM's request | 0 |
     /// | debug exit with code 1..=255 | the code |
     /// | debug exit with any other code | [`DEBUG_EXIT_OUT_OF_RANGE`](Self::DEBUG_EXIT_OUT_OF_RANGE) (255) |
     /// | signal | 128 + the signal number |
@@ -87,7 +89,10 @@ impl VmOutcome {
     /// | vCPU panic | [`VCPU_PANICKED`](Self::VCPU_PANICKED) (101) |
     pub fn exit_status(&self) -> i32 {
         match self {
-            VmOutcome::PowerOff | VmOutcome::Reboot | VmOutcome::TripleFault { .. } => 0,
+            VmOutcome::PowerOff
+            | VmOutcome::Reboot
+            | VmOutcome::TripleFault { .. }
+            | VmOutcome::VmmRequest => 0,
             VmOutcome::DebugExit(code @ 1..=255) => *code as i32,
             VmOutcome::DebugExit(_) => Self::DEBUG_EXIT_OUT_OF_RANGE,
             VmOutcome::Signal(signo) => 128 + signo,
@@ -226,6 +231,7 @@ fn outcome(
             ShutdownReason::Signal(signo) => VmOutcome::Signal(signo),
             ShutdownReason::Escape => VmOutcome::Escape,
             ShutdownReason::GuestPanic => VmOutcome::GuestPanic,
+            ShutdownReason::VmmRequest => VmOutcome::VmmRequest,
             _ => VmOutcome::PowerOff,
         });
     }

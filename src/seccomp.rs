@@ -1,11 +1,12 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Seccomp filters per thread kind, on rust-vmm's seccompiler: what a vCPU thread and
-//! the I/O thread may ask of the host kernel once the guest runs.
+//! Seccomp filters per thread kind, on rust-vmm's seccompiler: what a vCPU thread, the
+//! I/O thread and the API thread may ask of the host kernel once the guest runs.
 //!
 //! A thread takes its filter just before the guest can reach it: a vCPU thread before
-//! its first `KVM_RUN`, the I/O thread once the vCPUs are started, before its loop. A
+//! its first `KVM_RUN`, the I/O thread once the vCPUs are started, before its loop, the
+//! API thread before it accepts its first connection. A
 //! disk's worker is started by the vCPU thread whose MMIO write activated the disk,
 //! and keeps that thread's filter, which therefore allows the worker's storage calls
 //! too. A system call outside a thread's list does not return: the kernel raises
@@ -48,6 +49,9 @@ pub enum ThreadKind {
     /// The I/O thread: the event loop, devices, consoles, signals, the end-of-run
     /// report.
     Io,
+    /// The API thread (`kvmkit_api::ApiServer`): accepts and answers on its Unix
+    /// socket, and asks the VM through `VmControl` and the shutdown event.
+    Api,
 }
 
 /// The status a process ends with when a thread makes a system call its filter does
@@ -134,6 +138,18 @@ const IO: &[i64] = &[
     libc::SYS_getdents64,
 ];
 
+const API: &[i64] = &[
+    libc::SYS_accept4,
+    // Its own socket, removed as it ends.
+    libc::SYS_unlink,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_ioctl,
+    libc::SYS_fcntl,
+];
+
 /// The filter of `kind` under `policy`, or `None` for [`SeccompPolicy::Off`].
 pub fn filter(
     kind: ThreadKind,
@@ -147,6 +163,7 @@ pub fn filter(
     let own = match kind {
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Io => IO,
+        ThreadKind::Api => API,
     };
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = EVERY_THREAD
         .iter()

@@ -79,8 +79,17 @@ fn the_io_thread_filter_ends_the_process_on_a_call_outside_its_list() {
 }
 
 #[test]
+fn the_api_thread_filter_ends_the_process_on_a_call_outside_its_list() {
+    check(
+        "the_api_thread_filter_ends_the_process_on_a_call_outside_its_list",
+        ThreadKind::Api,
+        "api",
+    );
+}
+
+#[test]
 fn log_builds_filters_and_off_builds_none() {
-    for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
         assert!(seccomp::filter(kind, SeccompPolicy::Log).unwrap().is_some());
         assert!(seccomp::filter(kind, SeccompPolicy::Off).unwrap().is_none());
     }

@@ -643,6 +643,37 @@ pub fn cli_options(data: &[u8]) {
     assert!(!options.rng.src.as_os_str().is_empty(), "{options:?}");
 }
 
+/// A client's bytes on the API socket, as the API thread takes them: arriving in
+/// pieces, framed into requests, each routed to an endpoint or answered at once, and
+/// every answer written. Nothing may panic, every status is a real one, and what waits
+/// for the rest of a request stays within the head and body limits.
+pub fn api_request(data: &[u8]) {
+    use kvmkit_api::http::{take_request, MAX_BODY, MAX_HEAD};
+    use kvmkit_api::{parse, ApiResponse, Failure};
+    let mut pending = Vec::new();
+    for chunk in data.chunks(13) {
+        pending.extend_from_slice(chunk);
+        loop {
+            match take_request(&mut pending) {
+                Ok(Some(request)) => {
+                    let response = match parse(&request.method, &request.path, &request.body) {
+                        Ok(request) => ApiResponse::failed(&request, Failure::Failed, &["fuzz"]),
+                        Err(response) => response,
+                    };
+                    let http = response.to_http();
+                    assert!((200..600).contains(&http.status), "{http:?}");
+                    let mut written = Vec::new();
+                    http.write_to(&mut written)
+                        .expect("a Vec takes any response");
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        assert!(pending.len() <= MAX_HEAD + MAX_BODY + chunk.len());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -716,5 +747,10 @@ mod tests {
     #[test]
     fn cli_options_corpus_replays_clean() {
         replay("cli_options", super::cli_options);
+    }
+
+    #[test]
+    fn api_request_corpus_replays_clean() {
+        replay("api_request", super::api_request);
     }
 }

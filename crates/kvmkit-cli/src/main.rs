@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 mod stats;
 
 use std::fs::File;
@@ -165,6 +166,10 @@ fn run(options: &Options, stats: &mut RunStats) -> Result<i32, CliError> {
     let mut platform =
         Platform::new(machine.vm(), config).map_err(|e| CliError::from_error("platform", &e))?;
     add_devices(options, &mut platform, machine.ram().shared_memory(), stats)?;
+    let api = match &options.api_socket {
+        Some(path) => Some(start_api(path, options, &mut platform, stats)?),
+        None => None,
+    };
 
     let mut linux = LinuxBoot::new(&options.kernel).cmdline(options.cmdline.clone());
     if let Some(initramfs) = &options.initramfs {
@@ -181,7 +186,50 @@ fn run(options: &Options, stats: &mut RunStats) -> Result<i32, CliError> {
     if let Some(reason) = outcome_line(&outcome) {
         eprintln!("kvmkit: {reason}");
     }
+    if let Some((server, vmm_shutdown)) = api {
+        // As Cloud Hypervisor's, the VMM outlives its VM until asked to end.
+        let _ = vmm_shutdown.recv();
+        server.stop();
+    }
     Ok(outcome.exit_status())
+}
+
+/// Starts the API thread on `path` for the VM on `platform`, confined by its own
+/// seccomp filter; the receiver hears `vmm.shutdown`.
+fn start_api(
+    path: &std::path::Path,
+    options: &Options,
+    platform: &mut Platform,
+    stats: &RunStats,
+) -> Result<(kvmkit_api::ApiServer, std::sync::mpsc::Receiver<()>), CliError> {
+    use kvmkit::seccomp::{self, ThreadKind};
+    let control = platform
+        .control()
+        .map_err(|e| CliError::from_error("--api-socket", &e))?;
+    let filter = seccomp::filter(ThreadKind::Api, options.seccomp).map_err(|e| {
+        CliError::new(
+            "--seccomp",
+            format!("cannot build the API thread's filter: {e}"),
+        )
+    })?;
+    let (told, vmm_shutdown) = std::sync::mpsc::channel();
+    let mut vmm = api::Vmm::new(
+        options,
+        control,
+        Arc::clone(platform.exit()),
+        stats.device_ids(),
+        told,
+    );
+    let server = kvmkit_api::ApiServer::start(
+        path,
+        move || match &filter {
+            Some(program) => seccomp::apply(program),
+            None => Ok(()),
+        },
+        move |request| vmm.handle(request),
+    )
+    .map_err(|e| CliError::from_error("--api-socket", &e))?;
+    Ok((server, vmm_shutdown))
 }
 
 /// The virtio devices of the command line, in Cloud Hypervisor's order.
@@ -309,7 +357,11 @@ fn error_option(error: &kvmkit::Error) -> &'static str {
 /// One line on how the VM ended, if that was not the guest's own orderly end.
 fn outcome_line(outcome: &VmOutcome) -> Option<String> {
     match outcome {
-        VmOutcome::PowerOff | VmOutcome::Reboot | VmOutcome::Signal(_) | VmOutcome::Escape => None,
+        VmOutcome::PowerOff
+        | VmOutcome::Reboot
+        | VmOutcome::Signal(_)
+        | VmOutcome::Escape
+        | VmOutcome::VmmRequest => None,
         VmOutcome::TripleFault { vcpu, rip } => Some(format!(
             "vCPU {vcpu} triple-faulted at rip {rip:#x}: a reset, ended as a reboot"
         )),

@@ -70,6 +70,11 @@ pub struct Options {
     /// ends the VMM, naming it), log (the kernel logs it) or false.
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
     pub seccomp: SeccompPolicy,
+    /// Cloud Hypervisor's REST API on a Unix socket: path=PATH (or PATH). The VM the
+    /// command line describes boots at once; the API pauses, resumes, shows and ends
+    /// it, and the process lives on after the VM until `vmm.shutdown`.
+    #[arg(long, value_name = "path=PATH", value_parser = parse_api_socket)]
+    pub api_socket: Option<PathBuf>,
     /// Cloud Hypervisor's verbosity: taken, and changes nothing (kvmkit logs nothing).
     #[arg(short = 'v', action = ArgAction::Count, hide = true)]
     pub verbose: u8,
@@ -79,7 +84,6 @@ pub struct Options {
 /// features): refused by name, so that a command line for it is never taken as
 /// malformed.
 pub const UNSUPPORTED_OPTIONS: &[&str] = &[
-    "--api-socket",
     "--balloon",
     "--dbus-object-path",
     "--dbus-service-name",
@@ -137,6 +141,20 @@ impl Options {
                     format!("{name} is a Cloud Hypervisor option kvmkit does not support"),
                 ));
             }
+        }
+        let given = |name: &str| {
+            args.iter().skip(1).any(|arg| {
+                arg.to_str()
+                    .is_some_and(|arg| arg == name || arg.starts_with(&format!("{name}=")))
+            })
+        };
+        if given("--api-socket") && !given("--kernel") && !given("--help") && !given("-h") {
+            let mut command = <Self as clap::CommandFactory>::command();
+            return Err(command.error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--api-socket without --kernel (a VMM that waits for vm.create) is a Cloud \
+                 Hypervisor option kvmkit does not support yet: give the VM on the command line",
+            ));
         }
         Self::try_parse_from(args)
     }
@@ -440,6 +458,23 @@ pub fn parse_rng(text: &str) -> Result<RngOption, String> {
         src = PathBuf::from(value);
     }
     Ok(RngOption { src })
+}
+
+const API_SOCKET: Keys = Keys {
+    supported: &["path"],
+    defaults: &[],
+    unsupported: &["fd"],
+};
+
+/// `path=PATH`, or a bare `PATH`, as Cloud Hypervisor's `--api-socket` takes them.
+pub fn parse_api_socket(text: &str) -> Result<PathBuf, String> {
+    if !text.contains('=') && !text.is_empty() {
+        return Ok(PathBuf::from(text));
+    }
+    match API_SOCKET.parse(text)?.as_slice() {
+        [item] if !item.value.is_empty() => Ok(PathBuf::from(&item.value)),
+        _ => Err("give the socket as path=PATH".into()),
+    }
 }
 
 /// `true`, `false` or `log`, as Cloud Hypervisor's `--seccomp` takes them.

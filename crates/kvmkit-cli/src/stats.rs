@@ -34,6 +34,24 @@ impl RunStats {
         }
     }
 
+    /// The devices by Cloud Hypervisor's ids: `_disk0`, `_disk1`, `_net0`..., and
+    /// `_console` and `_rng` for the one of each.
+    pub fn device_ids(&self) -> Vec<(String, Arc<MmioTransport>)> {
+        let mut seen: Vec<&str> = Vec::new();
+        self.devices
+            .iter()
+            .map(|(name, transport)| {
+                let index = seen.iter().filter(|seen| *seen == name).count();
+                seen.push(name);
+                let id = match *name {
+                    "disk" | "net" => format!("_{name}{index}"),
+                    _ => format!("_{name}"),
+                };
+                (id, Arc::clone(transport))
+            })
+            .collect()
+    }
+
     /// Records the memory report taken when the vCPUs stopped.
     pub fn set_memory(&mut self, memory: Result<MemoryReport, kvmkit::memory::Error>) {
         self.memory = Some(memory);

@@ -26,6 +26,8 @@ pub enum ShutdownReason {
     Escape,
     /// The guest reported a panic on the pvpanic device.
     GuestPanic,
+    /// The VMM's control plane asked for the VM's end (an API's `vm.shutdown`).
+    VmmRequest,
 }
 
 /// The one-shot request to shut the whole VM down (not to be confused with a VM

@@ -1,0 +1,241 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! `--api-socket` end to end: the runner with a tiny guest, driven by Cloud
+//! Hypervisor's own client (`ch-remote` v54, from `../shared/anchors`) and by
+//! `curl --unix-socket`, as Kata Containers and operators drive Cloud Hypervisor.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Where Cloud Hypervisor's client is: `$KVMKIT_ANCHORS`, the workspace's
+/// `../shared/anchors`, or `/work/shared/anchors` (this project's machines).
+fn ch_remote() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let candidates = std::env::var_os("KVMKIT_ANCHORS")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            workspace.join("../shared/anchors"),
+            PathBuf::from("/work/shared/anchors"),
+        ]);
+    for dir in candidates {
+        let client = dir.join("ch-remote");
+        if client.is_file() {
+            return client;
+        }
+    }
+    panic!("ch-remote not found: set KVMKIT_ANCHORS to the anchors' directory");
+}
+
+/// A runner serving a spinning guest's API at a socket of its own.
+struct Vmm {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Vmm {
+    fn start(name: &str) -> Self {
+        let dir = scratch(name);
+        let kernel = bzimage(&dir, SPIN);
+        let socket = dir.join("api.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = runner()
+            .arg("--kernel")
+            .arg(&kernel)
+            .args([
+                "--memory",
+                "size=64M",
+                "--serial",
+                "null",
+                "--console",
+                "off",
+            ])
+            .arg("--api-socket")
+            .arg(format!("path={}", socket.display()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the API socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Vmm { child, socket }
+    }
+
+    /// `ch-remote --api-socket SOCKET args...`.
+    fn ch_remote(&self, args: &[&str]) -> Output {
+        Command::new(ch_remote())
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `curl --unix-socket SOCKET -X method .../api/v1/endpoint [-d body]`: (status,
+    /// body).
+    fn curl(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
+        let mut command = Command::new("curl");
+        command
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", method]);
+        if let Some(body) = body {
+            command.args(["-H", "Content-Type: application/json", "-d", body]);
+        }
+        let output = command
+            .arg(format!("http://localhost/api/v1/{endpoint}"))
+            .output()
+            .expect("curl runs (scripts/prepare-host.sh installs it)");
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn state(&self) -> String {
+        let info = self.ch_remote(&["info"]);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&info.stderr)));
+        info["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits for the runner's end: its status and what it said.
+    fn end(mut self) -> (Option<i32>, String) {
+        let status = wait_at_most(&mut self.child, 20);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    }
+}
+
+#[test]
+fn ch_remote_pings_pauses_resumes_counts_and_shuts_the_vm_and_the_vmm_down() {
+    let vmm = Vmm::start("ch-remote");
+
+    let ping = vmm.ch_remote(&["ping"]);
+    let running = vmm.state();
+    let pause = vmm.ch_remote(&["pause"]);
+    let paused = vmm.state();
+    let pause_again = vmm.ch_remote(&["pause"]);
+    let resume = vmm.ch_remote(&["resume"]);
+    let resumed = vmm.state();
+    let counters = vmm.ch_remote(&["counters"]);
+    let shutdown = vmm.ch_remote(&["shutdown"]);
+    let after_shutdown = vmm.state();
+    let delete = vmm.ch_remote(&["delete"]);
+    let info_after_delete = vmm.ch_remote(&["info"]);
+    let shutdown_vmm = vmm.ch_remote(&["shutdown-vmm"]);
+    let socket = vmm.socket.clone();
+    let (status, stderr) = vmm.end();
+
+    let ping: serde_json::Value = serde_json::from_slice(&ping.stdout).unwrap();
+    assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(running, "Running");
+    assert!(pause.status.success(), "{pause:?}");
+    assert_eq!(paused, "Paused");
+    assert!(!pause_again.status.success());
+    assert!(
+        String::from_utf8_lossy(&pause_again.stderr).contains("already paused"),
+        "{pause_again:?}"
+    );
+    assert!(resume.status.success(), "{resume:?}");
+    assert_eq!(resumed, "Running");
+    let counters: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
+    assert!(counters["_rng"]["queue0_requests"].is_u64(), "{counters}");
+    assert!(shutdown.status.success(), "{shutdown:?}");
+    assert_eq!(after_shutdown, "Shutdown");
+    assert!(delete.status.success(), "{delete:?}");
+    assert!(
+        String::from_utf8_lossy(&info_after_delete.stderr).contains("VM is not created"),
+        "{info_after_delete:?}"
+    );
+    assert!(shutdown_vmm.status.success(), "{shutdown_vmm:?}");
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(!socket.exists(), "the socket outlived the VMM");
+}
+
+#[test]
+fn bad_requests_get_cloud_hypervisors_answers_and_leave_the_vm_running() {
+    let vmm = Vmm::start("curl");
+
+    let unknown = vmm.curl("PUT", "vm.resize", Some("{}"));
+    let wrong_method = vmm.curl("GET", "vm.pause", None);
+    let malformed = vmm.curl("PUT", "vm.create", Some("{bad json"));
+    let created = vmm.curl("PUT", "vm.create", Some(r#"{"payload":{"kernel":"/x"}}"#));
+    let resume_running = vmm.curl("PUT", "vm.resume", None);
+    let snapshot = vmm.curl(
+        "PUT",
+        "vm.snapshot",
+        Some(r#"{"destination_url":"file:///nonexistent"}"#),
+    );
+    let ping = vmm.curl("GET", "vmm.ping", None);
+    let state = vmm.state();
+    let shutdown = vmm.curl("PUT", "vmm.shutdown", None);
+    let (status, stderr) = vmm.end();
+
+    assert_eq!(unknown, (404, r#"["Not Found"]"#.into()));
+    assert_eq!(wrong_method, (400, r#"["Bad Request"]"#.into()));
+    assert_eq!(malformed.0, 400);
+    assert!(
+        malformed.1.starts_with(r#"["Failed to deserialize JSON","#),
+        "{malformed:?}"
+    );
+    assert_eq!(
+        created,
+        (
+            500,
+            r#"["Error from API","The VM could not be created","VM is already created"]"#.into()
+        )
+    );
+    assert_eq!(resume_running.0, 500);
+    assert!(
+        resume_running.1.contains("not paused"),
+        "{resume_running:?}"
+    );
+    assert_eq!(snapshot.0, 500);
+    assert!(snapshot.1.contains("does not support"), "{snapshot:?}");
+    assert_eq!(ping.0, 200);
+    assert_eq!(state, "Running", "a bad request harmed the VM");
+    assert_eq!(shutdown.0, 200);
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_socket_another_vmm_serves_is_refused_naming_it() {
+    let first = Vmm::start("in-use");
+    let dir = scratch("in-use-second");
+    let kernel = bzimage(&dir, POWER_OFF);
+
+    let second = runner()
+        .arg("--kernel")
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "size=64M",
+            "--serial",
+            "null",
+            "--console",
+            "off",
+        ])
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .output()
+        .unwrap();
+    first.ch_remote(&["shutdown-vmm"]);
+    let (status, _) = first.end();
+
+    let stderr = said(&second);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--api-socket") && stderr.contains("another process serves"),
+        "{stderr}"
+    );
+    assert_eq!(status, Some(0));
+}
