@@ -1,7 +1,7 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Control of a VM running on a [`Platform`](crate::Platform)'s I/O thread, from any
+//! Control of a VM running on a [`Platform`]'s I/O thread, from any
 //! other thread: what a VMM's control plane (an HTTP API, say) asks of it.
 //!
 //! A [`VmControl`] sends its request to the I/O thread and waits for the answer. The
