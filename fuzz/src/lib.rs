@@ -644,8 +644,8 @@ pub fn cli_options(data: &[u8]) {
 }
 
 /// A client's bytes on the API socket, as the API thread takes them: arriving in
-/// pieces, framed into requests, each routed to an endpoint or answered at once, and
-/// every answer written. Nothing may panic, every status is a real one, and what waits
+/// pieces, framed into requests, each routed to an endpoint or answered at once (a
+/// `vm.create`'s VmConfig read as the runner reads it), and every answer written. Nothing may panic, every status is a real one, and what waits
 /// for the rest of a request stays within the head and body limits.
 pub fn api_request(data: &[u8]) {
     use kvmkit_api::http::{take_request, MAX_BODY, MAX_HEAD};
@@ -657,7 +657,16 @@ pub fn api_request(data: &[u8]) {
             match take_request(&mut pending) {
                 Ok(Some(request)) => {
                     let response = match parse(&request.method, &request.path, &request.body) {
-                        Ok(request) => ApiResponse::failed(&request, Failure::Failed, &["fuzz"]),
+                        Ok(request) => {
+                            if let kvmkit_api::ApiRequest::VmCreate(config) = &request {
+                                // The runner's reading of a VmConfig: options or a reason.
+                                if let Ok(options) = kvmkit_cli::vm_config::options(config) {
+                                    assert!(options.kernel.is_some(), "{options:?}");
+                                    assert!((1..=255).contains(&options.cpus), "{options:?}");
+                                }
+                            }
+                            ApiResponse::failed(&request, Failure::Failed, &["fuzz"])
+                        }
                         Err(response) => response,
                     };
                     let http = response.to_http();

@@ -1,15 +1,16 @@
 // Copyright 2026 The kvmkit Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `--api-socket`: Cloud Hypervisor's REST API for the VM the command line describes.
-//! The VM is created from the command line and boots at once; the API then answers
-//! `vmm.ping`, `vm.info`, `vm.counters`, `vm.pause`, `vm.resume`, `vm.shutdown`,
-//! `vm.delete` and `vmm.shutdown` as Cloud Hypervisor does, `vm.create` and `vm.boot`
-//! as it does for a VM that exists, and says which endpoints kvmkit does not support
-//! yet. As with Cloud Hypervisor, the process outlives its VM until `vmm.shutdown`.
+//! `--api-socket`: Cloud Hypervisor's REST API for the runner's VM, with Cloud
+//! Hypervisor's lifecycle: a VM is created (`vm.create`, or the command line), booted
+//! (`vm.boot`, or at once for the command line's), paused and resumed, shut down and
+//! deleted; the VMM outlives it until `vmm.shutdown`. The API thread answers from the
+//! state here; booting is the main thread's, which the API thread asks and waits for.
+//! One VM per process: once a VM ran, the main thread is its I/O thread, confined to
+//! what that needs.
 
-use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvmkit::devices::{ShutdownReason, VmShutdown};
 use kvmkit::virtio::MmioTransport;
@@ -18,117 +19,266 @@ use kvmkit_api::{ApiRequest, ApiResponse, Failure};
 use serde_json::{json, Map, Value};
 
 use kvmkit_cli::options::{ConsoleMode, Options};
+use kvmkit_cli::vm_config;
 
-/// What the API thread answers from.
-pub struct Vmm {
-    control: VmControl,
-    exit: Arc<VmShutdown>,
-    /// The VM's configuration, as `vm.info` gives it.
-    config: Value,
-    memory_size: u64,
-    devices: Vec<(String, Arc<MmioTransport>)>,
-    deleted: bool,
-    /// Told when a client asks the VMM to end.
-    vmm_shutdown: Sender<()>,
+/// What the main thread is asked to do.
+pub enum Call {
+    /// Boot the created VM ([`Api::started`] or [`Api::boot_failed`] answer).
+    Boot,
+    /// End the VMM.
+    VmmShutdown,
 }
 
-impl Vmm {
-    /// The API's view of the VM the command line made.
-    pub fn new(
-        options: &Options,
-        control: VmControl,
-        exit: Arc<VmShutdown>,
-        devices: Vec<(String, Arc<MmioTransport>)>,
-        vmm_shutdown: Sender<()>,
-    ) -> Self {
-        Vmm {
-            control,
-            exit,
-            config: vm_config(options),
-            memory_size: options.memory.size.unwrap_or_default(),
-            devices,
-            deleted: false,
-            vmm_shutdown,
+/// A booted VM, as the API sees it.
+pub struct Running {
+    pub control: VmControl,
+    pub exit: Arc<VmShutdown>,
+    pub devices: Vec<(String, Arc<MmioTransport>)>,
+}
+
+/// Where the VMM's VM is.
+enum Phase {
+    /// None (yet, or deleted).
+    Empty,
+    /// Created, not booted: its options.
+    Created(Box<Options>),
+    /// The main thread is booting it.
+    Booting(Box<Options>),
+    /// Booted: running, paused, or ended (its control says which).
+    Booted(Box<Options>, Running),
+}
+
+/// The API's state, shared by the API thread and the main thread.
+pub struct Api {
+    phase: Mutex<Phase>,
+    /// Whether a VM ran in this process (another cannot: see the module).
+    ran: Mutex<bool>,
+    calls: Mutex<Sender<Call>>,
+    /// Where the answer to the `vm.boot` in progress goes.
+    booting: Mutex<Option<Sender<Result<(), String>>>>,
+}
+
+impl Api {
+    /// The state for a VMM whose command line made `created` (or none), and the
+    /// receiver of the calls for the main thread.
+    pub fn new(created: Option<Options>) -> (Arc<Self>, Receiver<Call>) {
+        let (sender, receiver) = mpsc::channel();
+        let phase = match created {
+            Some(options) => Phase::Created(Box::new(options)),
+            None => Phase::Empty,
+        };
+        let api = Api {
+            phase: Mutex::new(phase),
+            ran: Mutex::new(false),
+            calls: Mutex::new(sender),
+            booting: Mutex::new(None),
+        };
+        (Arc::new(api), receiver)
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The created VM's options, now being booted by the main thread.
+    pub fn take_for_boot(&self) -> Option<Options> {
+        let mut phase = self.phase();
+        match std::mem::replace(&mut *phase, Phase::Empty) {
+            Phase::Created(options) => {
+                *phase = Phase::Booting(options.clone());
+                Some(*options)
+            }
+            other => {
+                *phase = other;
+                None
+            }
         }
     }
 
+    /// The VM being booted runs: `vm.boot` is answered.
+    pub fn started(&self, running: Running) {
+        *self.ran.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let mut phase = self.phase();
+        if let Phase::Booting(options) = std::mem::replace(&mut *phase, Phase::Empty) {
+            *phase = Phase::Booted(options, running);
+        }
+        drop(phase);
+        self.answer_boot(Ok(()));
+    }
+
+    /// The VM being booted did not start, for `why`: it is back to created, and
+    /// `vm.boot` is answered so.
+    pub fn boot_failed(&self, why: String) {
+        let mut phase = self.phase();
+        if let Phase::Booting(options) = std::mem::replace(&mut *phase, Phase::Empty) {
+            *phase = Phase::Created(options);
+        }
+        drop(phase);
+        self.answer_boot(Err(why));
+    }
+
+    fn answer_boot(&self, answer: Result<(), String>) {
+        if let Some(reply) = self
+            .booting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn call(&self, call: Call) -> bool {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(call)
+            .is_ok()
+    }
+
     /// The answer to `request`.
-    pub fn handle(&mut self, request: ApiRequest) -> ApiResponse {
-        let state = if self.deleted {
-            None
-        } else {
-            Some(self.control.state())
-        };
+    pub fn handle(&self, request: ApiRequest) -> ApiResponse {
         let failed = |failure, why: &str| ApiResponse::failed(&request, failure, &[why]);
-        match (&request, state) {
-            (ApiRequest::VmmPing, _) => ApiResponse::Json(json!({
+        match &request {
+            ApiRequest::VmmPing => ApiResponse::Json(json!({
                 "build_version": concat!("kvmkit v", env!("CARGO_PKG_VERSION")),
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
                 "features": ["kvm"],
             })),
-            (ApiRequest::VmmShutdown, _) => {
-                self.end_vm();
-                let _ = self.vmm_shutdown.send(());
+            ApiRequest::VmmShutdown => {
+                if let Phase::Booted(_, running) = &*self.phase() {
+                    end_vm(running);
+                }
+                self.call(Call::VmmShutdown);
                 ApiResponse::Empty
             }
-            (_, None) => failed(Failure::NotCreated, "VM is not created"),
-            (ApiRequest::VmCreate(_) | ApiRequest::VmBoot, Some(_)) => {
-                failed(Failure::Failed, "VM is already created")
+            ApiRequest::VmCreate(config) => self.create(&request, config),
+            ApiRequest::VmBoot => self.boot(&request),
+            _ => self.on_vm(&request, failed),
+        }
+    }
+
+    fn create(&self, request: &ApiRequest, config: &Value) -> ApiResponse {
+        let mut phase = self.phase();
+        if !matches!(*phase, Phase::Empty) {
+            return ApiResponse::failed(request, Failure::Failed, &["VM is already created"]);
+        }
+        if *self.ran.lock().unwrap_or_else(|e| e.into_inner()) {
+            return ApiResponse::failed(
+                request,
+                Failure::Failed,
+                &["kvmkit runs one VM per process: start another VMM for the next"],
+            );
+        }
+        match vm_config::options(config) {
+            Ok(options) => {
+                *phase = Phase::Created(Box::new(options));
+                ApiResponse::Done
             }
-            (ApiRequest::VmInfo, Some(state)) => ApiResponse::Json(json!({
-                "config": self.config,
+            Err(why) => ApiResponse::failed(request, Failure::Invalid, &[&why]),
+        }
+    }
+
+    fn boot(&self, request: &ApiRequest) -> ApiResponse {
+        match &*self.phase() {
+            Phase::Created(_) => {}
+            Phase::Empty => {
+                return ApiResponse::failed(request, Failure::NotCreated, &["VM is not created"])
+            }
+            _ => return ApiResponse::failed(request, Failure::Failed, &["VM is already created"]),
+        }
+        let (reply, answer) = mpsc::channel();
+        *self.booting.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
+        if !self.call(Call::Boot) {
+            return ApiResponse::failed(request, Failure::Failed, &["the VMM is shutting down"]);
+        }
+        match answer.recv() {
+            Ok(Ok(())) => ApiResponse::Done,
+            Ok(Err(why)) => ApiResponse::failed(request, Failure::Failed, &[&why]),
+            Err(_) => ApiResponse::failed(request, Failure::Failed, &["the VMM is shutting down"]),
+        }
+    }
+
+    /// The requests about an existing VM.
+    fn on_vm(
+        &self,
+        request: &ApiRequest,
+        failed: impl Fn(Failure, &str) -> ApiResponse,
+    ) -> ApiResponse {
+        let mut phase = self.phase();
+        let (options, running) = match &*phase {
+            Phase::Empty => return failed(Failure::NotCreated, "VM is not created"),
+            Phase::Created(options) | Phase::Booting(options) => (options, None),
+            Phase::Booted(options, running) => (options, Some(running)),
+        };
+        let state = running.map_or(VmState::Created, |running| running.control.state());
+        let live = matches!(state, VmState::Running | VmState::Paused);
+        match (request, running) {
+            (ApiRequest::VmInfo, _) => ApiResponse::Json(json!({
+                "config": vm_config_json(options),
                 "state": state_name(state),
-                "memory_actual_size": self.memory_size,
+                "memory_actual_size": options.memory.size,
             })),
-            (ApiRequest::VmCounters, Some(VmState::Running | VmState::Paused)) => {
-                ApiResponse::Json(self.counters())
+            (ApiRequest::VmCounters, Some(running)) if live => {
+                ApiResponse::Json(counters(&running.devices))
             }
-            (ApiRequest::VmCounters, Some(_)) => failed(Failure::Failed, "VM is not running"),
-            (ApiRequest::VmPause, _) => control_answer(&request, self.control.pause()),
-            (ApiRequest::VmResume, _) => control_answer(&request, self.control.resume()),
-            (ApiRequest::VmShutdown, Some(VmState::Running | VmState::Paused)) => {
-                self.end_vm();
+            (ApiRequest::VmPause, Some(running)) => {
+                control_answer(request, running.control.pause())
+            }
+            (ApiRequest::VmResume, Some(running)) => {
+                control_answer(request, running.control.resume())
+            }
+            (ApiRequest::VmShutdown, Some(running)) if live => {
+                end_vm(running);
                 ApiResponse::Done
             }
-            (ApiRequest::VmShutdown, Some(_)) => failed(Failure::Failed, "VM is not running"),
-            (ApiRequest::VmDelete, Some(_)) => {
-                self.end_vm();
-                self.deleted = true;
+            (ApiRequest::VmDelete, _) => {
+                if let Some(running) = running {
+                    end_vm(running);
+                }
+                *phase = Phase::Empty;
                 ApiResponse::Done
             }
-            (_, Some(_)) => failed(Failure::Failed, "kvmkit does not support this request yet"),
+            (
+                ApiRequest::VmCounters
+                | ApiRequest::VmPause
+                | ApiRequest::VmResume
+                | ApiRequest::VmShutdown,
+                _,
+            ) => failed(Failure::Failed, "VM is not running"),
+            _ => failed(Failure::Failed, "kvmkit does not support this request yet"),
         }
     }
+}
 
-    /// Ends the VM if it runs (a paused one too: its vCPUs stop where they are).
-    fn end_vm(&self) {
-        if matches!(self.control.state(), VmState::Running | VmState::Paused) {
-            self.exit.request(ShutdownReason::VmmRequest);
-        }
+/// Ends the VM if it runs (a paused one too: its vCPUs stop where they are).
+fn end_vm(running: &Running) {
+    if matches!(running.control.state(), VmState::Running | VmState::Paused) {
+        running.exit.request(ShutdownReason::VmmRequest);
     }
+}
 
-    /// Each device's counters, by Cloud Hypervisor's device ids (`_disk0`, `_net1`,
-    /// ...): requests, bytes and errors per queue.
-    fn counters(&self) -> Value {
-        let mut all = Map::new();
-        for (id, transport) in &self.devices {
-            let mut counters = Map::new();
-            for (queue, queue_counters) in transport.queue_counters().iter().enumerate() {
-                counters.insert(
-                    format!("queue{queue}_requests"),
-                    queue_counters.requests().into(),
-                );
-                counters.insert(format!("queue{queue}_bytes"), queue_counters.bytes().into());
-                counters.insert(
-                    format!("queue{queue}_errors"),
-                    queue_counters.errors().into(),
-                );
-            }
-            all.insert(id.clone(), Value::Object(counters));
+/// Each device's counters, by Cloud Hypervisor's device ids (`_disk0`, `_net0`,
+/// ...): requests, bytes and errors per queue.
+fn counters(devices: &[(String, Arc<MmioTransport>)]) -> Value {
+    let mut all = Map::new();
+    for (id, transport) in devices {
+        let mut counters = Map::new();
+        for (queue, queue_counters) in transport.queue_counters().iter().enumerate() {
+            counters.insert(
+                format!("queue{queue}_requests"),
+                queue_counters.requests().into(),
+            );
+            counters.insert(format!("queue{queue}_bytes"), queue_counters.bytes().into());
+            counters.insert(
+                format!("queue{queue}_errors"),
+                queue_counters.errors().into(),
+            );
         }
-        Value::Object(all)
+        all.insert(id.clone(), Value::Object(counters));
     }
+    Value::Object(all)
 }
 
 /// The answer to a pause or resume.
@@ -149,8 +299,8 @@ fn state_name(state: VmState) -> &'static str {
     }
 }
 
-/// The command line's VM as Cloud Hypervisor's `VmConfig` (what `vm.info` shows).
-fn vm_config(options: &Options) -> Value {
+/// The VM's options as Cloud Hypervisor's `VmConfig` (what `vm.info` shows).
+fn vm_config_json(options: &Options) -> Value {
     let memory = &options.memory;
     let console = |mode: &ConsoleMode| match mode {
         ConsoleMode::Tty => json!({"mode": "Tty"}),

@@ -8,3 +8,4 @@
 
 pub mod dialect;
 pub mod options;
+pub mod vm_config;

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     let options = Options::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     warn_without_hardware_virtualization();
     let mut stats = RunStats::default();
-    let result = run(&options, &mut stats);
+    let result = match &options.api_socket {
+        Some(path) => serve_api(path, &options, &mut stats),
+        None => run(&options, &mut stats, None),
+    };
     if options.stats {
         stats.print();
     }
@@ -135,11 +138,17 @@ fn hint_unseen_console(options: &Options) {
     }
 }
 
-fn run(options: &Options, stats: &mut RunStats) -> Result<i32, CliError> {
-    if !options.kernel.is_file() {
+/// Boots and runs the VM `options` describe; with `api`, tells it the VM runs (and
+/// how to control it) before it does.
+fn run(options: &Options, stats: &mut RunStats, api: Option<&api::Api>) -> Result<i32, CliError> {
+    let kernel = options
+        .kernel
+        .as_ref()
+        .ok_or_else(|| CliError::new("--kernel", "no kernel to boot"))?;
+    if !kernel.is_file() {
         return Err(CliError::new(
             "--kernel",
-            format!("{:?} is not a file", options.kernel),
+            format!("{kernel:?} is not a file"),
         ));
     }
     let stdin = stdin_console(options)?;
@@ -166,18 +175,24 @@ fn run(options: &Options, stats: &mut RunStats) -> Result<i32, CliError> {
     let mut platform =
         Platform::new(machine.vm(), config).map_err(|e| CliError::from_error("platform", &e))?;
     add_devices(options, &mut platform, machine.ram().shared_memory(), stats)?;
-    let api = match &options.api_socket {
-        Some(path) => Some(start_api(path, options, &mut platform, stats)?),
-        None => None,
-    };
 
-    let mut linux = LinuxBoot::new(&options.kernel).cmdline(options.cmdline.clone());
+    let mut linux = LinuxBoot::new(kernel).cmdline(options.cmdline.clone());
     if let Some(initramfs) = &options.initramfs {
         linux = linux.initrd(initramfs);
     }
     let booted = machine
         .boot_on(&linux, &platform.devices())
         .map_err(|e| CliError::from_error(error_option(&e), &e))?;
+    if let Some(api) = api {
+        let control = platform
+            .control()
+            .map_err(|e| CliError::from_error("--api-socket", &e))?;
+        api.started(api::Running {
+            control,
+            exit: Arc::clone(platform.exit()),
+            devices: stats.device_ids(),
+        });
+    }
     let (outcome, memory_report) = booted
         .run_on_then(platform, |ram| ram.report())
         .map_err(|e| CliError::from_error("run", &e))?;
@@ -186,50 +201,56 @@ fn run(options: &Options, stats: &mut RunStats) -> Result<i32, CliError> {
     if let Some(reason) = outcome_line(&outcome) {
         eprintln!("kvmkit: {reason}");
     }
-    if let Some((server, vmm_shutdown)) = api {
-        // As Cloud Hypervisor's, the VMM outlives its VM until asked to end.
-        let _ = vmm_shutdown.recv();
-        server.stop();
-    }
     Ok(outcome.exit_status())
 }
 
-/// Starts the API thread on `path` for the VM on `platform`, confined by its own
-/// seccomp filter; the receiver hears `vmm.shutdown`.
-fn start_api(
+/// `--api-socket`: serves Cloud Hypervisor's API on `path` (on a thread of its own,
+/// under its own seccomp filter) and boots the VM when asked (at once for one the
+/// command line describes), until `vmm.shutdown`. The status is the VM's, if one ran.
+fn serve_api(
     path: &std::path::Path,
     options: &Options,
-    platform: &mut Platform,
-    stats: &RunStats,
-) -> Result<(kvmkit_api::ApiServer, std::sync::mpsc::Receiver<()>), CliError> {
+    stats: &mut RunStats,
+) -> Result<i32, CliError> {
     use kvmkit::seccomp::{self, ThreadKind};
-    let control = platform
-        .control()
-        .map_err(|e| CliError::from_error("--api-socket", &e))?;
     let filter = seccomp::filter(ThreadKind::Api, options.seccomp).map_err(|e| {
         CliError::new(
             "--seccomp",
             format!("cannot build the API thread's filter: {e}"),
         )
     })?;
-    let (told, vmm_shutdown) = std::sync::mpsc::channel();
-    let mut vmm = api::Vmm::new(
-        options,
-        control,
-        Arc::clone(platform.exit()),
-        stats.device_ids(),
-        told,
-    );
+    let (api, calls) = api::Api::new(options.kernel.is_some().then(|| options.clone()));
+    let handler = Arc::clone(&api);
     let server = kvmkit_api::ApiServer::start(
         path,
         move || match &filter {
             Some(program) => seccomp::apply(program),
             None => Ok(()),
         },
-        move |request| vmm.handle(request),
+        move |request| handler.handle(request),
     )
     .map_err(|e| CliError::from_error("--api-socket", &e))?;
-    Ok((server, vmm_shutdown))
+    let mut status = 0;
+    if let Some(created) = api.take_for_boot() {
+        // The command line's VM: it boots at once, and an error ends the VMM.
+        let ran = run(&created, stats, Some(&api));
+        if let Err(error) = &ran {
+            api.boot_failed(error.to_string());
+        }
+        status = ran?;
+    }
+    while let Ok(api::Call::Boot) = calls.recv() {
+        let Some(created) = api.take_for_boot() else {
+            api.boot_failed("VM is not created".into());
+            continue;
+        };
+        match run(&created, stats, Some(&api)) {
+            Ok(ran) => status = ran,
+            Err(error) => api.boot_failed(error.to_string()),
+        }
+    }
+    server.stop();
+    Ok(status)
 }
 
 /// The virtio devices of the command line, in Cloud Hypervisor's order.

@@ -17,12 +17,13 @@ use crate::dialect::{switch, Item, Keys};
 ///
 /// Options and their values follow Cloud Hypervisor's: a command line written for it
 /// runs as written, or is refused naming the option kvmkit does not support.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "kvmkit", version, about, after_help = AFTER_HELP)]
 pub struct Options {
-    /// The kernel: a bzImage, or an ELF vmlinux (entered through PVH when it has the note).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// The kernel: a bzImage, or an ELF vmlinux (entered through PVH when it has the
+    /// note). Without it, `--api-socket` waits for the VM's `vm.create` and `vm.boot`.
+    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    pub kernel: Option<PathBuf>,
     /// The initramfs.
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
@@ -70,9 +71,10 @@ pub struct Options {
     /// ends the VMM, naming it), log (the kernel logs it) or false.
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
     pub seccomp: SeccompPolicy,
-    /// Cloud Hypervisor's REST API on a Unix socket: path=PATH (or PATH). The VM the
-    /// command line describes boots at once; the API pauses, resumes, shows and ends
-    /// it, and the process lives on after the VM until `vmm.shutdown`.
+    /// Cloud Hypervisor's REST API on a Unix socket: path=PATH (or PATH). A VM the
+    /// command line describes boots at once; without `--kernel`, the VMM waits for
+    /// `vm.create` and `vm.boot`. The process lives on after the VM until
+    /// `vmm.shutdown`.
     #[arg(long, value_name = "path=PATH", value_parser = parse_api_socket)]
     pub api_socket: Option<PathBuf>,
     /// Cloud Hypervisor's verbosity: taken, and changes nothing (kvmkit logs nothing).
@@ -141,20 +143,6 @@ impl Options {
                     format!("{name} is a Cloud Hypervisor option kvmkit does not support"),
                 ));
             }
-        }
-        let given = |name: &str| {
-            args.iter().skip(1).any(|arg| {
-                arg.to_str()
-                    .is_some_and(|arg| arg == name || arg.starts_with(&format!("{name}=")))
-            })
-        };
-        if given("--api-socket") && !given("--kernel") && !given("--help") && !given("-h") {
-            let mut command = <Self as clap::CommandFactory>::command();
-            return Err(command.error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--api-socket without --kernel (a VMM that waits for vm.create) is a Cloud \
-                 Hypervisor option kvmkit does not support yet: give the VM on the command line",
-            ));
         }
         Self::try_parse_from(args)
     }

@@ -66,7 +66,13 @@ impl Vmm {
             assert!(Instant::now() < deadline, "the API socket never appeared");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Vmm { child, socket }
+        let vmm = Vmm { child, socket };
+        // The API answers from the start; the command line's VM runs a moment later.
+        while vmm.state() != "Running" {
+            assert!(Instant::now() < deadline, "the VM never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vmm
     }
 
     /// `ch-remote --api-socket SOCKET args...`.
@@ -238,4 +244,109 @@ fn a_socket_another_vmm_serves_is_refused_naming_it() {
         "{stderr}"
     );
     assert_eq!(status, Some(0));
+}
+
+/// A runner with `--api-socket` alone, waiting for `vm.create` (Kata's way).
+fn waiting(name: &str) -> (Vmm, PathBuf) {
+    let dir = scratch(name);
+    let socket = dir.join("api.sock");
+    let _ = std::fs::remove_file(&socket);
+    let child = runner()
+        .arg("--api-socket")
+        .arg(&socket)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the API socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (Vmm { child, socket }, dir)
+}
+
+#[test]
+fn a_vmm_started_with_the_api_socket_alone_creates_and_boots_the_vm_it_is_sent() {
+    let (vmm, dir) = waiting("create");
+    let kernel = bzimage(&dir, SPIN);
+    let config = dir.join("vm.json");
+    let vm_config = serde_json::json!({
+        "payload": {"kernel": kernel, "cmdline": "console=ttyS0"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 64 << 20, "thp": true},
+        "serial": {"mode": "Null"},
+        "console": {"mode": "Off"},
+        "iommu": false,
+    });
+    std::fs::write(&config, vm_config.to_string()).unwrap();
+    let unsupported = dir.join("unsupported.json");
+    let mut with_fs = vm_config.clone();
+    with_fs["fs"] = serde_json::json!([{"tag": "myfs", "socket": "/tmp/virtiofs"}]);
+    std::fs::write(&unsupported, with_fs.to_string()).unwrap();
+
+    let info_before = vmm.ch_remote(&["info"]);
+    let refused = vmm.curl("PUT", "vm.create", Some(&with_fs.to_string()));
+    let create = vmm.ch_remote(&["create", config.to_str().unwrap()]);
+    let created = vmm.state();
+    let create_again = vmm.curl("PUT", "vm.create", Some(&vm_config.to_string()));
+    let boot = vmm.ch_remote(&["boot"]);
+    let booted = vmm.state();
+    let shutdown = vmm.ch_remote(&["shutdown"]);
+    let delete = vmm.ch_remote(&["delete"]);
+    let create_after_a_run = vmm.curl("PUT", "vm.create", Some(&vm_config.to_string()));
+    let shutdown_vmm = vmm.ch_remote(&["shutdown-vmm"]);
+    let (status, stderr) = vmm.end();
+
+    assert!(
+        String::from_utf8_lossy(&info_before.stderr).contains("VM is not created"),
+        "{info_before:?}"
+    );
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert!(
+        refused.1.contains("`fs`") && refused.1.contains("does not support"),
+        "{refused:?}"
+    );
+    assert!(create.status.success(), "{create:?}");
+    assert_eq!(created, "Created");
+    assert!(
+        create_again.1.contains("VM is already created"),
+        "{create_again:?}"
+    );
+    assert!(boot.status.success(), "{boot:?} {stderr}");
+    assert_eq!(booted, "Running");
+    assert!(shutdown.status.success(), "{shutdown:?}");
+    assert!(delete.status.success(), "{delete:?}");
+    assert!(
+        create_after_a_run.1.contains("one VM per process"),
+        "{create_after_a_run:?}"
+    );
+    assert!(shutdown_vmm.status.success(), "{shutdown_vmm:?}");
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_vm_that_cannot_boot_says_why_and_stays_created_for_another_try() {
+    let (vmm, dir) = waiting("bad-boot");
+    let missing = serde_json::json!({
+        "payload": {"kernel": dir.join("no-such-kernel")},
+        "memory": {"size": 64 << 20},
+        "console": {"mode": "Off"},
+    });
+
+    let create = vmm.curl("PUT", "vm.create", Some(&missing.to_string()));
+    let boot = vmm.curl("PUT", "vm.boot", None);
+    let state = vmm.state();
+    let ping = vmm.curl("GET", "vmm.ping", None);
+    vmm.ch_remote(&["shutdown-vmm"]);
+    let (status, stderr) = vmm.end();
+
+    assert_eq!(create.0, 204, "{create:?}");
+    assert_eq!(boot.0, 500);
+    assert!(
+        boot.1.contains("The VM could not boot") && boot.1.contains("is not a file"),
+        "{boot:?}"
+    );
+    assert_eq!(state, "Created");
+    assert_eq!(ping.0, 200);
+    assert_eq!(status, Some(0), "{stderr}");
 }
