@@ -197,6 +197,13 @@ pub enum Error {
         /// The panic's message, when it was a string.
         message: String,
     },
+    /// The vCPU's state was asked for while its thread ran it (or after it ended):
+    /// pause it first.
+    #[error("vcpu {vcpu} is not paused: its state is read and written only while it is")]
+    NotPaused {
+        /// The vCPU id.
+        vcpu: u32,
+    },
 }
 
 /// Why a memory region could not become a memslot.

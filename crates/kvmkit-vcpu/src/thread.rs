@@ -175,11 +175,24 @@ enum Request {
     Stop,
 }
 
-#[derive(Debug)]
+/// Work a paused vCPU thread does on its vCPU for another thread (reading its state).
+type Job = Box<dyn FnOnce(&mut Vcpu) + Send>;
+
 struct ControlState {
     request: Request,
     parked: bool,
     finished: bool,
+    job: Option<Job>,
+}
+
+impl std::fmt::Debug for ControlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlState")
+            .field("request", &self.request)
+            .field("parked", &self.parked)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The request from the controlling thread and the acknowledgement of the vCPU thread.
@@ -196,6 +209,7 @@ impl Control {
                 request: Request::Run,
                 parked: false,
                 finished: false,
+                job: None,
             }),
             changed: Condvar::new(),
         }
@@ -205,13 +219,20 @@ impl Control {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// On the vCPU thread: parks while paused; returns false once a stop is requested.
-    fn may_run(&self) -> bool {
+    /// On the vCPU thread: parks while paused, doing the jobs it is given on `vcpu`
+    /// meanwhile; returns false once a stop is requested.
+    fn may_run(&self, vcpu: &mut Vcpu) -> bool {
         let mut state = self.lock();
         while state.request == Request::Pause {
             if !state.parked {
                 state.parked = true;
                 self.changed.notify_all();
+            }
+            if let Some(job) = state.job.take() {
+                drop(state);
+                job(vcpu);
+                state = self.lock();
+                continue;
             }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
@@ -238,7 +259,11 @@ impl Control {
     }
 
     fn finish(&self, exit_event: Option<&EventFd>) {
-        self.lock().finished = true;
+        let mut state = self.lock();
+        state.finished = true;
+        // A job it will not do: dropping it tells whoever waits for it.
+        drop(state.job.take());
+        drop(state);
         self.changed.notify_all();
         if let Some(event) = exit_event {
             // Only a counter overflow can fail, and the reader wakes up anyway.
@@ -363,7 +388,7 @@ fn run_until_done<H: IoHandler + ?Sized>(
     handler: &H,
     control: &Control,
 ) -> Result<VcpuOutcome, Error> {
-    while control.may_run() {
+    while control.may_run(vcpu) {
         match vcpu.run(handler)? {
             VcpuExit::Interrupted => continue,
             exit => return Ok(VcpuOutcome::Exited(exit)),
@@ -421,6 +446,25 @@ impl VcpuHandle {
         self.control.request(Request::Pause);
         self.kick();
         self.control.wait_parked();
+    }
+
+    /// Reads the state of the paused vCPU (on its own thread, which does this while
+    /// parked); [`Error::NotPaused`] if it is not paused (or has ended).
+    pub fn save_state(&self) -> Result<crate::x86::VcpuState, Error> {
+        let (sender, receiver) = mpsc::channel();
+        {
+            let mut state = self.control.lock();
+            if state.request != Request::Pause || !state.parked || state.finished {
+                return Err(Error::NotPaused { vcpu: self.id });
+            }
+            state.job = Some(Box::new(move |vcpu: &mut Vcpu| {
+                let _ = sender.send(vcpu.save_state());
+            }));
+            self.control.changed.notify_all();
+        }
+        receiver
+            .recv()
+            .map_err(|_| Error::NotPaused { vcpu: self.id })?
     }
 
     /// Lets a paused vCPU run again.

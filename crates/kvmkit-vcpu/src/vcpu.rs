@@ -27,6 +27,8 @@ pub struct Vcpu {
     id: u32,
     stats: Arc<ExitStats>,
     in_kernel_apic: bool,
+    /// The MSRs KVM lists for saving.
+    msr_indices: Arc<Vec<u32>>,
     _memory: Arc<MemoryOwners>,
 }
 
@@ -44,6 +46,7 @@ impl Vcpu {
         fd: VcpuFd,
         id: u32,
         in_kernel_apic: bool,
+        msr_indices: Arc<Vec<u32>>,
         memory: Arc<MemoryOwners>,
     ) -> Self {
         Vcpu {
@@ -51,8 +54,20 @@ impl Vcpu {
             id,
             stats: Arc::new(ExitStats::default()),
             in_kernel_apic,
+            msr_indices,
             _memory: memory,
         }
+    }
+
+    /// Reads the vCPU's state (it must not be in `KVM_RUN`: a paused vCPU thread
+    /// does this through [`VcpuHandle::save_state`](crate::VcpuHandle::save_state)).
+    pub fn save_state(&self) -> Result<x86::VcpuState, Error> {
+        x86::VcpuState::save(&self.fd, &self.msr_indices, self.in_kernel_apic)
+    }
+
+    /// Sets the vCPU's state to `state`, saved from a vCPU of a VM made as this one's.
+    pub fn restore_state(&self, state: &x86::VcpuState) -> Result<(), Error> {
+        state.restore(&self.fd)
     }
 
     /// The vCPU id (also its APIC id).

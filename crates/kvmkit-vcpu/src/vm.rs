@@ -139,6 +139,8 @@ pub struct Vm {
     // Declared first: closed before `memory` lets go of the mappings.
     fd: VmFd,
     cpuid: CpuId,
+    /// The MSRs KVM lists for saving, for the vCPUs' state.
+    msr_indices: Arc<Vec<u32>>,
     max_vcpus: usize,
     max_memslots: usize,
     memslots: Mutex<Vec<Memslot>>,
@@ -168,8 +170,15 @@ impl Vm {
             fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
                 .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
+        let msr_indices = hypervisor
+            .kvm()
+            .get_msr_index_list()
+            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
         Ok(Vm {
             fd,
+            msr_indices: Arc::new(msr_indices),
             cpuid: hypervisor.supported_cpuid()?,
             max_vcpus: hypervisor.max_vcpus(),
             max_memslots: hypervisor.kvm().get_nr_memslots(),
@@ -177,6 +186,18 @@ impl Vm {
             irqchip: AtomicBool::new(false),
             memory: Arc::new(MemoryOwners::default()),
         })
+    }
+
+    /// Reads the state KVM holds for the VM beside its vCPUs (in-kernel PICs, IOAPIC,
+    /// PIT, kvm-clock); its vCPUs must be paused.
+    pub fn save_state(&self) -> Result<crate::x86::VmState, Error> {
+        crate::x86::VmState::save(&self.fd, self.has_irqchip())
+    }
+
+    /// Sets that state, saved from a VM made as this one (irqchip and PIT alike),
+    /// before its vCPUs run.
+    pub fn restore_state(&self, state: &crate::x86::VmState) -> Result<(), Error> {
+        state.restore(&self.fd)
     }
 
     /// Registers every region of `memory` as a memslot, in address order.
@@ -458,6 +479,7 @@ impl Vm {
             fd,
             id,
             self.has_irqchip(),
+            Arc::clone(&self.msr_indices),
             Arc::clone(&self.memory),
         ))
     }

@@ -9,7 +9,9 @@ pub(crate) mod fpu;
 pub(crate) mod lapic;
 mod mode;
 pub(crate) mod msrs;
+mod state;
 
 pub use cpuid::{shape as shape_cpuid, CpuTopology};
 pub use mode::enter as set_mode;
 pub use mode::{CpuMode, IDENTITY_MAPPED_BYTES};
+pub use state::{VcpuState, VmState, STATE_VERSION};
