@@ -68,7 +68,7 @@ fn a_paused_guest_saved_and_restored_into_a_new_vm_goes_on_where_it_was() {
     let vcpu_state = handle.save_state().unwrap();
     let vm_state = saved_vm.vm.save_state().unwrap();
     let at_pause = counter(&saved_vm);
-    let mut memory = vec![0u8; (MIB << 20) as usize];
+    let mut memory = vec![0u8; usize::try_from(MIB << 20).unwrap()];
     saved_vm
         .ram
         .memory()

@@ -78,7 +78,9 @@ impl VcpuState {
             .map_err(Error::kvm("KVM_SET_REGS"))?;
         fd.set_xcrs(&self.xcrs)
             .map_err(Error::kvm("KVM_SET_XCRS"))?;
-        // SAFETY of the call is kvm-ioctls': the buffer is a whole kvm_xsave.
+        // SAFETY: KVM_SET_XSAVE reads `sizeof(kvm_xsave)` bytes unless the VM asked
+        // for dynamically enabled XSAVE features (KVM_CAP_XSAVE2, AMX), which kvmkit
+        // never does: the whole buffer is `self.xsave`.
         unsafe { fd.set_xsave(&self.xsave) }.map_err(Error::kvm("KVM_SET_XSAVE"))?;
         if let Some(lapic) = &self.lapic {
             fd.set_lapic(lapic).map_err(Error::kvm("KVM_SET_LAPIC"))?;
