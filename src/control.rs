@@ -11,6 +11,7 @@
 //! the request needs no lock on the vCPUs or devices, and nothing runs concurrently
 //! with it on the I/O thread.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::thread::ThreadId;
 
 use kvmkit_vcpu::EventFd;
 
-use crate::{Platform, RunningMachine};
+use crate::{Platform, RunningMachine, Snapshot, SnapshotError, SnapshotReport};
 
 /// Where a VM is, as its control plane sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ pub enum VmState {
 }
 
 /// Why a control request was not carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
     /// The VM is not running: not started yet, or ended.
@@ -50,18 +51,26 @@ pub enum ControlError {
     /// The request was made on the I/O thread itself, which would wait for itself.
     #[error("a VM cannot be controlled from its own I/O thread")]
     OnIoThread,
+    /// The snapshot could not be taken.
+    #[error("the snapshot was not taken")]
+    Snapshot(#[source] Arc<SnapshotError>),
 }
 
 /// A request to the I/O thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Command {
     Pause,
     Resume,
+    /// Save the paused VM into this directory, with the VMM's configuration.
+    Snapshot(PathBuf, serde_json::Value),
 }
+
+/// What a request gives back besides success.
+type Answer = Result<Option<SnapshotReport>, ControlError>;
 
 struct Request {
     command: Command,
-    reply: Sender<Result<(), ControlError>>,
+    reply: Sender<Answer>,
 }
 
 /// A handle that pauses and resumes a VM from any thread but its I/O thread; see the
@@ -99,12 +108,24 @@ impl VmControl {
     /// ([`RunningMachine::pause`], [`Platform::pause_devices`]); returns once nothing
     /// of the guest runs.
     pub fn pause(&self) -> Result<(), ControlError> {
-        self.request(Command::Pause)
+        self.request(Command::Pause).map(drop)
     }
 
     /// Resumes a paused VM: devices first, then vCPUs; it goes on where it was.
     pub fn resume(&self) -> Result<(), ControlError> {
-        self.request(Command::Resume)
+        self.request(Command::Resume).map(drop)
+    }
+
+    /// Saves the paused VM into the existing directory `dir` (see
+    /// [`snapshot`](crate::snapshot)), with `config`, what the VMM needs to build the
+    /// machine again; the VM stays paused.
+    pub fn snapshot(
+        &self,
+        dir: &Path,
+        config: serde_json::Value,
+    ) -> Result<SnapshotReport, ControlError> {
+        self.request(Command::Snapshot(dir.to_path_buf(), config))?
+            .ok_or(ControlError::NotRunning)
     }
 
     /// Where the VM is.
@@ -117,7 +138,7 @@ impl VmControl {
         }
     }
 
-    fn request(&self, command: Command) -> Result<(), ControlError> {
+    fn request(&self, command: Command) -> Answer {
         if self.shared.io_thread.get() == Some(&std::thread::current().id()) {
             return Err(ControlError::OnIoThread);
         }
@@ -133,6 +154,28 @@ impl VmControl {
         // dropped with the receiver, which ends this wait too.
         answer.recv().unwrap_or(Err(ControlError::NotRunning))
     }
+}
+
+fn snapshot_error(error: SnapshotError) -> ControlError {
+    ControlError::Snapshot(Arc::new(error))
+}
+
+/// Saves the paused VM on `running` and `platform` into `dir`.
+fn take_snapshot(
+    dir: &Path,
+    config: serde_json::Value,
+    running: &RunningMachine,
+    platform: &Platform,
+) -> Result<SnapshotReport, SnapshotError> {
+    let (serial, virtio) = platform.devices_state()?;
+    let vcpus = running
+        .vcpus()
+        .iter()
+        .map(|vcpu| vcpu.save_state())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SnapshotError::Kvm)?;
+    let vm = running.vm().save_state().map_err(SnapshotError::Kvm)?;
+    Snapshot::new(vcpus, vm, running.ram(), serial, virtio, config).write_to(dir, running.ram())
 }
 
 /// The I/O thread's end of the control handles.
@@ -189,12 +232,7 @@ impl ControlEnd {
         served
     }
 
-    fn carry_out(
-        &self,
-        command: Command,
-        running: &RunningMachine,
-        platform: &Platform,
-    ) -> Result<(), ControlError> {
+    fn carry_out(&self, command: Command, running: &RunningMachine, platform: &Platform) -> Answer {
         let paused = self.shared.state.load(Ordering::SeqCst) == VmState::Paused as u8;
         match (command, paused) {
             (Command::Pause, true) => Err(ControlError::AlreadyPaused),
@@ -203,13 +241,19 @@ impl ControlEnd {
                 running.pause();
                 platform.pause_devices();
                 self.shared.set(VmState::Paused);
-                Ok(())
+                Ok(None)
             }
             (Command::Resume, true) => {
                 platform.resume_devices();
                 running.resume();
                 self.shared.set(VmState::Running);
-                Ok(())
+                Ok(None)
+            }
+            (Command::Snapshot(..), false) => Err(snapshot_error(SnapshotError::NotPaused)),
+            (Command::Snapshot(dir, config), true) => {
+                take_snapshot(&dir, config, running, platform)
+                    .map(Some)
+                    .map_err(snapshot_error)
             }
         }
     }

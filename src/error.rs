@@ -78,6 +78,9 @@ pub enum Error {
     /// Devices can no longer be added: the platform's I/O thread runs (or ran).
     #[error("the platform is running already")]
     PlatformRunning,
+    /// A snapshot could not be restored.
+    #[error("cannot restore the snapshot")]
+    Snapshot(#[from] crate::SnapshotError),
     /// The configuration feeds stdin to the virtio console, and none was added.
     #[error("stdin is to feed the virtio console, and the platform has none")]
     NoVirtioConsole,

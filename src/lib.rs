@@ -47,6 +47,7 @@ mod placement;
 pub mod platform;
 mod run;
 pub mod seccomp;
+pub mod snapshot;
 mod virtio_mmio;
 
 pub use control::{ControlError, VmControl, VmState};
@@ -63,4 +64,5 @@ pub use machine::{BootedMachine, Machine, MachineBuilder, RunningMachine};
 pub use placement::PlatformDevices;
 pub use platform::{Platform, PlatformConfig, PlatformIo, StdinConsole};
 pub use run::VmOutcome;
+pub use snapshot::{Snapshot, SnapshotError, SnapshotReport};
 pub use virtio_mmio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

@@ -191,6 +191,34 @@ impl Machine {
         self.boot_in(image, &layout)
     }
 
+    /// Puts the VM `snapshot` saved (its guest RAM from the memory file in `dir`) into
+    /// this machine, built as the saved one was (same vCPUs, RAM, irqchip), instead of
+    /// booting an image: it then runs from where the saved VM was paused. Restore the
+    /// platform's devices too ([`Platform::restore_devices`](crate::Platform::restore_devices)).
+    pub fn restore(
+        self,
+        snapshot: &crate::Snapshot,
+        dir: &std::path::Path,
+    ) -> Result<BootedMachine, Error> {
+        use crate::SnapshotError;
+        if snapshot.vcpu_count() != self.vcpus.len() {
+            return Err(SnapshotError::Mismatch {
+                what: "vCPU count",
+                saved: snapshot.vcpu_count().to_string(),
+                here: self.vcpus.len().to_string(),
+            }
+            .into());
+        }
+        snapshot.restore_memory(dir, &self.ram)?;
+        self.vm
+            .restore_state(snapshot.vm())
+            .map_err(SnapshotError::Kvm)?;
+        for (vcpu, state) in self.vcpus.iter().zip(snapshot.vcpus()) {
+            vcpu.restore_state(state).map_err(SnapshotError::Kvm)?;
+        }
+        Ok(BootedMachine { machine: self })
+    }
+
     /// Loads `image` with a platform's `devices` in the address map (a kernel finds
     /// them in the ACPI tables; [`Platform::devices`](crate::Platform::devices) gives
     /// them), and sets the vCPUs up to enter it:

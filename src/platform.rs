@@ -14,7 +14,7 @@ use std::sync::Arc;
 use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, EventSources, Flow};
 use kvmkit_devices::{
     AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, PvPanic,
-    ResetControl, SerialOutput, SerialPort, VmShutdown, ACPI_SLEEP_CONTROL_LEN,
+    ResetControl, SerialOutput, SerialPort, UartState, VmShutdown, ACPI_SLEEP_CONTROL_LEN,
     ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ,
     COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT,
     I8042_PULSE_RESET, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN,
@@ -425,6 +425,41 @@ impl Platform {
     /// The I/O thread's end of the control handles, if one was made.
     pub(crate) fn control_end(&self) -> Option<&ControlEnd> {
         self.control.as_ref().map(|(_, end)| end)
+    }
+
+    /// What a snapshot saves of the platform's devices: COM1's state and the virtio
+    /// devices' types; refused while a virtio device is active (its queues are not
+    /// saved yet).
+    pub(crate) fn devices_state(&self) -> Result<(UartState, Vec<u32>), crate::SnapshotError> {
+        let mut types = Vec::with_capacity(self.virtio.len());
+        for (slot, device) in self.virtio.iter().enumerate() {
+            if device.transport.status() != 0 {
+                return Err(crate::SnapshotError::DeviceActive {
+                    slot,
+                    device_type: device.slot.device_type,
+                });
+            }
+            types.push(device.slot.device_type);
+        }
+        Ok((self.serial.save_state(), types))
+    }
+
+    /// Puts the devices' state from `snapshot` back: COM1's registers and FIFO; the
+    /// virtio devices, in their reset state, must be of the saved types in the same
+    /// slots.
+    pub fn restore_devices(&self, snapshot: &crate::Snapshot) -> Result<(), Error> {
+        let here: Vec<u32> = self.virtio.iter().map(|d| d.slot.device_type).collect();
+        if here != snapshot.virtio() {
+            return Err(crate::SnapshotError::Mismatch {
+                what: "virtio devices",
+                saved: format!("{:?}", snapshot.virtio()),
+                here: format!("{here:?}"),
+            }
+            .into());
+        }
+        self.serial
+            .restore_state(snapshot.serial())
+            .map_err(|e| crate::SnapshotError::Serial(e).into())
     }
 
     /// Pauses every virtio device's queue work and returns once none runs

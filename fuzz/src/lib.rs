@@ -683,6 +683,37 @@ pub fn api_request(data: &[u8]) {
     }
 }
 
+/// A snapshot's state file as restore reads it: the header, the version, the
+/// checksum, then the state. Nothing may panic; what parses has its vCPUs and RAM.
+pub fn snapshot_state(data: &[u8]) {
+    let path = std::path::Path::new("state.json");
+    if let Ok(snapshot) = kvmkit::Snapshot::parse(data, path) {
+        let _ = (
+            snapshot.vcpu_count(),
+            snapshot.memory_size(),
+            snapshot.config(),
+        );
+    }
+    // The same bytes behind a header whose checksum matches, so the state parser
+    // itself is reached.
+    let mut framed = format!(
+        "kvmkit-snapshot {} {:016x}\n",
+        kvmkit::snapshot::SNAPSHOT_VERSION,
+        data.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    )
+    .into_bytes();
+    framed.extend_from_slice(data);
+    if let Ok(snapshot) = kvmkit::Snapshot::parse(&framed, path) {
+        let _ = (
+            snapshot.vcpu_count(),
+            snapshot.memory_size(),
+            snapshot.config(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -756,6 +787,11 @@ mod tests {
     #[test]
     fn cli_options_corpus_replays_clean() {
         replay("cli_options", super::cli_options);
+    }
+
+    #[test]
+    fn snapshot_state_corpus_replays_clean() {
+        replay("snapshot_state", super::snapshot_state);
     }
 
     #[test]

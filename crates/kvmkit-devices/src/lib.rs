@@ -70,7 +70,7 @@ pub use readiness::{wait_readable, wait_writable};
 pub use reset_control::{ResetControl, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN, RESET_CPU};
 pub use rtc::{Clock, CmosRtc, DateTime, CMOS_PORT, CMOS_PORT_LEN};
 #[cfg(feature = "uart")]
-pub use serial::{SerialPort, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+pub use serial::{SerialPort, UartState, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 pub use shutdown::{ShutdownReason, VmShutdown};
 pub use signals::{TerminationSignals, TERMINATION_SIGNALS};
 pub use terminal::RawTerminal;

@@ -12,7 +12,8 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_superio::serial::SerialEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -57,6 +58,53 @@ impl Write for OutputWriter {
 }
 
 type Uart = Serial<SuperioTrigger, InputEvents, OutputWriter>;
+
+/// A UART's registers and receive FIFO: what a snapshot saves of COM1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UartState {
+    baud_divisor: [u8; 2],
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    received: Vec<u8>,
+}
+
+impl From<SerialState> for UartState {
+    fn from(state: SerialState) -> Self {
+        UartState {
+            baud_divisor: [state.baud_divisor_low, state.baud_divisor_high],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            received: state.in_buffer,
+        }
+    }
+}
+
+impl From<&UartState> for SerialState {
+    fn from(state: &UartState) -> Self {
+        SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.received.clone(),
+        }
+    }
+}
 
 /// A 16550A UART: transmit to a [`SerialOutput`], receive what the VMM enqueues, with
 /// interrupts on received data and on an empty transmit register.
@@ -117,6 +165,28 @@ impl SerialPort {
     /// Where transmitted bytes go: flush it on the I/O thread.
     pub fn output(&self) -> &Arc<ConsoleOutput> {
         &self.output
+    }
+
+    /// The UART's registers and receive FIFO.
+    pub fn save_state(&self) -> UartState {
+        self.uart().state().into()
+    }
+
+    /// Sets the registers and receive FIFO to `state` (saved by
+    /// [`save_state`](Self::save_state)); a FIFO longer than the UART's is refused,
+    /// and the UART left as it was.
+    pub fn restore_state(&self, state: &UartState) -> io::Result<()> {
+        let mut uart = self.uart();
+        let trigger = SuperioTrigger(Arc::clone(&uart.interrupt_evt().0));
+        let restored = Serial::from_state(
+            &state.into(),
+            trigger,
+            InputEvents(Arc::clone(&self.input_ready)),
+            OutputWriter(Arc::clone(&self.output)),
+        )
+        .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
+        *uart = restored;
+        Ok(())
     }
 }
 
@@ -187,6 +257,43 @@ mod tests {
 
     fn port(output: SerialOutput) -> SerialPort {
         SerialPort::new(Arc::new(EventFdInterrupt::new().unwrap()), output).unwrap()
+    }
+
+    #[test]
+    fn a_uarts_registers_and_fifo_restored_into_another_read_back_the_same() {
+        let saved = port(SerialOutput::Sink);
+        // Line control 0x03 (8N1), interrupts on received data, scratch 0x5a, and two
+        // bytes waiting in the receive FIFO.
+        saved.write(3, &[0x03]);
+        saved.write(1, &[0x01]);
+        saved.write(7, &[0x5a]);
+        saved.enqueue_input(b"hi").unwrap();
+        let state = saved.save_state();
+        let restored = port(SerialOutput::Sink);
+
+        restored.restore_state(&state).unwrap();
+
+        assert_eq!(restored.save_state(), state);
+        let mut byte = [0u8];
+        restored.read(7, &mut byte);
+        assert_eq!(byte[0], 0x5a);
+        restored.read(RBR, &mut byte);
+        assert_eq!(byte[0], b'h');
+    }
+
+    #[test]
+    fn a_uart_state_with_a_fifo_too_long_is_refused_and_the_uart_kept() {
+        let serial = port(SerialOutput::Sink);
+        serial.write(7, &[0x11]);
+        let mut state = serial.save_state();
+        state.received = vec![b'x'; 1000];
+
+        let result = serial.restore_state(&state);
+
+        assert!(result.is_err());
+        let mut byte = [0u8];
+        serial.read(7, &mut byte);
+        assert_eq!(byte[0], 0x11);
     }
 
     #[test]

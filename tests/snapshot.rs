@@ -1,0 +1,219 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A paused VM saved to a directory and restored into a new machine goes on where it
+//! was; a snapshot that is corrupted, truncated, of another version, or of another
+//! machine is refused before anything is restored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kvmkit::devices::{SerialOutput, ShutdownReason};
+use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
+use kvmkit::{
+    BootedMachine, ControlError, Machine, MachineBuilder, Platform, PlatformConfig, Snapshot,
+    SnapshotError, VmOutcome,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+const COUNTER: u64 = 0x30_0000;
+
+fn machine(vcpus: u32) -> (Machine, Platform) {
+    let machine = MachineBuilder::new()
+        .memory_mib(16)
+        .vcpus(vcpus)
+        .irqchip(true)
+        .build()
+        .unwrap();
+    let config = PlatformConfig::default().with_serial_output(SerialOutput::Sink);
+    let platform = Platform::new(machine.vm(), config).unwrap();
+    (machine, platform)
+}
+
+/// Counts in RAM, and keeps the count in COM1's scratch register too.
+fn counting_guest() -> GuestProgram {
+    GuestProgram::assemble(CpuMode::Long, 0x10_0000, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, COUNTER)?;
+        a.set_label(&mut top)?;
+        a.inc(qword_ptr(rsi))?;
+        a.mov(dx, 0x3ffu32)?;
+        a.mov(al, byte_ptr(rsi))?;
+        a.out(dx, al)?;
+        a.jmp(top)
+    })
+    .unwrap()
+}
+
+fn count(memory: &kvmkit::virtio::GuestMemory) -> u64 {
+    memory.read_obj(GuestAddress(COUNTER)).unwrap()
+}
+
+fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvmkit-snapshot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `booted` on `platform` on a thread of its own; the count once it moved past
+/// `from`, then ends the VM.
+fn run_until_counted_past(booted: BootedMachine, platform: Platform, from: u64) -> (bool, u64) {
+    let memory = Arc::clone(booted.machine().ram().shared_memory());
+    let exit = Arc::clone(platform.exit());
+    let vm = thread::spawn(move || booted.run_on(platform).unwrap());
+    let went_on = wait_until(|| count(&memory) > from + 1000);
+    let reached = count(&memory);
+    exit.request(ShutdownReason::PowerOff);
+    assert_eq!(vm.join().unwrap(), VmOutcome::PowerOff);
+    (went_on, reached)
+}
+
+/// Boots the counting guest, lets it count, pauses it and saves it into `dir`: the
+/// count at the pause.
+fn saved(dir: &Path) -> u64 {
+    let (machine, mut platform) = machine(1);
+    let control = platform.control().unwrap();
+    let exit = Arc::clone(platform.exit());
+    let memory = Arc::clone(machine.ram().shared_memory());
+    let booted = machine.boot(&counting_guest()).unwrap();
+    let vm = thread::spawn(move || booted.run_on(platform).unwrap());
+    assert!(
+        wait_until(|| count(&memory) > 1000),
+        "the guest never counted"
+    );
+
+    let while_running = control.snapshot(dir, serde_json::json!({}));
+    control.pause().unwrap();
+    let at_pause = count(&memory);
+    let report = control
+        .snapshot(dir, serde_json::json!({"vmm": "test", "vcpus": 1}))
+        .unwrap();
+    exit.request(ShutdownReason::PowerOff);
+    vm.join().unwrap();
+
+    assert!(
+        matches!(&while_running, Err(ControlError::Snapshot(e)) if matches!(**e, SnapshotError::NotPaused)),
+        "{while_running:?}"
+    );
+    assert_eq!(report.memory_size, 16 << 20);
+    assert!(
+        report.memory_written < report.memory_size / 4,
+        "the memory file is not sparse: {report:?}"
+    );
+    at_pause
+}
+
+#[test]
+fn a_paused_vm_saved_and_restored_into_a_new_machine_goes_on_counting() {
+    let dir = scratch_dir("restore");
+    let at_pause = saved(&dir);
+
+    let snapshot = Snapshot::read_from(&dir).unwrap();
+    let (machine, platform) = machine(1);
+    let booted = machine.restore(&snapshot, &dir).unwrap();
+    let restored_count = count(booted.machine().ram().memory());
+    platform.restore_devices(&snapshot).unwrap();
+    let mut scratch = [0u8];
+    kvmkit::devices::BusDevice::read(&**platform.serial(), 7, &mut scratch);
+    let (went_on, reached) = run_until_counted_past(booted, platform, at_pause);
+
+    assert_eq!(snapshot.config()["vmm"], "test");
+    assert_eq!(
+        restored_count, at_pause,
+        "RAM came back as it was at the pause"
+    );
+    // The guest writes the count to RAM, then to the register: paused between the
+    // two, the register still holds the count before.
+    let expected = [at_pause, at_pause - 1].map(|n| n.to_le_bytes()[0]);
+    assert!(
+        expected.contains(&scratch[0]),
+        "COM1's scratch register came back as {}, not {expected:?}",
+        scratch[0]
+    );
+    assert!(
+        went_on,
+        "the restored guest did not go on (reached {reached})"
+    );
+}
+
+#[test]
+fn corrupted_truncated_foreign_or_mismatched_snapshots_are_refused_before_anything_runs() {
+    let dir = scratch_dir("refused");
+    saved(&dir);
+    let state = std::fs::read(dir.join("state.json")).unwrap();
+    let variant = |name: &str, bytes: &[u8]| {
+        let variant = scratch_dir(name);
+        std::fs::copy(dir.join("memory"), variant.join("memory")).unwrap();
+        std::fs::write(variant.join("state.json"), bytes).unwrap();
+        variant
+    };
+    let mut flipped = state.clone();
+    let last = flipped.len() - 10;
+    flipped[last] ^= 0x20;
+    let truncated = &state[..state.len() / 2];
+    let newline = state.iter().position(|&b| b == b'\n').unwrap();
+    let mut future = b"kvmkit-snapshot 99 0000000000000000".to_vec();
+    future.extend_from_slice(&state[newline..]);
+
+    let corrupted = Snapshot::read_from(&variant("flipped", &flipped));
+    let cut = Snapshot::read_from(&variant("truncated", truncated));
+    let newer = Snapshot::read_from(&variant("future", &future));
+    let foreign = Snapshot::read_from(&variant("foreign", b"{\"not\": \"a snapshot\"}"));
+    let missing = Snapshot::read_from(&dir.join("nowhere"));
+    let snapshot = Snapshot::read_from(&dir).unwrap();
+    let (two_vcpus, _) = machine(2);
+    let mismatched = two_vcpus.restore(&snapshot, &dir);
+
+    assert!(
+        matches!(corrupted, Err(SnapshotError::Checksum { .. })),
+        "{corrupted:?}"
+    );
+    assert!(
+        matches!(cut, Err(SnapshotError::Checksum { .. })),
+        "{cut:?}"
+    );
+    assert!(
+        matches!(
+            newer,
+            Err(SnapshotError::Version {
+                found: 99,
+                supported: 1
+            })
+        ),
+        "{newer:?}"
+    );
+    assert!(
+        matches!(foreign, Err(SnapshotError::NotASnapshot { .. })),
+        "{foreign:?}"
+    );
+    assert!(
+        matches!(missing, Err(SnapshotError::Io { .. })),
+        "{missing:?}"
+    );
+    assert!(
+        matches!(
+            mismatched,
+            Err(kvmkit::Error::Snapshot(SnapshotError::Mismatch {
+                what: "vCPU count",
+                ..
+            }))
+        ),
+        "{:?}",
+        mismatched.err()
+    );
+}
