@@ -215,21 +215,22 @@ impl ControlEnd {
         &self.wake
     }
 
-    /// Marks the VM running on this (the I/O) thread.
-    pub(crate) fn started(&self) {
+    /// Marks the VM started on this (the I/O) thread: running, or paused.
+    pub(crate) fn started(&self, paused: bool) {
         let _ = self.shared.io_thread.set(std::thread::current().id());
-        self.shared.set(VmState::Running);
+        self.shared.set(if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        });
     }
 
-    /// Carries out the requests waiting, on the I/O thread; whether there were any.
-    pub(crate) fn serve(&self, running: &RunningMachine, platform: &Platform) -> bool {
+    /// Carries out the requests waiting, on the I/O thread.
+    pub(crate) fn serve(&self, running: &RunningMachine, platform: &Platform) {
         let _ = self.wake.read();
-        let mut served = false;
         while let Ok(Request { command, reply }) = self.requests.try_recv() {
             let _ = reply.send(self.carry_out(command, running, platform));
-            served = true;
         }
-        served
     }
 
     fn carry_out(&self, command: Command, running: &RunningMachine, platform: &Platform) -> Answer {

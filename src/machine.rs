@@ -216,7 +216,10 @@ impl Machine {
         for (vcpu, state) in self.vcpus.iter().zip(snapshot.vcpus()) {
             vcpu.restore_state(state).map_err(SnapshotError::Kvm)?;
         }
-        Ok(BootedMachine { machine: self })
+        Ok(BootedMachine {
+            machine: self,
+            start_paused: false,
+        })
     }
 
     /// Loads `image` with a platform's `devices` in the address map (a kernel finds
@@ -263,7 +266,10 @@ impl Machine {
             }
             _ => return Err(Error::UnknownEntryProtocol),
         }
-        Ok(BootedMachine { machine: self })
+        Ok(BootedMachine {
+            machine: self,
+            start_paused: false,
+        })
     }
 
     fn enter_program(&self, entry: &BootEntry, mode: CpuMode, stride: u64) -> Result<(), Error> {
@@ -314,12 +320,27 @@ impl Machine {
 #[derive(Debug)]
 pub struct BootedMachine {
     machine: Machine,
+    /// Its vCPUs start paused (a restored VM waiting for its resume).
+    start_paused: bool,
 }
 
 impl BootedMachine {
     /// The machine.
     pub fn machine(&self) -> &Machine {
         &self.machine
+    }
+
+    /// This machine, its vCPUs started paused: they run no guest instruction until
+    /// resumed (with [`VmControl`](crate::VmControl) when run on a platform). A
+    /// restored VM is started so, as Cloud Hypervisor's is, unless resumed at once.
+    pub fn paused(mut self) -> Self {
+        self.start_paused = true;
+        self
+    }
+
+    /// Whether its vCPUs start paused.
+    pub fn starts_paused(&self) -> bool {
+        self.start_paused
     }
 
     /// Starts one thread per vCPU, each handing its I/O to `handler`.
@@ -354,6 +375,7 @@ impl BootedMachine {
     where
         H: IoHandler + Send + Sync + 'static + ?Sized,
     {
+        let start_paused = self.start_paused;
         let Machine {
             hypervisor,
             vm,
@@ -365,6 +387,9 @@ impl BootedMachine {
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let mut config = VcpuThreadConfig::default();
+            if start_paused {
+                config = config.paused();
+            }
             if let Some(event) = &exit_event {
                 config = config.notifying(Arc::clone(event));
             }

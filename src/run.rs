@@ -178,6 +178,15 @@ impl BootedMachine {
         let vcpu_filter = filter_of(ThreadKind::Vcpu)?.map(Arc::new);
         let io_filter = filter_of(ThreadKind::Io)?;
         let confine = vcpu_filter.map(|program| StartHook::new(move || seccomp::apply(&program)));
+        let starts_paused = self.starts_paused();
+        if starts_paused {
+            // Its devices wait with it.
+            platform.pause_devices();
+        }
+        if let Some(control) = platform.control_end() {
+            // Before the vCPUs run: a request made once the guest runs finds it so.
+            control.started(starts_paused);
+        }
         let running =
             self.start_with(Arc::new(platform.io_handler()), Some(vcpu_ended), confine)?;
         if let Some(program) = &io_filter {
@@ -190,14 +199,14 @@ impl BootedMachine {
                 });
             }
         }
-        if let Some(control) = platform.control_end() {
-            control.started();
-        }
         let end = loop {
             let end = event_loop.run();
-            // A control request stopped the loop: carry it out and go back to it.
+            // Stopped by the control's wake, not by a vCPU's end: carry out what was
+            // asked (a wake whose request an earlier turn took finds none) and go
+            // back to the loop.
             if let (Ok(LoopEnd::Stopped), Some(control)) = (&end, platform.control_end()) {
-                if !a_vcpu_ended.load(Ordering::SeqCst) && control.serve(&running, &platform) {
+                if !a_vcpu_ended.load(Ordering::SeqCst) {
+                    control.serve(&running, &platform);
                     continue;
                 }
             }

@@ -584,3 +584,48 @@ fn a_running_vm_is_paused_and_resumed_from_another_thread_through_its_control() 
     assert_eq!(control.state(), VmState::Shutdown);
     assert!(matches!(control.pause(), Err(ControlError::NotRunning)));
 }
+
+#[test]
+fn control_requests_racing_from_two_threads_never_end_the_vm() {
+    // Regression: a wake whose request an earlier turn of the I/O thread had already
+    // served stopped the run loop, which took it for the VM's end.
+    let guest = program(|a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.pause()?;
+        a.jmp(top)
+    });
+    let (machine, mut platform) = machine_and_platform(1, &SharedBuffer::default());
+    let control = platform.control().unwrap();
+    let exit = Arc::clone(platform.exit());
+    let vm = start_watched(machine, platform, guest);
+    let deadline = Instant::now() + PATIENCE;
+    while control.state() != VmState::Running {
+        assert!(Instant::now() < deadline, "the VM never ran");
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let control = control.clone();
+            thread::spawn(move || {
+                for _ in 0..300 {
+                    let _ = control.pause();
+                    let _ = control.resume();
+                }
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.join().unwrap();
+    }
+    let state = control.state();
+    exit.request(ShutdownReason::PowerOff);
+    let outcome = vm.join().unwrap();
+
+    assert!(
+        matches!(state, VmState::Running | VmState::Paused),
+        "the VM ended under the requests: {state:?}"
+    );
+    assert_eq!(outcome, VmOutcome::PowerOff);
+}

@@ -217,3 +217,31 @@ fn corrupted_truncated_foreign_or_mismatched_snapshots_are_refused_before_anythi
         mismatched.err()
     );
 }
+
+#[test]
+fn a_restored_vm_started_paused_runs_nothing_until_its_control_resumes_it() {
+    let dir = scratch_dir("paused");
+    let at_pause = saved(&dir);
+    let snapshot = Snapshot::read_from(&dir).unwrap();
+    let (machine, mut platform) = machine(1);
+    let control = platform.control().unwrap();
+    let booted = machine.restore(&snapshot, &dir).unwrap().paused();
+    platform.restore_devices(&snapshot).unwrap();
+    let memory = Arc::clone(booted.machine().ram().shared_memory());
+    let exit = Arc::clone(platform.exit());
+
+    let vm = thread::spawn(move || booted.run_on(platform).unwrap());
+    assert!(wait_until(|| control.state() == kvmkit::VmState::Paused));
+    thread::sleep(Duration::from_millis(50));
+    let while_paused = count(&memory);
+    control.resume().unwrap();
+    let went_on = wait_until(|| count(&memory) > at_pause + 1000);
+    exit.request(ShutdownReason::PowerOff);
+    vm.join().unwrap();
+
+    assert_eq!(
+        while_paused, at_pause,
+        "the restored guest ran before its resume"
+    );
+    assert!(went_on, "the resumed guest did not go on");
+}

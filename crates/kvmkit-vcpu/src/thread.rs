@@ -135,9 +135,18 @@ pub struct VcpuThreadConfig {
     pub exit_event: Option<Arc<EventFd>>,
     /// Run on the thread last, before its first `KVM_RUN`.
     pub on_start: Option<StartHook>,
+    /// Start paused: the thread parks before its first `KVM_RUN` until
+    /// [`VcpuHandle::resume`] (a restored VM waits so for its resume).
+    pub start_paused: bool,
 }
 
 impl VcpuThreadConfig {
+    /// This configuration, starting paused.
+    pub fn paused(mut self) -> Self {
+        self.start_paused = true;
+        self
+    }
+
     /// This configuration, pinned to host CPU `cpu`.
     pub fn pinned_to(mut self, cpu: usize) -> Self {
         self.pin_to_cpu = Some(cpu);
@@ -308,6 +317,9 @@ impl VcpuThread {
         let id = vcpu.id();
         install_kick_handler(id)?;
         let control = Arc::new(Control::new());
+        if config.start_paused {
+            control.request(Request::Pause);
+        }
         let stats = Arc::clone(vcpu.stats());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_control = Arc::clone(&control);
