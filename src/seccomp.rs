@@ -136,6 +136,10 @@ const IO: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_mincore,
     libc::SYS_getdents64,
+    // A snapshot's files: the memory file sized and written sparse, both synced.
+    libc::SYS_ftruncate,
+    libc::SYS_pwrite64,
+    libc::SYS_fsync,
 ];
 
 const API: &[i64] = &[

@@ -58,6 +58,12 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory to write a snapshot into does not exist (it is not made).
+    #[error("{path} is not an existing directory")]
+    NoDirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// The state file is not a kvmkit snapshot's.
     #[error("{path} is not a kvmkit snapshot's state file")]
     NotASnapshot {
@@ -197,6 +203,11 @@ impl Snapshot {
 
     /// Writes the snapshot into `dir` (which must exist), guest RAM from `ram`.
     pub fn write_to(&self, dir: &Path, ram: &GuestRam) -> Result<SnapshotReport, SnapshotError> {
+        if !dir.is_dir() {
+            return Err(SnapshotError::NoDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
         let memory_path = dir.join(MEMORY_FILE);
         let (memory_size, memory_written) = write_memory(&memory_path, ram)?;
         let body = serde_json::to_vec(self).map_err(|e| SnapshotError::Malformed {

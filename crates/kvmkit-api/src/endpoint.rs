@@ -50,6 +50,8 @@ pub enum ApiRequest {
     VmRestore {
         /// Where from.
         source_url: String,
+        /// Run it at once (Cloud Hypervisor's `resume`; otherwise it waits paused).
+        resume: bool,
     },
 }
 
@@ -188,19 +190,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
                 },
             )
         }
-        "vm.restore" => {
-            #[derive(Deserialize)]
-            struct Restore {
-                source_url: String,
-            }
-            let restore: Restore = typed(body)?;
-            (
-                false,
-                ApiRequest::VmRestore {
-                    source_url: restore.source_url,
-                },
-            )
-        }
+        "vm.restore" => (false, restore_request(&json(body)?)?),
         _ => return Err(ApiResponse::not_found()),
     };
     let wanted = if get { "GET" } else { "PUT" };
@@ -220,6 +210,55 @@ fn json(body: &[u8]) -> Result<Value, ApiResponse> {
         status: 400,
         messages: vec!["Failed to deserialize JSON".into(), e.to_string()],
     })
+}
+
+/// `vm.restore`'s `RestoreConfig`: `source_url`, `resume` (and `prefault`, which
+/// changes nothing: the restore reads what the memory file holds at once). Cloud
+/// Hypervisor's other fields (lazy restore, new descriptors for devices, NUMA updates)
+/// are taken at their defaults, which its client sends (`null`, `[]`, `"Copy"`), and
+/// refused by name otherwise.
+fn restore_request(config: &Value) -> Result<ApiRequest, ApiResponse> {
+    let invalid = |why: String| ApiResponse::Error {
+        status: 400,
+        messages: vec!["Failed to deserialize JSON".into(), why],
+    };
+    let object = config
+        .as_object()
+        .ok_or_else(|| invalid("the RestoreConfig must be an object".into()))?;
+    let mut source_url = None;
+    let mut resume = false;
+    for (key, value) in object {
+        let at_default = match value {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Array(items) => items.is_empty(),
+            Value::String(s) => key == "memory_restore_mode" && s == "Copy",
+            _ => false,
+        };
+        match (key.as_str(), value) {
+            ("source_url", Value::String(url)) => source_url = Some(url.clone()),
+            ("resume", Value::Bool(b)) => resume = *b,
+            ("prefault", Value::Bool(_) | Value::Null) => {}
+            ("source_url" | "resume" | "prefault", _) => {
+                return Err(invalid(format!("`{key}` has the wrong type")))
+            }
+            (_, _) if at_default => {}
+            _ => {
+                return Err(invalid(format!(
+                    "`{key}` = {value} is a Cloud Hypervisor option kvmkit does not support"
+                )))
+            }
+        }
+    }
+    let source_url = source_url.ok_or_else(|| invalid("missing field `source_url`".into()))?;
+    Ok(ApiRequest::VmRestore { source_url, resume })
+}
+
+/// The directory of a `file:///dir` URL (the only kind kvmkit snapshots to and
+/// restores from).
+pub fn file_url(url: &str) -> Option<&str> {
+    url.strip_prefix("file://")
+        .filter(|path| path.starts_with('/'))
 }
 
 /// `body` as the JSON of `T`.
@@ -282,6 +321,37 @@ mod tests {
             wrong_shape,
             Err(ApiResponse::Error { status: 400, .. })
         ));
+    }
+
+    #[test]
+    fn a_restore_takes_cloud_hypervisors_defaults_and_refuses_what_kvmkit_lacks() {
+        let from_ch_remote = br#"{"source_url":"file:///tmp/s","prefault":false,
+            "memory_restore_mode":"Copy","net_fds":null,"vfio_fds":null,"iommufd_fd":null,
+            "resume":true}"#;
+        let lazy = br#"{"source_url":"file:///tmp/s","memory_restore_mode":"OnDemand"}"#;
+
+        let taken = parse("PUT", "/api/v1/vm.restore", from_ch_remote);
+        let refused = parse("PUT", "/api/v1/vm.restore", lazy);
+        let missing = parse("PUT", "/api/v1/vm.restore", b"{\"resume\":true}");
+
+        assert_eq!(
+            taken,
+            Ok(ApiRequest::VmRestore {
+                source_url: "file:///tmp/s".into(),
+                resume: true
+            })
+        );
+        let Err(ApiResponse::Error { status, messages }) = refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(status, 400);
+        assert!(messages[1].contains("memory_restore_mode"), "{messages:?}");
+        assert!(matches!(
+            missing,
+            Err(ApiResponse::Error { status: 400, .. })
+        ));
+        assert_eq!(file_url("file:///tmp/s"), Some("/tmp/s"));
+        assert_eq!(file_url("tcp://host/s"), None);
     }
 
     #[test]

@@ -21,5 +21,5 @@ mod endpoint;
 pub mod http;
 mod server;
 
-pub use endpoint::{parse, ApiRequest, ApiResponse, Failure, API_ROOT};
+pub use endpoint::{file_url, parse, ApiRequest, ApiResponse, Failure, API_ROOT};
 pub use server::{ApiServer, ServerError};

@@ -137,14 +137,16 @@ fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     }
 }
 
-/// Blocks every signal in this thread: process-directed signals go to the thread
-/// that takes them on purpose (the VMM's I/O thread), never to this one.
+/// Blocks every signal in this thread but SIGSYS: process-directed signals go to the
+/// thread that takes them on purpose (the VMM's I/O thread), never to this one; a
+/// seccomp filter's SIGSYS stays deliverable, so that its handler names the call.
 fn block_signals() {
-    // SAFETY: sigset_t is plain data; sigfillset initialises it; pthread_sigmask only
-    // changes this thread's mask.
+    // SAFETY: sigset_t is plain data; sigfillset and sigdelset initialise and edit
+    // it; pthread_sigmask only changes this thread's mask.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
+        libc::sigdelset(&mut all, libc::SIGSYS);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
     }
 }

@@ -18,13 +18,15 @@ use kvmkit::{ControlError, VmControl, VmState};
 use kvmkit_api::{ApiRequest, ApiResponse, Failure};
 use serde_json::{json, Map, Value};
 
-use kvmkit_cli::options::{ConsoleMode, Options};
+use kvmkit_cli::options::{ConsoleMode, Options, RestoreOption};
 use kvmkit_cli::vm_config;
 
 /// What the main thread is asked to do.
 pub enum Call {
     /// Boot the created VM ([`Api::started`] or [`Api::boot_failed`] answer).
     Boot,
+    /// Restore the VM of a snapshot (answered as a boot).
+    Restore(RestoreOption),
     /// End the VMM.
     VmmShutdown,
 }
@@ -95,6 +97,11 @@ impl Api {
         }
     }
 
+    /// The VM `options` describe is being restored by the main thread.
+    pub fn restoring(&self, options: Options) {
+        *self.phase() = Phase::Booting(Box::new(options));
+    }
+
     /// The VM being booted runs: `vm.boot` is answered.
     pub fn started(&self, running: Running) {
         *self.ran.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -112,6 +119,17 @@ impl Api {
         let mut phase = self.phase();
         if let Phase::Booting(options) = std::mem::replace(&mut *phase, Phase::Empty) {
             *phase = Phase::Created(options);
+        }
+        drop(phase);
+        self.answer_boot(Err(why));
+    }
+
+    /// The snapshot being restored did not start, for `why`: there is no VM, and
+    /// `vm.restore` is answered so.
+    pub fn restore_failed(&self, why: String) {
+        let mut phase = self.phase();
+        if matches!(*phase, Phase::Booting(_)) {
+            *phase = Phase::Empty;
         }
         drop(phase);
         self.answer_boot(Err(why));
@@ -155,6 +173,9 @@ impl Api {
             }
             ApiRequest::VmCreate(config) => self.create(&request, config),
             ApiRequest::VmBoot => self.boot(&request),
+            ApiRequest::VmRestore { source_url, resume } => {
+                self.restore(&request, source_url, *resume)
+            }
             _ => self.on_vm(&request, failed),
         }
     }
@@ -188,9 +209,41 @@ impl Api {
             }
             _ => return ApiResponse::failed(request, Failure::Failed, &["VM is already created"]),
         }
+        self.start(request, Call::Boot)
+    }
+
+    /// `vm.restore`: only with no VM yet, and one VM per process.
+    fn restore(&self, request: &ApiRequest, source_url: &str, resume: bool) -> ApiResponse {
+        if !matches!(*self.phase(), Phase::Empty) {
+            return ApiResponse::failed(request, Failure::Failed, &["VM is already created"]);
+        }
+        if *self.ran.lock().unwrap_or_else(|e| e.into_inner()) {
+            return ApiResponse::failed(
+                request,
+                Failure::Failed,
+                &["kvmkit runs one VM per process: start another VMM for the next"],
+            );
+        }
+        let Some(dir) = kvmkit_api::file_url(source_url) else {
+            return ApiResponse::failed(
+                request,
+                Failure::Invalid,
+                &["give source_url as file:///DIR"],
+            );
+        };
+        let restore = RestoreOption {
+            dir: dir.into(),
+            resume,
+        };
+        self.start(request, Call::Restore(restore))
+    }
+
+    /// Asks the main thread to start a VM with `call`, and answers once it runs or
+    /// could not start.
+    fn start(&self, request: &ApiRequest, call: Call) -> ApiResponse {
         let (reply, answer) = mpsc::channel();
         *self.booting.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
-        if !self.call(Call::Boot) {
+        if !self.call(call) {
             return ApiResponse::failed(request, Failure::Failed, &["the VMM is shutting down"]);
         }
         match answer.recv() {
@@ -233,6 +286,9 @@ impl Api {
                 end_vm(running);
                 ApiResponse::Done
             }
+            (ApiRequest::VmSnapshot { destination_url }, Some(running)) => {
+                snapshot(request, running, destination_url, vm_config_json(options))
+            }
             (ApiRequest::VmDelete, _) => {
                 if let Some(running) = running {
                     end_vm(running);
@@ -252,10 +308,50 @@ impl Api {
     }
 }
 
-/// Ends the VM if it runs (a paused one too: its vCPUs stop where they are).
+/// `vm.snapshot` of the paused VM into an existing directory (`file:///DIR`).
+fn snapshot(request: &ApiRequest, running: &Running, url: &str, config: Value) -> ApiResponse {
+    let Some(dir) = kvmkit_api::file_url(url) else {
+        return ApiResponse::failed(
+            request,
+            Failure::Invalid,
+            &["give destination_url as file:///DIR"],
+        );
+    };
+    // The I/O thread checks that the directory exists: this thread may not look.
+    match running.control.snapshot(std::path::Path::new(dir), config) {
+        Ok(_) => ApiResponse::Done,
+        Err(error) => {
+            let messages = causes(&error);
+            let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
+            ApiResponse::failed(request, Failure::Failed, &messages)
+        }
+    }
+}
+
+/// `error` and its sources, each on its own.
+fn causes(error: &dyn std::error::Error) -> Vec<String> {
+    let mut messages = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        messages.push(cause.to_string());
+        source = cause.source();
+    }
+    messages
+}
+
+/// Ends the VM if it runs (a paused one too: its vCPUs stop where they are), and
+/// returns once it has ended, as Cloud Hypervisor's `vm.shutdown` does (within a
+/// few seconds: the I/O thread stops every vCPU and joins it).
 fn end_vm(running: &Running) {
-    if matches!(running.control.state(), VmState::Running | VmState::Paused) {
-        running.exit.request(ShutdownReason::VmmRequest);
+    if !matches!(running.control.state(), VmState::Running | VmState::Paused) {
+        return;
+    }
+    running.exit.request(ShutdownReason::VmmRequest);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while matches!(running.control.state(), VmState::Running | VmState::Paused)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

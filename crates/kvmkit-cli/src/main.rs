@@ -22,10 +22,10 @@ use std::sync::Arc;
 use kvmkit::devices::SerialOutput;
 use kvmkit::virtio::{Block, Net, Rng, Tap};
 use kvmkit::{
-    Causes, LinuxBoot, MachineBuilder, Platform, PlatformConfig, StdinConsole, VmOutcome,
+    Causes, LinuxBoot, MachineBuilder, Platform, PlatformConfig, Snapshot, StdinConsole, VmOutcome,
 };
 
-use kvmkit_cli::options::{random_mac, ConsoleMode, NetOption, Options};
+use kvmkit_cli::options::{random_mac, ConsoleMode, NetOption, Options, RestoreOption};
 use stats::RunStats;
 
 /// An error, and the option it is about.
@@ -54,9 +54,10 @@ fn main() -> ExitCode {
     let options = Options::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     warn_without_hardware_virtualization();
     let mut stats = RunStats::default();
-    let result = match &options.api_socket {
-        Some(path) => serve_api(path, &options, &mut stats),
-        None => run(&options, &mut stats, None),
+    let result = match (&options.api_socket, &options.restore) {
+        (Some(path), _) => serve_api(path, &options, &mut stats),
+        (None, Some(restore)) => restore_vm(restore, &options, &mut stats, None),
+        (None, None) => run(&options, &mut stats, None, Start::Boot),
     };
     if options.stats {
         stats.print();
@@ -138,18 +139,61 @@ fn hint_unseen_console(options: &Options) {
     }
 }
 
-/// Boots and runs the VM `options` describe; with `api`, tells it the VM runs (and
-/// how to control it) before it does.
-fn run(options: &Options, stats: &mut RunStats, api: Option<&api::Api>) -> Result<i32, CliError> {
-    let kernel = options
-        .kernel
-        .as_ref()
-        .ok_or_else(|| CliError::new("--kernel", "no kernel to boot"))?;
-    if !kernel.is_file() {
-        return Err(CliError::new(
-            "--kernel",
-            format!("{kernel:?} is not a file"),
-        ));
+/// How a VM starts: booted from its kernel, or restored from a snapshot.
+enum Start<'a> {
+    Boot,
+    Restore {
+        snapshot: &'a Snapshot,
+        dir: &'a std::path::Path,
+        resume: bool,
+    },
+}
+
+/// Restores the VM of the snapshot `restore` names and runs it (paused until resumed,
+/// unless `resume`): the machine as the snapshot's configuration says, the runner's
+/// own settings (seccomp) from `cli`.
+fn restore_vm(
+    restore: &RestoreOption,
+    cli: &Options,
+    stats: &mut RunStats,
+    api: Option<&api::Api>,
+) -> Result<i32, CliError> {
+    let snapshot =
+        Snapshot::read_from(&restore.dir).map_err(|e| CliError::from_error("--restore", &e))?;
+    let mut options = kvmkit_cli::vm_config::options(snapshot.config()).map_err(|why| {
+        CliError::new("--restore", format!("the snapshot's configuration: {why}"))
+    })?;
+    options.seccomp = cli.seccomp;
+    if let Some(api) = api {
+        api.restoring(options.clone());
+    }
+    let start = Start::Restore {
+        snapshot: &snapshot,
+        dir: &restore.dir,
+        resume: restore.resume,
+    };
+    run(&options, stats, api, start)
+}
+
+/// Boots (or restores) and runs the VM `options` describe; with `api`, tells it the
+/// VM runs (and how to control it) before it does.
+fn run(
+    options: &Options,
+    stats: &mut RunStats,
+    api: Option<&api::Api>,
+    start: Start<'_>,
+) -> Result<i32, CliError> {
+    if let Start::Boot = start {
+        let kernel = options
+            .kernel
+            .as_ref()
+            .ok_or_else(|| CliError::new("--kernel", "no kernel to boot"))?;
+        if !kernel.is_file() {
+            return Err(CliError::new(
+                "--kernel",
+                format!("{kernel:?} is not a file"),
+            ));
+        }
     }
     let stdin = stdin_console(options)?;
     hint_unseen_console(options);
@@ -176,13 +220,38 @@ fn run(options: &Options, stats: &mut RunStats, api: Option<&api::Api>) -> Resul
         Platform::new(machine.vm(), config).map_err(|e| CliError::from_error("platform", &e))?;
     add_devices(options, &mut platform, machine.ram().shared_memory(), stats)?;
 
-    let mut linux = LinuxBoot::new(kernel).cmdline(options.cmdline.clone());
-    if let Some(initramfs) = &options.initramfs {
-        linux = linux.initrd(initramfs);
-    }
-    let booted = machine
-        .boot_on(&linux, &platform.devices())
-        .map_err(|e| CliError::from_error(error_option(&e), &e))?;
+    let booted = match start {
+        Start::Boot => {
+            let kernel = options
+                .kernel
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let mut linux = LinuxBoot::new(kernel).cmdline(options.cmdline.clone());
+            if let Some(initramfs) = &options.initramfs {
+                linux = linux.initrd(initramfs);
+            }
+            machine
+                .boot_on(&linux, &platform.devices())
+                .map_err(|e| CliError::from_error(error_option(&e), &e))?
+        }
+        Start::Restore {
+            snapshot,
+            dir,
+            resume,
+        } => {
+            let restored = machine
+                .restore(snapshot, dir)
+                .map_err(|e| CliError::from_error("--restore", &e))?;
+            platform
+                .restore_devices(snapshot)
+                .map_err(|e| CliError::from_error("--restore", &e))?;
+            if resume {
+                restored
+            } else {
+                restored.paused()
+            }
+        }
+    };
     if let Some(api) = api {
         let control = platform
             .control()
@@ -231,22 +300,36 @@ fn serve_api(
     )
     .map_err(|e| CliError::from_error("--api-socket", &e))?;
     let mut status = 0;
-    if let Some(created) = api.take_for_boot() {
+    if let Some(restore) = &options.restore {
+        // The command line's snapshot: restored at once; an error ends the VMM.
+        status = restore_vm(restore, options, stats, Some(&api))?;
+    } else if let Some(created) = api.take_for_boot() {
         // The command line's VM: it boots at once, and an error ends the VMM.
-        let ran = run(&created, stats, Some(&api));
+        let ran = run(&created, stats, Some(&api), Start::Boot);
         if let Err(error) = &ran {
             api.boot_failed(error.to_string());
         }
         status = ran?;
     }
-    while let Ok(api::Call::Boot) = calls.recv() {
-        let Some(created) = api.take_for_boot() else {
-            api.boot_failed("VM is not created".into());
-            continue;
-        };
-        match run(&created, stats, Some(&api)) {
-            Ok(ran) => status = ran,
-            Err(error) => api.boot_failed(error.to_string()),
+    loop {
+        match calls.recv() {
+            Ok(api::Call::Boot) => {
+                let ran = match api.take_for_boot() {
+                    Some(created) => run(&created, stats, Some(&api), Start::Boot),
+                    None => Err(CliError::new("vm.boot", "VM is not created")),
+                };
+                match ran {
+                    Ok(ran) => status = ran,
+                    Err(error) => api.boot_failed(error.to_string()),
+                }
+            }
+            Ok(api::Call::Restore(restore)) => {
+                match restore_vm(&restore, options, stats, Some(&api)) {
+                    Ok(ran) => status = ran,
+                    Err(error) => api.restore_failed(error.to_string()),
+                }
+            }
+            Ok(api::Call::VmmShutdown) | Err(_) => break,
         }
     }
     server.stop();

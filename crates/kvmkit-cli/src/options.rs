@@ -22,7 +22,7 @@ use crate::dialect::{switch, Item, Keys};
 pub struct Options {
     /// The kernel: a bzImage, or an ELF vmlinux (entered through PVH when it has the
     /// note). Without it, `--api-socket` waits for the VM's `vm.create` and `vm.boot`.
-    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["api_socket", "restore"])]
     pub kernel: Option<PathBuf>,
     /// The initramfs.
     #[arg(long, value_name = "PATH")]
@@ -77,6 +77,12 @@ pub struct Options {
     /// `vmm.shutdown`.
     #[arg(long, value_name = "path=PATH", value_parser = parse_api_socket)]
     pub api_socket: Option<PathBuf>,
+    /// Restore a VM from a snapshot instead of booting one:
+    /// source_url=file:///DIR[,resume=on]. The VM is made as the snapshot says (its
+    /// other options here are not taken), and waits paused for `vm.resume` unless
+    /// `resume` is on.
+    #[arg(long, value_name = "source_url=file:///DIR", value_parser = parse_restore, conflicts_with_all = ["kernel", "initramfs"])]
+    pub restore: Option<RestoreOption>,
     /// Cloud Hypervisor's verbosity: taken, and changes nothing (kvmkit logs nothing).
     #[arg(short = 'v', action = ArgAction::Count, hide = true)]
     pub verbose: u8,
@@ -110,7 +116,6 @@ pub const UNSUPPORTED_OPTIONS: &[&str] = &[
     "--platform",
     "--pmem",
     "--rate-limit-group",
-    "--restore",
     "--rtc",
     "--sgx-epc",
     "--tpm",
@@ -178,6 +183,15 @@ pub struct NetOption {
     pub mac: Option<[u8; 6]>,
     /// The host side's address and netmask, which also bring the tap up.
     pub host: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// A `--restore`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOption {
+    /// The snapshot's directory.
+    pub dir: PathBuf,
+    /// Run the restored VM at once rather than wait paused.
+    pub resume: bool,
 }
 
 /// A `--rng`.
@@ -463,6 +477,39 @@ pub fn parse_api_socket(text: &str) -> Result<PathBuf, String> {
         [item] if !item.value.is_empty() => Ok(PathBuf::from(&item.value)),
         _ => Err("give the socket as path=PATH".into()),
     }
+}
+
+const RESTORE: Keys = Keys {
+    supported: &["source_url", "resume", "prefault"],
+    defaults: &[],
+    unsupported: &[
+        "memory_restore_mode",
+        "net_fds",
+        "vfio_fds",
+        "iommufd_fd",
+        "zone_updates",
+    ],
+};
+
+/// `source_url=file:///DIR[,resume=on][,prefault=on]` (the restore reads what the
+/// memory file holds at once, so `prefault` changes nothing).
+pub fn parse_restore(text: &str) -> Result<RestoreOption, String> {
+    let mut dir = None;
+    let mut resume = false;
+    for Item { key, value, .. } in RESTORE.parse(text)? {
+        match key {
+            "source_url" => match value.strip_prefix("file://") {
+                Some(path) if path.starts_with('/') => dir = Some(PathBuf::from(path)),
+                _ => return Err(format!("`{value}`: give source_url=file:///DIR")),
+            },
+            "resume" => resume = switch(key, &value)?,
+            _ => {
+                switch(key, &value)?;
+            }
+        }
+    }
+    let dir = dir.ok_or_else(|| "give the snapshot as source_url=file:///DIR".to_string())?;
+    Ok(RestoreOption { dir, resume })
 }
 
 /// `true`, `false` or `log`, as Cloud Hypervisor's `--seccomp` takes them.
