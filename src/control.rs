@@ -167,7 +167,7 @@ fn take_snapshot(
     running: &RunningMachine,
     platform: &Platform,
 ) -> Result<SnapshotReport, SnapshotError> {
-    let (serial, virtio) = platform.devices_state()?;
+    let (serial, virtio) = platform.devices_state();
     let vcpus = running
         .vcpus()
         .iter()

@@ -23,7 +23,7 @@ use kvmkit_devices::{
 use kvmkit_vcpu::{IoAction, IoHandler, Vm};
 use kvmkit_virtio::{
     Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
-    VirtioDevice, MMIO_WINDOW,
+    TransportState, VirtioDevice, MMIO_WINDOW,
 };
 
 use crate::control::{ControlEnd, VmControl};
@@ -427,39 +427,41 @@ impl Platform {
         self.control.as_ref().map(|(_, end)| end)
     }
 
-    /// What a snapshot saves of the platform's devices: COM1's state and the virtio
-    /// devices' types; refused while a virtio device is active (its queues are not
-    /// saved yet).
-    pub(crate) fn devices_state(&self) -> Result<(UartState, Vec<u32>), crate::SnapshotError> {
-        let mut types = Vec::with_capacity(self.virtio.len());
-        for (slot, device) in self.virtio.iter().enumerate() {
-            if device.transport.status() != 0 {
-                return Err(crate::SnapshotError::DeviceActive {
-                    slot,
-                    device_type: device.slot.device_type,
-                });
-            }
-            types.push(device.slot.device_type);
-        }
-        Ok((self.serial.save_state(), types))
+    /// What a snapshot saves of the platform's devices: COM1's state and each virtio
+    /// transport's (the devices paused, as a paused VM's are).
+    pub(crate) fn devices_state(&self) -> (UartState, Vec<TransportState>) {
+        let virtio = self
+            .virtio
+            .iter()
+            .map(|device| device.transport.save_state())
+            .collect();
+        (self.serial.save_state(), virtio)
     }
 
-    /// Puts the devices' state from `snapshot` back: COM1's registers and FIFO; the
-    /// virtio devices, in their reset state, must be of the saved types in the same
-    /// slots.
+    /// Puts the devices' state from `snapshot` back: COM1's registers and FIFO, and
+    /// each virtio device (of the saved type, in the same slot), started again as its
+    /// driver had started it.
     pub fn restore_devices(&self, snapshot: &crate::Snapshot) -> Result<(), Error> {
         let here: Vec<u32> = self.virtio.iter().map(|d| d.slot.device_type).collect();
-        if here != snapshot.virtio() {
+        let saved: Vec<u32> = snapshot.virtio().iter().map(|s| s.device_type()).collect();
+        if here != saved {
             return Err(crate::SnapshotError::Mismatch {
                 what: "virtio devices",
-                saved: format!("{:?}", snapshot.virtio()),
+                saved: format!("{saved:?}"),
                 here: format!("{here:?}"),
             }
             .into());
         }
         self.serial
             .restore_state(snapshot.serial())
-            .map_err(|e| crate::SnapshotError::Serial(e).into())
+            .map_err(crate::SnapshotError::Serial)?;
+        for (slot, (device, state)) in self.virtio.iter().zip(snapshot.virtio()).enumerate() {
+            device
+                .transport
+                .restore_state(state)
+                .map_err(|source| crate::SnapshotError::Device { slot, source })?;
+        }
+        Ok(())
     }
 
     /// Pauses every virtio device's queue work and returns once none runs

@@ -14,10 +14,10 @@
 //!   hole. Restoring reads the data the file holds (`SEEK_DATA`/`SEEK_HOLE`) into the
 //!   new machine's RAM, so it costs what the guest had touched, not its size.
 //!
-//! A virtio device is saved only in its reset state (what a guest that never drove it,
-//! or a device between a reset and its driver's next start, is in): a VM with an
-//! active device is refused ([`SnapshotError::DeviceActive`]) until devices save their
-//! queues.
+//! A virtio device is saved as its transport holds it (status, features, each queue's
+//! rings and how far it went), taken while the device is paused, so that every chain
+//! it took is in the used ring; restored, it starts again as the driver had started
+//! it.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use kvmkit_devices::UartState;
 use kvmkit_memory::GuestRam;
 use kvmkit_vcpu::x86::{VcpuState, VmState, STATE_VERSION};
+use kvmkit_virtio::TransportState;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -102,13 +103,14 @@ pub enum SnapshotError {
         /// This machine's.
         here: String,
     },
-    /// A virtio device is active: its queues cannot be saved yet.
-    #[error("virtio device {slot} (type {device_type}) is active: kvmkit saves virtio devices only in their reset state so far")]
-    DeviceActive {
+    /// A virtio device's state could not be put back.
+    #[error("virtio device {slot} refused its state")]
+    Device {
         /// Its slot.
         slot: usize,
-        /// Its virtio type.
-        device_type: u32,
+        /// Why.
+        #[source]
+        source: kvmkit_virtio::TransportStateError,
     },
     /// The VM is not paused (a snapshot is taken of a paused VM only).
     #[error("the VM is not paused")]
@@ -131,8 +133,8 @@ pub struct Snapshot {
     /// Guest RAM's regions, (guest address, size), in the memory file's order.
     ram: Vec<(u64, u64)>,
     serial: UartState,
-    /// The virtio devices' types, in slot order (each in its reset state).
-    virtio: Vec<u32>,
+    /// The virtio devices' transports, in slot order.
+    virtio: Vec<TransportState>,
     /// What the VMM saved with the VM to rebuild its machine (the runner: its
     /// configuration).
     config: serde_json::Value,
@@ -156,7 +158,7 @@ impl Snapshot {
         vm: VmState,
         ram: &GuestRam,
         serial: UartState,
-        virtio: Vec<u32>,
+        virtio: Vec<TransportState>,
         config: serde_json::Value,
     ) -> Self {
         Snapshot {
@@ -197,7 +199,7 @@ impl Snapshot {
         &self.serial
     }
 
-    pub(crate) fn virtio(&self) -> &[u32] {
+    pub(crate) fn virtio(&self) -> &[TransportState] {
         &self.virtio
     }
 

@@ -44,7 +44,10 @@ pub use device::{
 pub use epoch::{Epoch, Gate, Turn};
 pub use interrupt::{DeviceFault, EventFdVirtioInterrupt, InterruptKind, VirtioInterrupt};
 pub use lifecycle::DeviceLifecycle;
-pub use mmio::{MmioTransport, TransportCounters, MMIO_WINDOW, QUEUE_NOTIFY};
+pub use mmio::{
+    MmioTransport, TransportCounters, TransportState, TransportStateError, MMIO_WINDOW,
+    QUEUE_NOTIFY,
+};
 pub use net::{DatagramBackend, Net, NetBackend, Tap, TapError, NET_HEADER_LEN};
 pub use notify::{NoShortcut, QueueNotifiers};
 pub use ring::RingError;

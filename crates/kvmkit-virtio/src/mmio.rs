@@ -56,6 +56,67 @@ const MAGIC: u32 = 0x7472_6976;
 /// "KVMK": kvmkit's vendor id.
 const VENDOR: u32 = 0x4b4d_564b;
 
+/// A transport's state (see [`MmioTransport::save_state`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    device_type: u32,
+    status: u32,
+    driver_features: u64,
+    queues: Vec<QueueConfig>,
+    interrupt_status: u32,
+    faulted: bool,
+}
+
+impl TransportState {
+    /// The virtio device type it was saved from.
+    pub fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
+    /// The device status the driver had set.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+}
+
+/// The low and high 32 bits of a ring's address, as the driver writes them.
+// Each half is masked or shifted to exactly 32 bits: the casts keep every bit.
+#[allow(clippy::cast_possible_truncation)]
+fn halves(addr: u64) -> (Option<u32>, Option<u32>) {
+    (Some((addr & 0xffff_ffff) as u32), Some((addr >> 32) as u32))
+}
+
+/// A queue as the driver set it up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct QueueConfig {
+    size: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+/// Why a transport's state could not be restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportStateError {
+    /// Saved from another device type, or restored into a transport in use.
+    #[error("the state is of device type {saved}; this transport's is {here} (or it is in use)")]
+    Mismatch {
+        /// The saved device type.
+        saved: u32,
+        /// This transport's.
+        here: u32,
+    },
+    /// Queues the device does not take, rings outside guest RAM, or features never
+    /// offered.
+    #[error("the state does not fit the device or guest memory")]
+    Invalid,
+    /// The device did not start with the restored queues.
+    #[error("the device did not start with the restored queues")]
+    Activation,
+}
+
 /// What a transport saw the driver do wrong, counted.
 #[derive(Debug, Default)]
 pub struct TransportCounters {
@@ -190,6 +251,105 @@ impl MmioTransport {
         for notifier in state.notifiers.iter().flatten() {
             let _ = notifier.event.write(1);
         }
+    }
+
+    /// The transport's state, for a snapshot: what the driver set up (status,
+    /// features, each queue's size and rings) and how far each queue went. The device
+    /// must be paused ([`pause`](Self::pause)), so that every chain it took is in the
+    /// used ring: a queue's next available and next used entries are then both the
+    /// used index the guest's memory holds, and chains posted meanwhile are served
+    /// after the restore. The device itself holds no other state kvmkit's devices
+    /// need (a console's host input waiting for the guest's buffers is not kept).
+    pub fn save_state(&self) -> TransportState {
+        let state = self.lock();
+        let queues = state
+            .queues
+            .iter()
+            .map(|queue| QueueConfig {
+                size: queue.size(),
+                ready: queue.ready(),
+                desc: queue.desc_table(),
+                avail: queue.avail_ring(),
+                used: queue.used_ring(),
+            })
+            .collect();
+        TransportState {
+            device_type: state.device.device_type(),
+            status: state.status,
+            driver_features: state.driver_features,
+            queues,
+            interrupt_status: self.interrupt.status(),
+            faulted: self.fault.is_set(),
+        }
+    }
+
+    /// Puts `state` (saved by [`save_state`](Self::save_state) from a transport of
+    /// the same device type) into this fresh transport, and starts the device as the
+    /// driver had (its notifiers registered) if it was running. A state that does not
+    /// fit (another device type, more queues or larger ones than the device takes,
+    /// rings outside guest RAM, features never offered) is refused and the transport
+    /// left as it was.
+    pub fn restore_state(&self, saved: &TransportState) -> Result<(), TransportStateError> {
+        let mut state = self.lock();
+        let here = state.device.device_type();
+        if saved.device_type != here || state.status != 0 {
+            return Err(TransportStateError::Mismatch {
+                saved: saved.device_type,
+                here,
+            });
+        }
+        if saved.queues.len() > state.max_sizes.len()
+            || saved.driver_features & !state.device.features() != 0
+        {
+            return Err(TransportStateError::Invalid);
+        }
+        let mut queues = fresh_queues(&state.max_sizes);
+        for ((queue, config), &max) in queues.iter_mut().zip(&saved.queues).zip(&state.max_sizes) {
+            if config.size > max || !config.size.is_power_of_two() && config.size != 0 {
+                return Err(TransportStateError::Invalid);
+            }
+            queue.set_size(config.size);
+            let (low, high) = halves(config.desc);
+            queue.set_desc_table_address(low, high);
+            let (low, high) = halves(config.avail);
+            queue.set_avail_ring_address(low, high);
+            let (low, high) = halves(config.used);
+            queue.set_used_ring_address(low, high);
+            if config.ready {
+                queue.set_ready(true);
+                if !queue.is_valid(&*self.memory) {
+                    return Err(TransportStateError::Invalid);
+                }
+                let used = queue
+                    .used_idx(&*self.memory, std::sync::atomic::Ordering::Acquire)
+                    .map_err(|_| TransportStateError::Invalid)?;
+                queue.set_next_avail(used.0);
+                queue.set_next_used(used.0);
+            }
+        }
+        state.queues = queues;
+        state.driver_features = saved.driver_features;
+        state.status = saved.status & !VIRTIO_CONFIG_S_DRIVER_OK;
+        if saved.faulted {
+            self.fault.set();
+        }
+        if saved.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            state.status = saved.status;
+            if !self.activate(&mut state) {
+                return Err(TransportStateError::Activation);
+            }
+            // Chains the driver posted before the snapshot wait for a look, as after
+            // a resume.
+            for notifier in state.notifiers.iter().flatten() {
+                let _ = notifier.event.write(1);
+            }
+        }
+        for kind in [InterruptKind::UsedBuffer, InterruptKind::ConfigChange] {
+            if saved.interrupt_status & kind.status_bit() != 0 {
+                let _ = self.interrupt.signal(kind);
+            }
+        }
+        Ok(())
     }
 
     /// The status the driver reads: what it wrote, plus `DEVICE_NEEDS_RESET` once

@@ -219,3 +219,66 @@ fn a_frame_arriving_while_net_is_paused_waits_in_the_backend_until_the_resume() 
     );
     assert_eq!(rig.used(&rx), vec![(0, frame.len() as u32)]);
 }
+
+#[test]
+fn a_paused_devices_state_restored_on_a_copy_of_guest_memory_serves_what_was_posted() {
+    use common::RAM;
+    use kvmkit_virtio::TransportStateError;
+    let (saved, mock) = started(Box::new(Rng::new()), 0);
+    for n in 0..4u16 {
+        let buffer = BUFFERS + 0x1000 * u64::from(n);
+        mock.desc_table()
+            .store(n, desc(buffer, 64, VRING_DESC_F_WRITE, 0))
+            .unwrap();
+    }
+    saved.offer(&mock, &[0, 1]);
+    saved.write(QUEUE_NOTIFY, 0);
+    assert!(wait_used(&saved, &mock, 2));
+    saved.transport.pause();
+    // Posted while paused: for the restored device to serve.
+    saved.offer(&mock, &[2, 3]);
+    let state = saved.transport.save_state();
+    let mut memory = vec![0u8; RAM as usize];
+    saved
+        .memory
+        .read_slice(&mut memory, GuestAddress(0))
+        .unwrap();
+    let state: kvmkit_virtio::TransportState =
+        serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+
+    let restored = Rig::new(Box::new(Rng::new()));
+    restored
+        .memory
+        .write_slice(&memory, GuestAddress(0))
+        .unwrap();
+    let wrong_type = Rig::new(Box::new(kvmkit_virtio::Block::with_file(
+        common::scratch_image("restore-type", &[0u8; 512]),
+        512,
+        false,
+        b"",
+    )))
+    .transport
+    .restore_state(&state);
+    restored.transport.restore_state(&state).unwrap();
+    let served = wait_used(&restored, &mock, 4);
+
+    assert_eq!(
+        state.status() & 0x4,
+        0x4,
+        "the driver had started the device"
+    );
+    assert!(
+        served,
+        "the restored device did not serve what was posted: {:?}",
+        restored.used(&mock)
+    );
+    assert_eq!(
+        restored.read(0x70) & 0xf,
+        0xf,
+        "the driver's status came back"
+    );
+    assert!(
+        matches!(wrong_type, Err(TransportStateError::Mismatch { .. })),
+        "{wrong_type:?}"
+    );
+}
