@@ -247,9 +247,27 @@ impl Api {
             return ApiResponse::failed(request, Failure::Failed, &["the VMM is shutting down"]);
         }
         match answer.recv() {
-            Ok(Ok(())) => ApiResponse::Done,
+            Ok(Ok(())) => {
+                self.wait_started();
+                ApiResponse::Done
+            }
             Ok(Err(why)) => ApiResponse::failed(request, Failure::Failed, &[&why]),
             Err(_) => ApiResponse::failed(request, Failure::Failed, &["the VMM is shutting down"]),
+        }
+    }
+
+    /// Waits (a few seconds at most) until the VM just started is under way on its
+    /// I/O thread, so that the answer to its boot or restore is followed by
+    /// `vm.info` saying so, as Cloud Hypervisor's is.
+    fn wait_started(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Phase::Booted(_, running) = &*self.phase() {
+                if running.control.state() != VmState::Created {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
