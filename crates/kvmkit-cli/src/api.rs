@@ -102,12 +102,13 @@ impl Api {
         *self.phase() = Phase::Booting(Box::new(options));
     }
 
-    /// The VM being booted runs: `vm.boot` is answered.
-    pub fn started(&self, running: Running) {
+    /// The VM being booted runs, as `options` (its MACs drawn) say: `vm.boot` is
+    /// answered.
+    pub fn started(&self, options: Options, running: Running) {
         *self.ran.lock().unwrap_or_else(|e| e.into_inner()) = true;
         let mut phase = self.phase();
-        if let Phase::Booting(options) = std::mem::replace(&mut *phase, Phase::Empty) {
-            *phase = Phase::Booted(options, running);
+        if let Phase::Booting(_) = std::mem::replace(&mut *phase, Phase::Empty) {
+            *phase = Phase::Booted(Box::new(options), running);
         }
         drop(phase);
         self.answer_boot(Ok(()));
@@ -449,6 +450,7 @@ fn vm_config_json(options: &Options) -> Value {
             "tap": net.tap,
             "ip": net.host.map(|(ip, _)| ip.to_string()),
             "mask": net.host.map(|(_, mask)| mask.to_string()),
+            "mac": net.mac.map(|mac| mac.map(|byte| format!("{byte:02x}")).join(":")),
         })).collect::<Vec<_>>(),
         "rng": {"src": options.rng.src},
         "serial": console(&options.serial),

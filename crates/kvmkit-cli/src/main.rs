@@ -195,6 +195,8 @@ fn run(
             ));
         }
     }
+    // The MACs drawn now are the VM's for good: a snapshot keeps them.
+    let options = &with_macs_drawn(options)?;
     let stdin = stdin_console(options)?;
     hint_unseen_console(options);
     let machine = MachineBuilder::new()
@@ -256,11 +258,14 @@ fn run(
         let control = platform
             .control()
             .map_err(|e| CliError::from_error("--api-socket", &e))?;
-        api.started(api::Running {
-            control,
-            exit: Arc::clone(platform.exit()),
-            devices: stats.device_ids(),
-        });
+        api.started(
+            options.clone(),
+            api::Running {
+                control,
+                exit: Arc::clone(platform.exit()),
+                devices: stats.device_ids(),
+            },
+        );
     }
     let (outcome, memory_report) = booted
         .run_on_then(platform, |ram| ram.report())
@@ -363,11 +368,8 @@ fn add_devices(
     }
     for net in &options.net {
         let tap = open_tap(net)?;
-        let mac = match net.mac {
-            Some(mac) => mac,
-            None => random_mac()
-                .map_err(|e| CliError::new("--net", format!("cannot draw a MAC address: {e}")))?,
-        };
+        // `with_macs_drawn` gave every device one.
+        let mac = net.mac.unwrap_or_default();
         platform
             .add_virtio_mmio(Box::new(Net::new(tap, mac)), memory)
             .map_err(|e| CliError::from_error("--net", &e))?;
@@ -389,6 +391,20 @@ fn add_devices(
         .map_err(|e| CliError::from_error("--rng", &e))?;
     stats.add_device("rng", platform);
     Ok(())
+}
+
+/// `options` with a random locally administered MAC for each `--net` that has none.
+fn with_macs_drawn(options: &Options) -> Result<Options, CliError> {
+    let mut drawn = options.clone();
+    for net in &mut drawn.net {
+        if net.mac.is_none() {
+            net.mac =
+                Some(random_mac().map_err(|e| {
+                    CliError::new("--net", format!("cannot draw a MAC address: {e}"))
+                })?);
+        }
+    }
+    Ok(drawn)
 }
 
 /// The tap of a `--net`: the one named, or a new one; with its host side configured

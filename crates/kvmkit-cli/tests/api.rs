@@ -498,3 +498,56 @@ fn a_corrupted_snapshot_is_refused_by_the_api_and_the_command_line_and_runs_noth
         "{stderr}"
     );
 }
+
+#[test]
+fn a_mac_drawn_for_a_net_device_is_the_one_its_snapshot_keeps() {
+    // In a network namespace of its own, the runner makes its tap (root).
+    let dir = scratch("drawn-mac");
+    let kernel = bzimage(&dir, SPIN);
+    let snapshot = dir.join("snapshot");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let socket = dir.join("api.sock");
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new("unshare")
+        .arg("-n")
+        .arg(env!("CARGO_BIN_EXE_kvmkit"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "size=64M",
+            "--serial",
+            "null",
+            "--console",
+            "off",
+        ])
+        .args(["--net", "tap="])
+        .arg("--api-socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare(1) runs");
+    let vmm = Vmm { child, socket };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !vmm.socket.exists() || vmm.curl("GET", "vm.info", None).0 != 200 {
+        assert!(Instant::now() < deadline, "the VMM never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let (_, info) = vmm.curl("GET", "vm.info", None);
+    vmm.ch_remote(&["pause"]);
+    let taken = vmm.ch_remote(&["snapshot", &format!("file://{}", snapshot.display())]);
+    vmm.ch_remote(&["shutdown-vmm"]);
+    vmm.end();
+
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let mac = info["config"]["net"][0]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let state = std::fs::read_to_string(snapshot.join("state.json")).unwrap();
+    assert!(taken.status.success(), "{taken:?}");
+    assert_eq!(mac.len(), 17, "no MAC in {info}");
+    assert!(state.contains(&mac), "the snapshot does not keep {mac}");
+}
