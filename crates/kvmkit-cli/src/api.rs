@@ -181,17 +181,19 @@ impl Api {
         }
     }
 
+    /// Why no VM can be made now: one exists, or one ran (one VM per process).
+    fn cannot_make(&self, phase: &Phase) -> Option<&'static str> {
+        if !matches!(phase, Phase::Empty) {
+            return Some("VM is already created");
+        }
+        let ran = *self.ran.lock().unwrap_or_else(|e| e.into_inner());
+        ran.then_some("kvmkit runs one VM per process: start another VMM for the next")
+    }
+
     fn create(&self, request: &ApiRequest, config: &Value) -> ApiResponse {
         let mut phase = self.phase();
-        if !matches!(*phase, Phase::Empty) {
-            return ApiResponse::failed(request, Failure::Failed, &["VM is already created"]);
-        }
-        if *self.ran.lock().unwrap_or_else(|e| e.into_inner()) {
-            return ApiResponse::failed(
-                request,
-                Failure::Failed,
-                &["kvmkit runs one VM per process: start another VMM for the next"],
-            );
+        if let Some(why) = self.cannot_make(&phase) {
+            return ApiResponse::failed(request, Failure::Failed, &[why]);
         }
         match vm_config::options(config) {
             Ok(options) => {
@@ -215,15 +217,8 @@ impl Api {
 
     /// `vm.restore`: only with no VM yet, and one VM per process.
     fn restore(&self, request: &ApiRequest, source_url: &str, resume: bool) -> ApiResponse {
-        if !matches!(*self.phase(), Phase::Empty) {
-            return ApiResponse::failed(request, Failure::Failed, &["VM is already created"]);
-        }
-        if *self.ran.lock().unwrap_or_else(|e| e.into_inner()) {
-            return ApiResponse::failed(
-                request,
-                Failure::Failed,
-                &["kvmkit runs one VM per process: start another VMM for the next"],
-            );
+        if let Some(why) = self.cannot_make(&self.phase()) {
+            return ApiResponse::failed(request, Failure::Failed, &[why]);
         }
         let Some(dir) = kvmkit_api::file_url(source_url) else {
             return ApiResponse::failed(

@@ -229,7 +229,7 @@ const CPUS: Keys = Keys {
 };
 
 /// The keys `kvmkit_memory::MemoryConfig` reads, and Cloud Hypervisor's others.
-const MEMORY: Keys = Keys {
+pub(crate) const MEMORY: Keys = Keys {
     supported: &[
         "size",
         "mergeable",

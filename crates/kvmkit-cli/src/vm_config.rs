@@ -252,16 +252,7 @@ fn memory_of(memory: &Map<String, Value>) -> Result<String, String> {
     check(
         memory,
         "memory.",
-        &[
-            "size",
-            "mergeable",
-            "shared",
-            "hugepages",
-            "hugepage_size",
-            "prefault",
-            "reserve",
-            "thp",
-        ],
+        crate::options::MEMORY.supported,
         &[
             ("hotplug_method", Taken::Or(&[Scalar::Str("Acpi")])),
             ("hotplug_size", Taken::Empty),

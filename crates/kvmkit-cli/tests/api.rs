@@ -69,18 +69,24 @@ impl Vmm {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "the API socket never appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let vmm = Vmm { child, socket };
+        let vmm = Vmm::answering(child, socket);
         // The API answers from the start; the command line's VM runs a moment later.
+        let deadline = Instant::now() + Duration::from_secs(20);
         while vmm.state() != "Running" {
             assert!(Instant::now() < deadline, "the VM never ran");
             std::thread::sleep(Duration::from_millis(10));
         }
         vmm
+    }
+
+    /// The VMM `child` is, once its API socket appears.
+    fn answering(child: Child, socket: PathBuf) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the API socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Vmm { child, socket }
     }
 
     /// `ch-remote --api-socket SOCKET args...`.
@@ -265,12 +271,7 @@ fn waiting(name: &str) -> (Vmm, PathBuf) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the API socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Vmm { child, socket }, dir)
+    (Vmm::answering(child, socket), dir)
 }
 
 #[test]
