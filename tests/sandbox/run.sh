@@ -3,7 +3,9 @@
 # -cpu max, which emulates AMD SVM) as L1, whose /dev/kvm is then SVM-backed KVM; in
 # it, the kvmkit runner boots the same kernel as L2 with 2 vCPUs, virtio-blk, -net,
 # -rng and -console, and L2's init checks each (see l2-init and l1-init); then it boots
-# the vmlinux ELF inside that kernel through PVH, to its init.
+# the vmlinux ELF inside that kernel through PVH, to its init; then the runner's ends
+# (a panic, an init that ends, reboot=t, small guests); then a counting guest is
+# snapshotted through the API and restored in a new VMM (l1-snapshot).
 #
 #   tests/sandbox/run.sh            # build, boot, assert every marker
 #
@@ -16,7 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="${SANDBOX_WORK:-$root/target/sandbox}"
-timeout_s="${SANDBOX_TIMEOUT:-300}"
+timeout_s="${SANDBOX_TIMEOUT:-420}"
 l2_cmdline="${L2_CMDLINE:-console=ttyS0 reboot=k panic=1}"
 
 fail() { echo "sandbox: $*" >&2; exit 1; }
@@ -79,6 +81,17 @@ mkdir -p "$work/l1/l2"
 cp "$kernel" "$work/l1/l2/vmlinuz"
 cp "$work/vmlinux" "$work/l1/l2/vmlinux"
 cp "$work/l2.cpio.gz" "$work/l1/l2/initrd.gz"
+# Cloud Hypervisor's API client drives the snapshot scenario (l1-snapshot), as it
+# drives Cloud Hypervisor: from ../shared/anchors (KVMKIT_ANCHORS says where else).
+anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
+[ -x "$anchors/ch-remote" ] || anchors=/work/shared/anchors
+[ -x "$anchors/ch-remote" ] || fail "ch-remote not found: set KVMKIT_ANCHORS to the anchors' directory"
+cp "$here/l1-snapshot" "$work/l1/snapshot.sh"
+cp "$anchors/ch-remote" "$work/l1/bin/ch-remote"
+for lib in $(ldd "$anchors/ch-remote" | grep -o '/[^ ]*'); do
+    mkdir -p "$work/l1$(dirname "$lib")"
+    cp -L "$lib" "$work/l1$lib"
+done
 printf 'L2_CMDLINE=%q\n' "$l2_cmdline" > "$work/l1/sandbox.conf"
 # Extra L1 steps (bench.sh): a script run after the checks, and files it needs, each
 # "SOURCE" (copied to the same path) or "SOURCE:DEST"; executables bring their
@@ -120,6 +133,7 @@ markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK
          L2-REBOOTING "L1-REBOOT-T-EXIT status=0 kvmkit: vCPU 0 triple-faulted"
          "L1-SMALL-64M-EXIT status=1 kvmkit: --memory: the kernel needs"
          L2-SMALL-INIT "L1-SMALL-96M-EXIT status=0"
+         L1-SNAPSHOT-TAKEN L1-SNAPSHOT-COUNT-GOES-ON L1-SNAPSHOT-DISK-WRITTEN-AFTER-RESTORE
          L1-DONE)
 missing=()
 for marker in "${markers[@]}"; do
