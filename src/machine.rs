@@ -210,6 +210,9 @@ impl Machine {
             .into());
         }
         snapshot.restore_memory(dir, &self.ram)?;
+        // A new generation: each VM restored from one snapshot is another VM to a
+        // guest that reads it (and reseeds its random numbers).
+        new_generation_id(&self.ram, kvmkit_memory::x86::VM_GENERATION_ID.start)?;
         self.vm
             .restore_state(snapshot.vm())
             .map_err(SnapshotError::Kvm)?;
@@ -250,6 +253,9 @@ impl Machine {
         // The builder made at most u32::MAX vCPUs.
         let vcpus = u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX);
         let entry = image.load(self.ram.memory(), layout, vcpus)?;
+        if let Some(addr) = layout.legacy_devices().vm_generation_id {
+            new_generation_id(&self.ram, addr)?;
+        }
         match entry.protocol {
             EntryProtocol::Program { mode, stack_stride } => {
                 self.enter_program(&entry, mode, stack_stride)?
@@ -314,6 +320,21 @@ impl Machine {
         boot.enter_mode(self.ram.memory(), mode, entry.entry, entry.stack_top)?;
         Ok(boot.regs()?)
     }
+}
+
+/// Writes a new random VM generation ID (16 bytes) at `addr` in guest RAM.
+fn new_generation_id(ram: &GuestRam, addr: u64) -> Result<(), Error> {
+    use std::io::Read;
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut id))
+        .map_err(Error::host("cannot draw a VM generation ID"))?;
+    vm_memory::Bytes::write_slice(ram.memory(), &id, vm_memory::GuestAddress(addr)).map_err(|e| {
+        Error::Host {
+            what: "cannot write the VM generation ID",
+            source: std::io::Error::other(e.to_string()),
+        }
+    })
 }
 
 /// A machine whose vCPUs are set up to run a program.

@@ -287,6 +287,7 @@ impl Platform {
             sleep_status_port: port(ACPI_SLEEP_CONTROL_PORT + ACPI_SLEEP_STATUS_OFFSET),
             reset: (port(I8042_COMMAND_PORT), I8042_PULSE_RESET),
             pvpanic_port: Some(port(PVPANIC_PORT)),
+            vm_generation_id: Some(kvmkit_memory::x86::VM_GENERATION_ID.start),
         }
     }
 

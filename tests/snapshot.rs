@@ -245,3 +245,34 @@ fn a_restored_vm_started_paused_runs_nothing_until_its_control_resumes_it() {
     );
     assert!(went_on, "the resumed guest did not go on");
 }
+
+#[test]
+fn each_restore_of_a_snapshot_gets_a_new_vm_generation_id_where_the_acpi_table_says() {
+    use std::os::unix::fs::FileExt;
+    let dir = scratch_dir("generation");
+    saved(&dir);
+    let mut saved_id = [0u8; 16];
+    std::fs::File::open(dir.join("memory"))
+        .unwrap()
+        .read_exact_at(&mut saved_id, kvmkit::memory::x86::VM_GENERATION_ID.start)
+        .unwrap();
+    let snapshot = Snapshot::read_from(&dir).unwrap();
+    let id = |booted: &BootedMachine| -> [u8; 16] {
+        booted
+            .machine()
+            .ram()
+            .memory()
+            .read_obj(GuestAddress(kvmkit::memory::x86::VM_GENERATION_ID.start))
+            .unwrap()
+    };
+
+    let first = id(&machine(1).0.restore(&snapshot, &dir).unwrap());
+    let second = id(&machine(1).0.restore(&snapshot, &dir).unwrap());
+
+    assert_ne!(saved_id, [0; 16], "the booted VM had no generation ID");
+    assert_ne!(first, saved_id, "a restore kept the saved VM's generation");
+    assert_ne!(
+        second, first,
+        "two restores of one snapshot share a generation"
+    );
+}

@@ -149,9 +149,9 @@ fn madt(vcpus: u32) -> Sdt {
     madt
 }
 
-/// The DSDT: `\_S5` for power-off, COM1 (`PNP0501`), the pvpanic port (`QEMU0001`)
-/// and every virtio-mmio window (`LNRO0005`, its registers and its edge-triggered
-/// interrupt).
+/// The DSDT: `\_S5` for power-off, COM1 (`PNP0501`), the pvpanic port (`QEMU0001`),
+/// the VM generation ID (`VMGENCTR`, `VM_Gen_Counter`) and every virtio-mmio window
+/// (`LNRO0005`, its registers and its edge-triggered interrupt).
 fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE])).to_aml_bytes(&mut body);
@@ -173,6 +173,18 @@ fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
         let io = aml::IO::new(port, port, 1, 1);
         let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&io]));
         let device = aml::Device::new("PEVT".into(), vec![&hid, &crs]);
+        devices.push(RawAml(to_bytes(&device)));
+    }
+    if let Some(addr) = legacy.vm_generation_id {
+        // Linux's vmgenid matches the _HID; others the _CID, as QEMU's and
+        // Firecracker's tables give it. ADDR is the ID's address, low then high.
+        let hid = aml::Name::new("_HID".into(), &"VMGENCTR");
+        let cid = aml::Name::new("_CID".into(), &"VM_Gen_Counter");
+        let ddn = aml::Name::new("_DDN".into(), &"VM_Gen_Counter");
+        let (low, high) = (addr & 0xffff_ffff, addr >> 32);
+        let package = aml::Package::new(vec![&low, &high]);
+        let address = aml::Name::new("ADDR".into(), &package);
+        let device = aml::Device::new("VGEN".into(), vec![&hid, &cid, &ddn, &address]);
         devices.push(RawAml(to_bytes(&device)));
     }
     for (index, (base, size, irq)) in layout.virtio_mmio().enumerate() {

@@ -84,11 +84,14 @@ pub struct LegacyDevices {
     pub reset: (u16, u8),
     /// The pvpanic device's port (ACPI `QEMU0001`), if present.
     pub pvpanic_port: Option<u16>,
+    /// Where the VM generation ID lies (ACPI `VM_Gen_Counter`), if the VM has one.
+    pub vm_generation_id: Option<u64>,
 }
 
 impl Default for LegacyDevices {
     /// COM1 at 0x3f8 (IRQ 4), sleep control and status at 0x600 and 0x601, reset by
-    /// writing 0xfe to the i8042's command port 0x64, pvpanic at 0x505.
+    /// writing 0xfe to the i8042's command port 0x64, pvpanic at 0x505, the VM
+    /// generation ID at [`x86::VM_GENERATION_ID`].
     fn default() -> Self {
         LegacyDevices {
             serial: Some((0x3f8, 4)),
@@ -96,6 +99,7 @@ impl Default for LegacyDevices {
             sleep_status_port: 0x601,
             reset: (0x64, 0xfe),
             pvpanic_port: Some(0x505),
+            vm_generation_id: Some(x86::VM_GENERATION_ID.start),
         }
     }
 }

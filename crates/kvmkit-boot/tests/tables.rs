@@ -146,6 +146,16 @@ fn the_dsdt_describes_s5_com1_pvpanic_and_every_virtio_window_with_its_irq() {
     // pvpanic: QEMU0001 as a string, and its one port at 0x505 (IO descriptor:
     // decodes 16 bits, min and max 0x505, alignment 1, length 1).
     assert_eq!(find(b"QEMU0001\0"), 1);
+    // The VM generation ID: VMGENCTR, VM_Gen_Counter, and ADDR, a package of its
+    // address's low dword and high zero (PackageOp, length, 2 elements, DWordPrefix,
+    // the address, ZeroOp).
+    assert_eq!(find(b"VMGENCTR\0"), 1);
+    assert_eq!(find(b"VM_Gen_Counter\0"), 2, "_CID and _DDN");
+    let mut address = b"ADDR".to_vec();
+    address.extend([0x12, 0x08, 0x02, 0x0c]);
+    address.extend((x86::VM_GENERATION_ID.start as u32).to_le_bytes());
+    address.push(0x00);
+    assert_eq!(find(&address), 1, "ADDR names the VM generation ID");
     assert_eq!(find(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]), 1);
     for (base, irq) in windows {
         // Memory32Fixed: read-write, base, length 0x1000.

@@ -20,6 +20,7 @@
 //! 0x0000_9000  page tables               (long mode)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA (MP floating pointer) ┐
+//! 0x000d_f000  VM generation ID           │
 //! 0x000e_0000  ACPI tables                │ reserved for the firmware
 //! 0x000f_0000  MP table                   ┘
 //! 0x0010_0000  high memory: kernels and programs load here
@@ -92,6 +93,10 @@ pub const CMDLINE: FixedRange = range("command line", 0x2_0000, 0x1_0000);
 /// The extended BIOS data area: usable RAM stops here; the MP floating pointer lives
 /// at its start.
 pub const EBDA: FixedRange = range("EBDA", 0x9_fc00, 0x400);
+/// The VM generation ID (16 bytes): the ACPI `VM_Gen_Counter` device's `ADDR`
+/// names it; a VM restored from a snapshot gets a new one, so that a guest that
+/// reads it (Linux's `vmgenid`) reseeds its random number generator.
+pub const VM_GENERATION_ID: FixedRange = range("VM generation ID", 0xd_f000, 0x10);
 /// The RSDP and the ACPI tables after it (the BIOS area the kernel scans for the
 /// RSDP).
 pub const ACPI_TABLES: FixedRange = range("ACPI tables", 0xe_0000, 0x1_0000);
@@ -126,7 +131,7 @@ pub const LOW_RAM_STRUCTURES: [FixedRange; 7] = [
 ];
 
 /// The firmware's tables, in [`FIRMWARE`].
-pub const FIRMWARE_STRUCTURES: [FixedRange; 3] = [EBDA, ACPI_TABLES, MP_TABLE];
+pub const FIRMWARE_STRUCTURES: [FixedRange; 4] = [EBDA, VM_GENERATION_ID, ACPI_TABLES, MP_TABLE];
 
 /// The windows in [`MMIO_HOLE`].
 pub const MMIO_WINDOWS: [FixedRange; 3] = [VIRTIO_MMIO, IOAPIC, LAPIC];
