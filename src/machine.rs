@@ -27,6 +27,7 @@ pub struct MachineBuilder {
     kvm_path: PathBuf,
     pin_vcpus: bool,
     log_dirty: bool,
+    memory_image: Option<Arc<std::fs::File>>,
 }
 
 impl Default for MachineBuilder {
@@ -39,6 +40,7 @@ impl Default for MachineBuilder {
             kvm_path: PathBuf::from(Hypervisor::DEFAULT_PATH),
             pin_vcpus: false,
             log_dirty: false,
+            memory_image: None,
         }
     }
 }
@@ -95,6 +97,18 @@ impl MachineBuilder {
         self
     }
 
+    /// Guest RAM starts as a private copy-on-write mapping of `image` (the layout's
+    /// regions one after another, as a snapshot's memory file holds them: see
+    /// [`Snapshot::memory_image`](crate::Snapshot::memory_image)), read page by page as
+    /// the guest touches it, so that a restore costs neither the image's size nor guest
+    /// RAM's. Only the default private anonymous memory maps so; with hugepages or
+    /// shared memory, RAM starts empty and [`Machine::restore`] copies the snapshot in,
+    /// so hugepages stay hugepages.
+    pub fn memory_image(mut self, image: std::fs::File) -> Self {
+        self.memory_image = Some(Arc::new(image));
+        self
+    }
+
     /// Opens KVM, maps guest RAM, creates the VM and its vCPUs.
     pub fn build(self) -> Result<Machine, Error> {
         if self.vcpus == 0 {
@@ -118,7 +132,7 @@ impl MachineBuilder {
                 max: MAX_MEMSLOT_SIZE,
             });
         }
-        let ram = GuestRam::new(&layout, &self.memory_config)?;
+        let ram = self.map_ram(&layout)?;
         let vm = Arc::new(Vm::new(&hypervisor)?);
         let options = if self.log_dirty {
             MemslotOptions::default().logging_dirty_pages()
@@ -138,6 +152,20 @@ impl MachineBuilder {
             vcpus,
             pin_vcpus: self.pin_vcpus,
         })
+    }
+
+    /// Guest RAM: mapped from the image where the backing allows, else empty.
+    fn map_ram(&self, layout: &MemoryLayout) -> Result<GuestRam, Error> {
+        let Some(image) = &self.memory_image else {
+            return Ok(GuestRam::new(layout, &self.memory_config)?);
+        };
+        match GuestRam::from_image(layout, &self.memory_config, image) {
+            // Hugepages or shared memory: filled by copying.
+            Err(kvmkit_memory::Error::ImageBacking { .. }) => {
+                Ok(GuestRam::new(layout, &self.memory_config)?)
+            }
+            other => Ok(other?),
+        }
     }
 }
 

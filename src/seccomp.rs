@@ -136,10 +136,14 @@ const IO: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_mincore,
     libc::SYS_getdents64,
-    // A snapshot's files: the memory file sized and written sparse, both synced.
+    // A snapshot's files: the memory file sized and written sparse, both synced and
+    // renamed into place.
     libc::SYS_ftruncate,
     libc::SYS_pwrite64,
     libc::SYS_fsync,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
 ];
 
 const API: &[i64] = &[

@@ -11,8 +11,18 @@
 //!   FNV-1a of the JSON) is verified, and the version checked, before anything is
 //!   restored: a truncated, corrupted or foreign file is refused with an error.
 //! - `memory`: guest RAM, region after region, written sparse: a page of zeroes is a
-//!   hole. Restoring reads the data the file holds (`SEEK_DATA`/`SEEK_HOLE`) into the
-//!   new machine's RAM, so it costs what the guest had touched, not its size.
+//!   hole. A machine built on it ([`MachineBuilder::memory_image`](crate::MachineBuilder::memory_image))
+//!   maps it privately, as Firecracker's file backend does: a page is read when the
+//!   guest first touches it and copied when first written, so a restore copies nothing
+//!   and costs neither the file's size nor guest RAM's. Hugepage and shared backings
+//!   cannot map a file privately: their restore copies the data the file holds
+//!   (`SEEK_DATA`/`SEEK_HOLE`) into the new RAM, which costs what the guest had
+//!   touched, and keeps hugepages hugepages.
+//!
+//! Each file is written under a `.partial` name and renamed into place, so a snapshot
+//! taken into the directory a running VM was restored from does not change the file
+//! that VM's RAM maps. Nothing else may change or shrink a memory file while a VM
+//! maps it (a page past a shrunk file's end faults with `SIGBUS`).
 //!
 //! A virtio device is saved as its transport holds it (status, features, each queue's
 //! rings and how far it went), taken while the device is paused, so that every chain
@@ -40,6 +50,8 @@ const MAGIC: &str = "kvmkit-snapshot";
 pub const STATE_FILE: &str = "state.json";
 /// The memory file's name in a snapshot's directory.
 pub const MEMORY_FILE: &str = "memory";
+/// The suffix of a file being written, until it is renamed into place.
+const PARTIAL: &str = ".partial";
 /// What is copied at once between guest RAM and the memory file.
 const CHUNK: usize = 2 << 20;
 const PAGE: usize = 4096;
@@ -210,22 +222,32 @@ impl Snapshot {
                 path: dir.to_path_buf(),
             });
         }
-        let memory_path = dir.join(MEMORY_FILE);
-        let (memory_size, memory_written) = write_memory(&memory_path, ram)?;
+        // Each file is written whole under another name, then renamed over the old
+        // one: a VM restored from a snapshot in `dir` maps its memory file, which must
+        // not change under it (the renamed-over file lives on while mapped).
+        let memory_partial = dir.join(format!("{MEMORY_FILE}{PARTIAL}"));
+        let (memory_size, memory_written) = write_memory(&memory_partial, ram)?;
         let body = serde_json::to_vec(self).map_err(|e| SnapshotError::Malformed {
             path: dir.join(STATE_FILE),
             reason: e.to_string(),
         })?;
         let header = format!("{MAGIC} {SNAPSHOT_VERSION} {:016x}\n", fnv1a(&body));
-        let state_path = dir.join(STATE_FILE);
-        let io = |what| {
-            let path = state_path.clone();
+        let state_partial = dir.join(format!("{STATE_FILE}{PARTIAL}"));
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
             move |source| SnapshotError::Io { what, path, source }
         };
-        let mut file = File::create(&state_path).map_err(io("create"))?;
-        file.write_all(header.as_bytes()).map_err(io("write"))?;
-        file.write_all(&body).map_err(io("write"))?;
-        file.sync_all().map_err(io("sync"))?;
+        let mut file = File::create(&state_partial).map_err(io("create", &state_partial))?;
+        file.write_all(header.as_bytes())
+            .and_then(|()| file.write_all(&body))
+            .and_then(|()| file.sync_all())
+            .map_err(io("write", &state_partial))?;
+        for (partial, name) in [(&memory_partial, MEMORY_FILE), (&state_partial, STATE_FILE)] {
+            std::fs::rename(partial, dir.join(name)).map_err(io("rename", partial))?;
+        }
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io("sync", dir))?;
         Ok(SnapshotReport {
             state_bytes: (header.len() + body.len()) as u64,
             memory_size,
@@ -291,6 +313,28 @@ impl Snapshot {
         Ok(snapshot)
     }
 
+    /// The memory file of the snapshot in `dir`, opened, its length checked against
+    /// the saved RAM's: what a machine's RAM can be mapped from
+    /// ([`MachineBuilder::memory_image`](crate::MachineBuilder::memory_image)), so that
+    /// a restore copies nothing. The file must stay as it is while a VM maps it.
+    pub fn memory_image(&self, dir: &Path) -> Result<File, SnapshotError> {
+        let path = dir.join(MEMORY_FILE);
+        let io = |what| {
+            let path = path.clone();
+            move |source| SnapshotError::Io { what, path, source }
+        };
+        let file = File::open(&path).map_err(io("open"))?;
+        let length = file.metadata().map_err(io("read the size of"))?.len();
+        if length != self.memory_size() {
+            return Err(SnapshotError::Mismatch {
+                what: "memory file's length",
+                saved: self.memory_size().to_string(),
+                here: length.to_string(),
+            });
+        }
+        Ok(file)
+    }
+
     /// Checks that `ram` is laid out as the saved RAM was and copies the memory file
     /// of `dir` into it: only the data the file holds (its holes are zero pages, as
     /// fresh RAM's are).
@@ -308,14 +352,12 @@ impl Snapshot {
             let path = path.clone();
             move |source| SnapshotError::Io { what, path, source }
         };
-        let file = File::open(&path).map_err(io("open"))?;
-        let length = file.metadata().map_err(io("read the size of"))?.len();
-        if length != self.memory_size() {
-            return Err(SnapshotError::Mismatch {
-                what: "memory file's length",
-                saved: self.memory_size().to_string(),
-                here: length.to_string(),
-            });
+        let file = self.memory_image(dir)?;
+        if let Some(image) = ram.image() {
+            if same_file(image, &file).map_err(io("look at"))? {
+                // RAM is already a private mapping of this very file.
+                return Ok(());
+            }
         }
         let mut buffer = vec![0u8; CHUNK];
         let mut file_offset = 0u64;
@@ -342,6 +384,13 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// Whether `a` and `b` are the same file (device and inode).
+fn same_file(a: &File, b: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (a.metadata()?, b.metadata()?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 /// Guest RAM's regions as (guest address, size).

@@ -22,12 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const COUNTER: u64 = 0x30_0000;
 
 fn machine(vcpus: u32) -> (Machine, Platform) {
-    let machine = MachineBuilder::new()
-        .memory_mib(16)
-        .vcpus(vcpus)
-        .irqchip(true)
-        .build()
-        .unwrap();
+    machine_built(MachineBuilder::new().vcpus(vcpus))
+}
+
+fn machine_built(builder: MachineBuilder) -> (Machine, Platform) {
+    let machine = builder.memory_mib(16).irqchip(true).build().unwrap();
     let config = PlatformConfig::default().with_serial_output(SerialOutput::Sink);
     let platform = Platform::new(machine.vm(), config).unwrap();
     (machine, platform)
@@ -275,4 +274,42 @@ fn each_restore_of_a_snapshot_gets_a_new_vm_generation_id_where_the_acpi_table_s
         second, first,
         "two restores of one snapshot share a generation"
     );
+}
+
+#[test]
+fn a_vm_restored_onto_its_mapped_memory_file_goes_on_and_saves_over_that_file() {
+    let dir = scratch_dir("mapped");
+    let at_pause = saved(&dir);
+    let snapshot = Snapshot::read_from(&dir).unwrap();
+    let file_before = std::fs::read(dir.join("memory")).unwrap();
+    let image = snapshot.memory_image(&dir).unwrap();
+    let (mapped_machine, mut platform) = machine_built(MachineBuilder::new().memory_image(image));
+    let control = platform.control().unwrap();
+    let exit = Arc::clone(platform.exit());
+    let booted = mapped_machine.restore(&snapshot, &dir).unwrap();
+    let mapped = booted.machine().ram().image().is_some();
+    platform.restore_devices(&snapshot).unwrap();
+    let memory = Arc::clone(booted.machine().ram().shared_memory());
+
+    let vm = thread::spawn(move || booted.run_on(platform).unwrap());
+    let went_on = wait_until(|| count(&memory) > at_pause + 1000);
+    let file_while_running = std::fs::read(dir.join("memory")).unwrap();
+    control.pause().unwrap();
+    let second_pause = count(&memory);
+    // Written over the very files this VM's RAM maps.
+    control.snapshot(&dir, serde_json::json!({})).unwrap();
+    let after_saving = count(&memory);
+    exit.request(ShutdownReason::PowerOff);
+    vm.join().unwrap();
+    let again = Snapshot::read_from(&dir).unwrap();
+    let restored_again = machine(1).0.restore(&again, &dir).unwrap();
+
+    assert!(mapped, "guest RAM was not mapped from the memory file");
+    assert!(went_on, "the restored guest did not go on");
+    assert!(
+        file_while_running == file_before,
+        "the guest's writes reached the snapshot's memory file"
+    );
+    assert_eq!(after_saving, second_pause, "saving changed the mapped RAM");
+    assert_eq!(count(restored_again.machine().ram().memory()), second_pause);
 }

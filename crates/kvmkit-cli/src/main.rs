@@ -199,10 +199,18 @@ fn run(
     let options = &with_macs_drawn(options)?;
     let stdin = stdin_console(options)?;
     hint_unseen_console(options);
-    let machine = MachineBuilder::new()
+    let mut builder = MachineBuilder::new()
         .memory_config(options.memory.clone())
         .vcpus(options.cpus)
-        .irqchip(true)
+        .irqchip(true);
+    if let Start::Restore { snapshot, dir, .. } = &start {
+        // Guest RAM maps the snapshot's memory, read as the guest touches it.
+        let image = snapshot
+            .memory_image(dir)
+            .map_err(|e| CliError::from_error("--restore", &e))?;
+        builder = builder.memory_image(image);
+    }
+    let machine = builder
         .build()
         .map_err(|e| CliError::from_error(error_option(&e), &e))?;
     stats.set_vcpus(

@@ -207,6 +207,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Guest RAM cannot start as a private copy of an image with this backing: only
+    /// private anonymous memory can (hugepages and shared memory are filled by copying).
+    #[error("guest RAM of {backing} memory cannot be mapped from an image: only private anonymous memory can")]
+    ImageBacking {
+        /// The backing asked for.
+        backing: String,
+    },
+    /// The image is shorter than guest RAM: pages past its end would fault with SIGBUS.
+    #[error("the image holds {length:#x} bytes, guest RAM needs {needed:#x}")]
+    ImageTooShort {
+        /// The image's length.
+        length: u64,
+        /// Guest RAM's size.
+        needed: u64,
+    },
+    /// The image could not be looked at (its length) or opened again.
+    #[error("cannot read the image's length or open it again")]
+    ImageLength(#[source] io::Error),
     /// `/proc/self/smaps` or `mincore` could not tell what the kernel did.
     #[error("cannot report on guest memory: {what}")]
     Report {

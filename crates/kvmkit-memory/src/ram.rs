@@ -3,6 +3,7 @@
 
 //! Guest RAM mapped into the VMM process.
 
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub struct GuestRam {
     regions: Vec<RamRegion>,
     backing: Backing,
     config: MemoryConfig,
+    /// The file the regions are private mappings of ([`GuestRam::from_image`]).
+    image: Option<Arc<File>>,
 }
 
 impl GuestRam {
@@ -54,15 +57,59 @@ impl GuestRam {
     /// Every check happens before the first mapping; a failure maps nothing.
     pub fn new(layout: &MemoryLayout, config: &MemoryConfig) -> Result<Self, Error> {
         let backing = Backing::resolve(config, layout)?;
+        Self::map(layout, config, backing, None)
+    }
+
+    /// Maps `layout` as `config` asks, each region a private copy-on-write mapping of
+    /// `image`, which holds the regions one after another (as a snapshot's memory file
+    /// does): a page is read from the image when the guest or a device first touches
+    /// it and copied when first written, so mapping costs neither the image's size nor
+    /// guest RAM's, and the image never changes. Only private anonymous memory (the
+    /// default backing) can start so; hugepages and shared memory are filled by copying
+    /// instead.
+    ///
+    /// The image must keep its length while the RAM is mapped: a page past a shrunk
+    /// image's end faults with `SIGBUS` when touched, as with any mapped file.
+    pub fn from_image(
+        layout: &MemoryLayout,
+        config: &MemoryConfig,
+        image: &File,
+    ) -> Result<Self, Error> {
+        let backing = Backing::resolve(config, layout)?;
+        if backing != Backing::Anonymous {
+            return Err(Error::ImageBacking {
+                backing: backing.to_string(),
+            });
+        }
+        let length = image.metadata().map_err(Error::ImageLength)?.len();
+        if length < layout.total_size() {
+            return Err(Error::ImageTooShort {
+                length,
+                needed: layout.total_size(),
+            });
+        }
+        let image = Arc::new(image.try_clone().map_err(Error::ImageLength)?);
+        Self::map(layout, config, backing, Some(image))
+    }
+
+    fn map(
+        layout: &MemoryLayout,
+        config: &MemoryConfig,
+        backing: Backing,
+        image: Option<Arc<File>>,
+    ) -> Result<Self, Error> {
         let mut mapped = Vec::with_capacity(layout.regions().len());
         let mut regions = Vec::with_capacity(layout.regions().len());
+        let mut image_offset = 0;
         for spec in layout.regions() {
-            let region = map_region(spec, &backing, config)?;
+            let source = image.as_ref().map(|file| (file, image_offset));
+            let region = map_region(spec, &backing, config, source)?;
             regions.push(RamRegion {
                 spec: *spec,
                 host_addr: region.as_ptr() as usize,
             });
             mapped.push(region);
+            image_offset += spec.size;
         }
         let memory = Arc::new(GuestMemory::from_regions(mapped)?);
         let ram = GuestRam {
@@ -70,6 +117,7 @@ impl GuestRam {
             regions,
             backing,
             config: config.clone(),
+            image,
         };
         // On an error, dropping `ram` unmaps every region again.
         for region in &ram.regions {
@@ -128,6 +176,12 @@ impl GuestRam {
         &self.config
     }
 
+    /// The image the regions are private copies of, for RAM made by
+    /// [`from_image`](Self::from_image).
+    pub fn image(&self) -> Option<&File> {
+        self.image.as_deref()
+    }
+
     /// Total bytes of guest RAM.
     pub fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.spec.size).sum()
@@ -138,6 +192,7 @@ fn map_region(
     spec: &RegionSpec,
     backing: &Backing,
     config: &MemoryConfig,
+    image: Option<(&Arc<File>, u64)>,
 ) -> Result<GuestRegionMmap<AtomicBitmap>, Error> {
     let map_error = |source: io::Error| Error::Map {
         guest_addr: spec.guest_addr,
@@ -148,12 +203,21 @@ fn map_region(
     let size = usize::try_from(spec.size)
         .map_err(|_| map_error(io::Error::from_raw_os_error(libc::ENOMEM)))?;
     let page = NonZeroUsize::new(DIRTY_PAGE_SIZE).expect("a page is not empty");
+    let mut flags = backing.mmap_flags(config.reserve);
+    let mut file = backing
+        .create_file(spec)?
+        .map(|file| FileOffset::new(file, 0));
+    if let Some((image, offset)) = image {
+        // The image's pages, copied on write instead of anonymous ones.
+        flags &= !libc::MAP_ANONYMOUS;
+        file = Some(FileOffset::from_arc(Arc::clone(image), offset));
+    }
     let mut builder = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, page))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(backing.mmap_flags(config.reserve))
+        .with_mmap_flags(flags)
         .with_hugetlbfs(backing.hugepage_size().is_some());
-    if let Some(file) = backing.create_file(spec)? {
-        builder = builder.with_file_offset(FileOffset::new(file, 0));
+    if let Some(file) = file {
+        builder = builder.with_file_offset(file);
     }
     let mapping = builder
         .build()
@@ -223,19 +287,7 @@ mod tests {
 
     #[test]
     fn guest_ram_maps_every_region_of_the_layout() {
-        let layout = MemoryLayout::from_regions(vec![
-            RegionSpec {
-                guest_addr: 0,
-                size: 2 * MIB,
-            },
-            RegionSpec {
-                guest_addr: 16 * MIB,
-                size: MIB,
-            },
-        ])
-        .unwrap();
-
-        let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
+        let ram = GuestRam::new(&two_region_layout(), &MemoryConfig::default()).unwrap();
 
         assert_eq!(ram.memory().num_regions(), 2);
         assert_eq!(ram.size(), 3 * MIB);
@@ -299,6 +351,101 @@ mod tests {
         assert_eq!(written[0], (1 << 5) | (1 << 8) | (1 << 9));
         assert!(again.iter().all(|&w| w == 0));
         assert!(ram.take_written_pages(1).is_none());
+    }
+
+    fn two_region_layout() -> MemoryLayout {
+        MemoryLayout::from_regions(vec![
+            RegionSpec {
+                guest_addr: 0,
+                size: 2 * MIB,
+            },
+            RegionSpec {
+                guest_addr: 16 * MIB,
+                size: MIB,
+            },
+        ])
+        .unwrap()
+    }
+
+    /// A file of `size` bytes with `marks` (offset, byte) written.
+    fn image(size: u64, marks: &[(u64, u8)]) -> vmm_sys_util::tempfile::TempFile {
+        use std::os::unix::fs::FileExt;
+        let image = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        image.as_file().set_len(size).unwrap();
+        for &(offset, byte) in marks {
+            image.as_file().write_all_at(&[byte], offset).unwrap();
+        }
+        image
+    }
+
+    #[test]
+    fn ram_from_an_image_reads_each_region_at_its_place_in_the_image() {
+        let image = image(3 * MIB, &[(0x1000, 0x11), (2 * MIB + 0x10, 0x22)]);
+
+        let ram = GuestRam::from_image(
+            &two_region_layout(),
+            &MemoryConfig::default(),
+            image.as_file(),
+        )
+        .unwrap();
+
+        let read = |addr| ram.memory().read_obj::<u8>(GuestAddress(addr)).unwrap();
+        assert_eq!(read(0x1000), 0x11);
+        assert_eq!(read(16 * MIB + 0x10), 0x22);
+        assert_eq!(read(0x2000), 0);
+        assert!(ram.image().is_some());
+    }
+
+    #[test]
+    fn writes_to_ram_from_an_image_leave_the_image_unchanged() {
+        use std::os::unix::fs::FileExt;
+        let image = image(3 * MIB, &[(0x1000, 0x11)]);
+        let ram = GuestRam::from_image(
+            &two_region_layout(),
+            &MemoryConfig::default(),
+            image.as_file(),
+        )
+        .unwrap();
+
+        ram.memory()
+            .write_obj(0x99u8, GuestAddress(0x1000))
+            .unwrap();
+
+        let mut byte = [0u8];
+        image.as_file().read_exact_at(&mut byte, 0x1000).unwrap();
+        assert_eq!(byte[0], 0x11);
+        assert_eq!(
+            ram.memory().read_obj::<u8>(GuestAddress(0x1000)).unwrap(),
+            0x99
+        );
+    }
+
+    #[test]
+    fn an_image_shorter_than_guest_ram_is_refused() {
+        let image = image(3 * MIB - 4096, &[]);
+
+        let error = GuestRam::from_image(
+            &two_region_layout(),
+            &MemoryConfig::default(),
+            image.as_file(),
+        )
+        .unwrap_err();
+
+        assert!(matches!(
+            error,
+            Error::ImageTooShort { length, needed } if length == 3 * MIB - 4096 && needed == 3 * MIB
+        ));
+    }
+
+    #[test]
+    fn shared_memory_cannot_start_from_an_image() {
+        let image = image(3 * MIB, &[]);
+        let config: MemoryConfig = "shared=on".parse().unwrap();
+
+        let error =
+            GuestRam::from_image(&two_region_layout(), &config, image.as_file()).unwrap_err();
+
+        assert!(matches!(error, Error::ImageBacking { .. }), "{error}");
     }
 
     #[test]
