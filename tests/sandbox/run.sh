@@ -5,7 +5,8 @@
 # -rng and -console, and L2's init checks each (see l2-init and l1-init); then it boots
 # the vmlinux ELF inside that kernel through PVH, to its init; then the runner's ends
 # (a panic, an init that ends, reboot=t, small guests); then a counting guest is
-# snapshotted through the API and restored in a new VMM (l1-snapshot).
+# snapshotted through the API and restored in a new VMM, then twice at once as clones
+# (l1-snapshot).
 #
 #   tests/sandbox/run.sh            # build, boot, assert every marker
 #
@@ -135,7 +136,7 @@ markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK
          L2-SMALL-INIT "L1-SMALL-96M-EXIT status=0"
          L1-SNAPSHOT-TAKEN L1-SNAPSHOT-COUNT-GOES-ON L1-SNAPSHOT-CLOCK-GOES-ON
          L1-SNAPSHOT-NET-UP-AFTER-RESTORE
-         L1-SNAPSHOT-DISK-WRITTEN-AFTER-RESTORE
+         L1-SNAPSHOT-DISK-WRITTEN-AFTER-RESTORE L1-SNAPSHOT-CLONES-RUN
          L1-DONE)
 missing=()
 for marker in "${markers[@]}"; do

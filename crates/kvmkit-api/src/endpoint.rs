@@ -52,6 +52,8 @@ pub enum ApiRequest {
         source_url: String,
         /// Run it at once (Cloud Hypervisor's `resume`; otherwise it waits paused).
         resume: bool,
+        /// Read all of guest RAM in now rather than as the guest touches it.
+        prefault: bool,
     },
 }
 
@@ -212,11 +214,10 @@ fn json(body: &[u8]) -> Result<Value, ApiResponse> {
     })
 }
 
-/// `vm.restore`'s `RestoreConfig`: `source_url`, `resume` (and `prefault`, which
-/// changes nothing: the restore reads what the memory file holds at once). Cloud
-/// Hypervisor's other fields (lazy restore, new descriptors for devices, NUMA updates)
-/// are taken at their defaults, which its client sends (`null`, `[]`, `"Copy"`), and
-/// refused by name otherwise.
+/// `vm.restore`'s `RestoreConfig`: `source_url`, `resume` and `prefault`. Cloud
+/// Hypervisor's other fields (new descriptors for devices, NUMA updates) are taken at
+/// their defaults, which its client sends (`null`, `[]`), and refused by name
+/// otherwise; `memory_restore_mode` is taken as `Copy` or `OnDemand`.
 fn restore_request(config: &Value) -> Result<ApiRequest, ApiResponse> {
     let invalid = |why: String| ApiResponse::Error {
         status: 400,
@@ -227,18 +228,23 @@ fn restore_request(config: &Value) -> Result<ApiRequest, ApiResponse> {
         .ok_or_else(|| invalid("the RestoreConfig must be an object".into()))?;
     let mut source_url = None;
     let mut resume = false;
+    let mut prefault = false;
     for (key, value) in object {
         let at_default = match value {
             Value::Null => true,
             Value::Bool(b) => !b,
             Value::Array(items) => items.is_empty(),
-            Value::String(s) => key == "memory_restore_mode" && s == "Copy",
+            // Either way kvmkit maps the memory file and reads a page as the guest
+            // touches it: nothing is copied at once (as with `OnDemand`), and the
+            // snapshot may be removed once restored (as with `Copy`).
+            Value::String(s) => key == "memory_restore_mode" && (s == "Copy" || s == "OnDemand"),
             _ => false,
         };
         match (key.as_str(), value) {
             ("source_url", Value::String(url)) => source_url = Some(url.clone()),
             ("resume", Value::Bool(b)) => resume = *b,
-            ("prefault", Value::Bool(_) | Value::Null) => {}
+            ("prefault", Value::Bool(b)) => prefault = *b,
+            ("prefault", Value::Null) => {}
             ("source_url" | "resume" | "prefault", _) => {
                 return Err(invalid(format!("`{key}` has the wrong type")))
             }
@@ -251,7 +257,11 @@ fn restore_request(config: &Value) -> Result<ApiRequest, ApiResponse> {
         }
     }
     let source_url = source_url.ok_or_else(|| invalid("missing field `source_url`".into()))?;
-    Ok(ApiRequest::VmRestore { source_url, resume })
+    Ok(ApiRequest::VmRestore {
+        source_url,
+        resume,
+        prefault,
+    })
 }
 
 /// The directory of a `file:///dir` URL (the only kind kvmkit snapshots to and
@@ -328,24 +338,36 @@ mod tests {
         let from_ch_remote = br#"{"source_url":"file:///tmp/s","prefault":false,
             "memory_restore_mode":"Copy","net_fds":null,"vfio_fds":null,"iommufd_fd":null,
             "resume":true}"#;
-        let lazy = br#"{"source_url":"file:///tmp/s","memory_restore_mode":"OnDemand"}"#;
+        let on_demand = br#"{"source_url":"file:///tmp/s","memory_restore_mode":"OnDemand",
+            "prefault":true}"#;
+        let new_fds = br#"{"source_url":"file:///tmp/s","net_fds":[{"id":"_net0","fds":[3]}]}"#;
 
         let taken = parse("PUT", "/api/v1/vm.restore", from_ch_remote);
-        let refused = parse("PUT", "/api/v1/vm.restore", lazy);
+        let taken_on_demand = parse("PUT", "/api/v1/vm.restore", on_demand);
+        let refused = parse("PUT", "/api/v1/vm.restore", new_fds);
         let missing = parse("PUT", "/api/v1/vm.restore", b"{\"resume\":true}");
 
         assert_eq!(
             taken,
             Ok(ApiRequest::VmRestore {
                 source_url: "file:///tmp/s".into(),
-                resume: true
+                resume: true,
+                prefault: false,
+            })
+        );
+        assert_eq!(
+            taken_on_demand,
+            Ok(ApiRequest::VmRestore {
+                source_url: "file:///tmp/s".into(),
+                resume: false,
+                prefault: true,
             })
         );
         let Err(ApiResponse::Error { status, messages }) = refused else {
             panic!("{refused:?}");
         };
         assert_eq!(status, 400);
-        assert!(messages[1].contains("memory_restore_mode"), "{messages:?}");
+        assert!(messages[1].contains("net_fds"), "{messages:?}");
         assert!(matches!(
             missing,
             Err(ApiResponse::Error { status: 400, .. })

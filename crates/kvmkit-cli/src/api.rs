@@ -174,9 +174,11 @@ impl Api {
             }
             ApiRequest::VmCreate(config) => self.create(&request, config),
             ApiRequest::VmBoot => self.boot(&request),
-            ApiRequest::VmRestore { source_url, resume } => {
-                self.restore(&request, source_url, *resume)
-            }
+            ApiRequest::VmRestore {
+                source_url,
+                resume,
+                prefault,
+            } => self.restore(&request, source_url, *resume, *prefault),
             _ => self.on_vm(&request, failed),
         }
     }
@@ -216,7 +218,13 @@ impl Api {
     }
 
     /// `vm.restore`: only with no VM yet, and one VM per process.
-    fn restore(&self, request: &ApiRequest, source_url: &str, resume: bool) -> ApiResponse {
+    fn restore(
+        &self,
+        request: &ApiRequest,
+        source_url: &str,
+        resume: bool,
+        prefault: bool,
+    ) -> ApiResponse {
         if let Some(why) = self.cannot_make(&self.phase()) {
             return ApiResponse::failed(request, Failure::Failed, &[why]);
         }
@@ -230,6 +238,7 @@ impl Api {
         let restore = RestoreOption {
             dir: dir.into(),
             resume,
+            prefault,
         };
         self.start(request, Call::Restore(restore))
     }

@@ -164,6 +164,8 @@ fn restore_vm(
         CliError::new("--restore", format!("the snapshot's configuration: {why}"))
     })?;
     options.seccomp = cli.seccomp;
+    // Every page of the memory file read in now (and copied), not as touched.
+    options.memory.prefault |= restore.prefault;
     if let Some(api) = api {
         api.restoring(options.clone());
     }

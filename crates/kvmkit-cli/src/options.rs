@@ -192,6 +192,8 @@ pub struct RestoreOption {
     pub dir: PathBuf,
     /// Run the restored VM at once rather than wait paused.
     pub resume: bool,
+    /// Read all of guest RAM in at the restore rather than as the guest touches it.
+    pub prefault: bool,
 }
 
 /// A `--rng`.
@@ -491,11 +493,11 @@ const RESTORE: Keys = Keys {
     ],
 };
 
-/// `source_url=file:///DIR[,resume=on][,prefault=on]` (the restore reads what the
-/// memory file holds at once, so `prefault` changes nothing).
+/// `source_url=file:///DIR[,resume=on][,prefault=on]`.
 pub fn parse_restore(text: &str) -> Result<RestoreOption, String> {
     let mut dir = None;
     let mut resume = false;
+    let mut prefault = false;
     for Item { key, value, .. } in RESTORE.parse(text)? {
         match key {
             "source_url" => match value.strip_prefix("file://") {
@@ -503,13 +505,15 @@ pub fn parse_restore(text: &str) -> Result<RestoreOption, String> {
                 _ => return Err(format!("`{value}`: give source_url=file:///DIR")),
             },
             "resume" => resume = switch(key, &value)?,
-            _ => {
-                switch(key, &value)?;
-            }
+            _ => prefault = switch(key, &value)?,
         }
     }
     let dir = dir.ok_or_else(|| "give the snapshot as source_url=file:///DIR".to_string())?;
-    Ok(RestoreOption { dir, resume })
+    Ok(RestoreOption {
+        dir,
+        resume,
+        prefault,
+    })
 }
 
 /// `true`, `false` or `log`, as Cloud Hypervisor's `--seccomp` takes them.
@@ -702,5 +706,25 @@ mod tests {
         let result = Options::try_parse_from(["kvmkit", "--cpus", "boot=1"]);
 
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_restore_takes_its_directory_resume_and_prefault() {
+        let restore = parse_restore("source_url=file:///snap,resume=on,prefault=on").unwrap();
+        let bare = parse_restore("source_url=file:///snap").unwrap();
+        let remote = parse_restore("source_url=http://host/snap").unwrap_err();
+        let nowhere = parse_restore("resume=on").unwrap_err();
+
+        assert_eq!(
+            restore,
+            RestoreOption {
+                dir: PathBuf::from("/snap"),
+                resume: true,
+                prefault: true,
+            }
+        );
+        assert!(!bare.resume && !bare.prefault);
+        assert!(remote.contains("file:///DIR"), "{remote}");
+        assert!(nowhere.contains("source_url"), "{nowhere}");
     }
 }

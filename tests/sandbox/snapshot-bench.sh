@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Snapshot and restore on hardware-assisted KVM, kvmkit beside Firecracker and Cloud
+# Hypervisor (../shared/anchors, or KVMKIT_ANCHORS), measured in one L1 sandbox run
+# (see run.sh and l1-snapshot-bench), rounds interleaved. Prints the BENCH-SNAPSHOT
+# lines and, per VMM, the median and worst of each figure.
+#
+#   tests/sandbox/snapshot-bench.sh      # BENCH_ROUNDS=3 by default
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+work="${SANDBOX_WORK:-$root/target/sandbox}"
+anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
+[ -x "$anchors/firecracker" ] || anchors=/work/shared/anchors
+[ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
+command -v curl >/dev/null || { echo "curl missing: apt-get install curl" >&2; exit 1; }
+rounds="${BENCH_ROUNDS:-3}"
+mkdir -p "$work"
+{ echo "BENCH_ROUNDS=$rounds"; cat "$here/l1-snapshot-bench"; } > "$work/l1-snapshot-bench.sh"
+export SANDBOX_EXTRA="$work/l1-snapshot-bench.sh"
+export SANDBOX_EXTRA_FILES="$anchors/firecracker:/bin/firecracker \
+$anchors/cloud-hypervisor:/bin/cloud-hypervisor $(command -v curl):/bin/curl"
+export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
+"$here/run.sh"
+log="$work/console.log"
+tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/snapshot-bench.txt"
+for vmm in kvmkit firecracker cloud-hypervisor; do
+    for field in boot_to_count_s snapshot_s snapshot_kib_on_disk restore_to_count_s; do
+        values=$(grep "^BENCH-SNAPSHOT $vmm " "$work/snapshot-bench.txt" | grep -o "$field=[0-9.]*" | cut -d= -f2 | sort -g)
+        count=$(wc -w <<<"$values")
+        [ "$count" -gt 0 ] || continue
+        median=$(sed -n "$(( (count + 1) / 2 ))p" <<<"$values")
+        echo "MEDIAN $vmm $field=$median worst=$(tail -1 <<<"$values") of $count: $(echo $values)"
+    done
+done
