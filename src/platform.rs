@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, EventSources, Flow};
 use kvmkit_devices::{
-    AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, PvPanic,
-    ResetControl, SerialOutput, SerialPort, UartState, VmShutdown, ACPI_SLEEP_CONTROL_LEN,
-    ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ,
-    COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT,
-    I8042_PULSE_RESET, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN,
-    SERIAL_PORT_LEN,
+    AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, GedEvent,
+    GenericEventDevice, PvPanic, ResetControl, SerialOutput, SerialPort, UartState, VmShutdown,
+    ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT,
+    CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, GED_IRQ, GED_PORT,
+    GED_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET, PVPANIC_PORT,
+    PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN, SERIAL_PORT_LEN,
 };
 use kvmkit_vcpu::{IoAction, IoHandler, Vm};
 use kvmkit_virtio::{
@@ -30,6 +30,14 @@ use crate::control::{ControlEnd, VmControl};
 use crate::seccomp::SeccompPolicy;
 use crate::virtio_mmio::{VirtioMmioDevice, VmNotifiers};
 use crate::{Error, NotifyPath, PlatformDevices, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
+
+/// The Generic Event Device, its interrupt routed to `vm`'s GED_IRQ through an irqfd.
+fn generic_event_device(vm: &Vm) -> Result<Arc<GenericEventDevice>, Error> {
+    let interrupt =
+        Arc::new(EventFdInterrupt::new().map_err(Error::host("cannot create an eventfd"))?);
+    vm.register_irqfd(interrupt.event(), GED_IRQ)?;
+    Ok(Arc::new(GenericEventDevice::new(interrupt)))
+}
 
 /// The I/O handler of every vCPU: port and MMIO accesses go to the buses; once a
 /// device has asked the VM to end, the vCPU stops instead of re-entering the guest.
@@ -190,6 +198,8 @@ pub struct Platform {
     config: PlatformConfig,
     // Registered with KVM as the irqfd of COM1_IRQ; kept alive with the platform.
     _serial_interrupt: Arc<EventFdInterrupt>,
+    /// ACPI events (the power button, a new VM generation), on GED_IRQ.
+    generic_events: Arc<GenericEventDevice>,
     vm: Arc<Vm>,
     /// Taken by the run loop, which makes the calling thread the I/O thread.
     event_loop: Option<EventLoop>,
@@ -229,6 +239,8 @@ impl Platform {
         pio.insert(PVPANIC_PORT, PVPANIC_PORT_LEN, "pvpanic", pvpanic)?;
         let rtc = Arc::new(CmosRtc::new());
         pio.insert(CMOS_PORT, CMOS_PORT_LEN, "cmos-rtc", rtc)?;
+        let generic_events = generic_event_device(vm)?;
+        pio.insert(GED_PORT, GED_PORT_LEN, "acpi-ged", generic_events.clone())?;
         let sleep_control = Arc::new(AcpiSleepControl::new(exit.clone()));
         pio.insert(
             ACPI_SLEEP_CONTROL_PORT,
@@ -249,6 +261,7 @@ impl Platform {
             serial,
             config,
             _serial_interrupt: interrupt,
+            generic_events,
             vm: Arc::clone(vm),
             event_loop: Some(event_loop),
             virtio: Vec::new(),
@@ -278,6 +291,12 @@ impl Platform {
         &self.exit
     }
 
+    /// The Generic Event Device, to press the guest's power button
+    /// ([`GedEvent::PowerButton`]) from any thread.
+    pub fn generic_events(&self) -> &Arc<GenericEventDevice> {
+        &self.generic_events
+    }
+
     /// The legacy devices every platform has, as a guest's ACPI tables describe them:
     /// COM1, the sleep control and status registers, the i8042's reset and pvpanic.
     pub fn legacy_devices() -> kvmkit_boot::LegacyDevices {
@@ -288,6 +307,7 @@ impl Platform {
             reset: (port(I8042_COMMAND_PORT), I8042_PULSE_RESET),
             pvpanic_port: Some(port(PVPANIC_PORT)),
             vm_generation_id: Some(kvmkit_memory::x86::VM_GENERATION_ID.start),
+            generic_events: Some((port(GED_PORT), GED_IRQ)),
         }
     }
 
@@ -441,7 +461,8 @@ impl Platform {
 
     /// Puts the devices' state from `snapshot` back: COM1's registers and FIFO, and
     /// each virtio device (of the saved type, in the same slot), started again as its
-    /// driver had started it.
+    /// driver had started it; and tells the guest its VM generation changed (the
+    /// machine's restore wrote a new ID), which it sees once it runs.
     pub fn restore_devices(&self, snapshot: &crate::Snapshot) -> Result<(), Error> {
         let here: Vec<u32> = self.virtio.iter().map(|d| d.slot.device_type).collect();
         let saved: Vec<u32> = snapshot.virtio().iter().map(|s| s.device_type()).collect();
@@ -462,7 +483,11 @@ impl Platform {
                 .restore_state(state)
                 .map_err(|source| crate::SnapshotError::Device { slot, source })?;
         }
-        Ok(())
+        self.generic_events
+            .notify(GedEvent::VmGeneration)
+            .map_err(Error::host(
+                "cannot raise the Generic Event Device's interrupt",
+            ))
     }
 
     /// Pauses every virtio device's queue work and returns once none runs

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kvmkit::devices::{BusDevice, DateTime, SerialOutput, SharedBuffer, ShutdownReason, COM1_PORT};
+use kvmkit::devices::{
+    BusDevice, DateTime, GedEvent, SerialOutput, SharedBuffer, ShutdownReason, COM1_PORT, GED_PORT,
+};
 use kvmkit::guest_asm::{asm::*, programs, CpuMode, GuestProgram};
 use kvmkit::{ControlError, MachineBuilder, Platform, PlatformConfig, VmOutcome, VmState};
 
@@ -628,4 +630,33 @@ fn control_requests_racing_from_two_threads_never_end_the_vm() {
         "the VM ended under the requests: {state:?}"
     );
     assert_eq!(outcome, VmOutcome::PowerOff);
+}
+
+#[test]
+fn a_pressed_power_button_reads_once_at_the_generic_event_device_port() {
+    let output = SharedBuffer::default();
+    let (machine, platform) = machine_and_platform(1, &output);
+    platform
+        .generic_events()
+        .notify(GedEvent::PowerButton)
+        .unwrap();
+    // Reads the event register twice: the events, then nothing (read clears).
+    let guest = program(|a| {
+        a.mov(dx, GED_PORT as u32)?;
+        a.in_(al, dx)?;
+        a.mov(bl, al)?;
+        a.in_(al, dx)?;
+        a.shl(eax, 8)?;
+        a.or(al, bl)?;
+        a.mov(dx, 0xf4u32)?;
+        a.out(dx, eax)?;
+        a.hlt()
+    });
+
+    let outcome = run_watched(machine, platform, &guest);
+
+    assert_eq!(
+        outcome,
+        VmOutcome::DebugExit(u32::from(GedEvent::PowerButton.bit()))
+    );
 }

@@ -127,11 +127,17 @@ fn a_paused_vm_saved_and_restored_into_a_new_machine_goes_on_counting() {
     let booted = machine.restore(&snapshot, &dir).unwrap();
     let restored_count = count(booted.machine().ram().memory());
     platform.restore_devices(&snapshot).unwrap();
+    let generation_notified = platform.generic_events().pending();
     let mut scratch = [0u8];
     kvmkit::devices::BusDevice::read(&**platform.serial(), 7, &mut scratch);
     let (went_on, reached) = run_until_counted_past(booted, platform, at_pause);
 
     assert_eq!(snapshot.config()["vmm"], "test");
+    assert_eq!(
+        generation_notified,
+        kvmkit::devices::GedEvent::VmGeneration.bit(),
+        "the guest is not told of its new generation"
+    );
     assert_eq!(
         restored_count, at_pause,
         "RAM came back as it was at the pause"

@@ -66,7 +66,7 @@ tail -c +$((offset + 1)) "$kernel" | lz4 -dc > "$work/vmlinux" 2>/dev/null || tr
 
 echo "sandbox: L2 initramfs (busybox + virtio modules), kernel $kver"
 make_root "$work/l2" virtio_ring virtio virtio_mmio virtio_blk failover net_failover \
-    virtio_net virtio-rng virtio_console pvpanic pvpanic-mmio
+    virtio_net virtio-rng virtio_console pvpanic pvpanic-mmio button evdev
 cp "$here/l2-init" "$work/l2/init"
 pack "$work/l2" "$work/l2.cpio.gz"
 
@@ -134,6 +134,7 @@ markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK
          L2-REBOOTING "L1-REBOOT-T-EXIT status=0 kvmkit: vCPU 0 triple-faulted"
          "L1-SMALL-64M-EXIT status=1 kvmkit: --memory: the kernel needs"
          L2-SMALL-INIT "L1-SMALL-96M-EXIT status=0"
+         L2-POWER-BUTTON-PRESSED "L1-POWER-BUTTON-STATE Shutdown"
          L1-SNAPSHOT-TAKEN L1-SNAPSHOT-COUNT-GOES-ON L1-SNAPSHOT-CLOCK-GOES-ON
          L1-SNAPSHOT-NET-UP-AFTER-RESTORE
          L1-SNAPSHOT-DISK-WRITTEN-AFTER-RESTORE L1-SNAPSHOT-CLONES-RUN

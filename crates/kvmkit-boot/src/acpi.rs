@@ -150,8 +150,9 @@ fn madt(vcpus: u32) -> Sdt {
 }
 
 /// The DSDT: `\_S5` for power-off, COM1 (`PNP0501`), the pvpanic port (`QEMU0001`),
-/// the VM generation ID (`VMGENCTR`, `VM_Gen_Counter`) and every virtio-mmio window
-/// (`LNRO0005`, its registers and its edge-triggered interrupt).
+/// the VM generation ID (`VMGENCTR`, `VM_Gen_Counter`), the power button and the
+/// Generic Event Device that reports it (`PNP0C0C`, `ACPI0013`), and every virtio-mmio
+/// window (`LNRO0005`, its registers and its edge-triggered interrupt).
 fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE])).to_aml_bytes(&mut body);
@@ -187,6 +188,14 @@ fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
         let device = aml::Device::new("VGEN".into(), vec![&hid, &cid, &ddn, &address]);
         devices.push(RawAml(to_bytes(&device)));
     }
+    if let Some((port, irq)) = legacy.generic_events {
+        devices.push(power_button());
+        devices.push(generic_event_device(
+            port,
+            irq,
+            legacy.vm_generation_id.is_some(),
+        ));
+    }
     for (index, (base, size, irq)) in layout.virtio_mmio().enumerate() {
         let name = format!("VR{index:02X}");
         let hid = aml::Name::new("_HID".into(), &"LNRO0005");
@@ -209,6 +218,55 @@ fn dsdt(layout: &PhysicalLayout, legacy: &LegacyDevices) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"KVMKDSDT", OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt
+}
+
+/// The power button (`PNP0C0C`), a control-method button: the Generic Event Device
+/// notifies it.
+fn power_button() -> RawAml {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid = aml::Name::new("_UID".into(), &0u8);
+    RawAml(to_bytes(&aml::Device::new("PWRB".into(), vec![&hid, &uid])))
+}
+
+/// The Generic Event Device (`ACPI0013`): its edge-triggered interrupt `irq` runs
+/// `_EVT`, which reads (and so clears) the pending events from the byte at `port` and
+/// notifies the device of each: bit 0 the power button, bit 1 (with `vm_generation`)
+/// the VM generation ID.
+fn generic_event_device(port: u16, irq: u32, vm_generation: bool) -> RawAml {
+    const POWER_BUTTON: u8 = 1 << 0;
+    const VM_GENERATION: u8 = 1 << 1;
+    const DEVICE_CHECK: u8 = 0x80;
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let uid = aml::Name::new("_UID".into(), &0u8);
+    let interrupt = aml::Interrupt::new(true, true, false, false, irq);
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&interrupt]));
+    let (start, length) = (usize::from(port), 1usize);
+    let region = aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &start, &length);
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::Preserve,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let events = aml::Local(0);
+    let register = aml::Path::new("GDAT");
+    let read = aml::Store::new(&events, &register);
+    let pressed = aml::And::new(&aml::ZERO, &events, &POWER_BUTTON);
+    let power_button = aml::Path::new("\\_SB_.PWRB");
+    let notify_button = aml::Notify::new(&power_button, &DEVICE_CHECK);
+    let on_button = aml::If::new(&pressed, vec![&notify_button]);
+    let changed = aml::And::new(&aml::ZERO, &events, &VM_GENERATION);
+    let generation = aml::Path::new("\\_SB_.VGEN");
+    let notify_generation = aml::Notify::new(&generation, &DEVICE_CHECK);
+    let on_generation = aml::If::new(&changed, vec![&notify_generation]);
+    let mut body: Vec<&dyn Aml> = vec![&read, &on_button];
+    if vm_generation {
+        body.push(&on_generation);
+    }
+    let evt = aml::Method::new("_EVT".into(), 1, true, body);
+    let device = aml::Device::new("GED_".into(), vec![&hid, &uid, &crs, &region, &field, &evt]);
+    RawAml(to_bytes(&device))
 }
 
 /// AML that is already bytes.

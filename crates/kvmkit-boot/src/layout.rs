@@ -86,12 +86,17 @@ pub struct LegacyDevices {
     pub pvpanic_port: Option<u16>,
     /// Where the VM generation ID lies (ACPI `VM_Gen_Counter`), if the VM has one.
     pub vm_generation_id: Option<u64>,
+    /// The Generic Event Device's event register port and interrupt line (ACPI
+    /// `ACPI0013`, which reports the power button `PWRB` and a new VM generation), if
+    /// the VM has one.
+    pub generic_events: Option<(u16, u32)>,
 }
 
 impl Default for LegacyDevices {
     /// COM1 at 0x3f8 (IRQ 4), sleep control and status at 0x600 and 0x601, reset by
     /// writing 0xfe to the i8042's command port 0x64, pvpanic at 0x505, the VM
-    /// generation ID at [`x86::VM_GENERATION_ID`].
+    /// generation ID at [`x86::VM_GENERATION_ID`], the Generic Event Device at 0x508
+    /// (IRQ 15).
     fn default() -> Self {
         LegacyDevices {
             serial: Some((0x3f8, 4)),
@@ -100,6 +105,7 @@ impl Default for LegacyDevices {
             reset: (0x64, 0xfe),
             pvpanic_port: Some(0x505),
             vm_generation_id: Some(x86::VM_GENERATION_ID.start),
+            generic_events: Some((0x508, 15)),
         }
     }
 }

@@ -125,7 +125,7 @@ fn the_fadt_is_hardware_reduced_with_sleep_control_and_reset_registers() {
 }
 
 #[test]
-fn the_dsdt_describes_s5_com1_pvpanic_and_every_virtio_window_with_its_irq() {
+fn the_dsdt_describes_s5_com1_pvpanic_the_power_button_and_every_virtio_window() {
     let windows = [
         (x86::VIRTIO_MMIO.start, 5),
         (x86::VIRTIO_MMIO.start + 0x1000, 6),
@@ -157,6 +157,20 @@ fn the_dsdt_describes_s5_com1_pvpanic_and_every_virtio_window_with_its_irq() {
     address.push(0x00);
     assert_eq!(find(&address), 1, "ADDR names the VM generation ID");
     assert_eq!(find(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]), 1);
+    // The power button (PNP0C0C as an EISA id) and the Generic Event Device
+    // (ACPI0013): its interrupt (extended, consumer, edge, active-high, IRQ 15), its
+    // event register (OperationRegion GDST in SystemIO at 0x508, 1 byte) and _EVT
+    // (one argument, serialized), which notifies PWRB and VGEN.
+    assert_eq!(find(&[0x0c, 0x41, 0xd0, 0x0c, 0x0c]), 1);
+    assert_eq!(find(b"ACPI0013\0"), 1);
+    assert_eq!(find(&[0x89, 0x06, 0x00, 0x03, 0x01, 15, 0, 0, 0]), 1);
+    assert_eq!(
+        find(&[0x5b, 0x80, b'G', b'D', b'S', b'T', 0x01, 0x0b, 0x08, 0x05, 0x01]),
+        1
+    );
+    assert_eq!(find(&[b'_', b'E', b'V', b'T', 0x09]), 1);
+    assert_eq!(find(b"PWRB"), 2, "the device and the notification");
+    assert_eq!(find(b"VGEN"), 2, "the device and the notification");
     for (base, irq) in windows {
         // Memory32Fixed: read-write, base, length 0x1000.
         let mut memory32 = vec![0x86, 0x09, 0x00, 0x01];

@@ -12,7 +12,7 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvmkit::devices::{ShutdownReason, VmShutdown};
+use kvmkit::devices::{GedEvent, GenericEventDevice, ShutdownReason, VmShutdown};
 use kvmkit::virtio::MmioTransport;
 use kvmkit::{ControlError, VmControl, VmState};
 use kvmkit_api::{ApiRequest, ApiResponse, Failure};
@@ -35,6 +35,8 @@ pub enum Call {
 pub struct Running {
     pub control: VmControl,
     pub exit: Arc<VmShutdown>,
+    /// Its ACPI events: the power button.
+    pub events: Arc<GenericEventDevice>,
     pub devices: Vec<(String, Arc<MmioTransport>)>,
 }
 
@@ -309,6 +311,12 @@ impl Api {
                 end_vm(running);
                 ApiResponse::Done
             }
+            (ApiRequest::VmPowerButton, Some(running)) if live => {
+                match running.events.notify(GedEvent::PowerButton) {
+                    Ok(()) => ApiResponse::Done,
+                    Err(error) => failed(Failure::Failed, &error.to_string()),
+                }
+            }
             (ApiRequest::VmSnapshot { destination_url }, Some(running)) => {
                 snapshot(request, running, destination_url, vm_config_json(options))
             }
@@ -323,7 +331,8 @@ impl Api {
                 ApiRequest::VmCounters
                 | ApiRequest::VmPause
                 | ApiRequest::VmResume
-                | ApiRequest::VmShutdown,
+                | ApiRequest::VmShutdown
+                | ApiRequest::VmPowerButton,
                 _,
             ) => failed(Failure::Failed, "VM is not running"),
             _ => failed(Failure::Failed, "kvmkit does not support this request yet"),

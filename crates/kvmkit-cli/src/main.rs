@@ -273,6 +273,7 @@ fn run(
             api::Running {
                 control,
                 exit: Arc::clone(platform.exit()),
+                events: Arc::clone(platform.generic_events()),
                 devices: stats.device_ids(),
             },
         );

@@ -147,8 +147,10 @@ fn ch_remote_pings_pauses_resumes_counts_and_shuts_the_vm_and_the_vmm_down() {
     let resume = vmm.ch_remote(&["resume"]);
     let resumed = vmm.state();
     let counters = vmm.ch_remote(&["counters"]);
+    let power_button = vmm.ch_remote(&["power-button"]);
     let shutdown = vmm.ch_remote(&["shutdown"]);
     let after_shutdown = vmm.state();
+    let power_button_after = vmm.ch_remote(&["power-button"]);
     let delete = vmm.ch_remote(&["delete"]);
     let info_after_delete = vmm.ch_remote(&["info"]);
     let shutdown_vmm = vmm.ch_remote(&["shutdown-vmm"]);
@@ -169,7 +171,13 @@ fn ch_remote_pings_pauses_resumes_counts_and_shuts_the_vm_and_the_vmm_down() {
     assert_eq!(resumed, "Running");
     let counters: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
     assert!(counters["_rng"]["queue0_requests"].is_u64(), "{counters}");
+    // Answered (this guest has no ACPI; the sandbox's Linux powers off on it).
+    assert!(power_button.status.success(), "{power_button:?}");
     assert!(shutdown.status.success(), "{shutdown:?}");
+    assert!(
+        String::from_utf8_lossy(&power_button_after.stderr).contains("not running"),
+        "{power_button_after:?}"
+    );
     assert_eq!(after_shutdown, "Shutdown");
     assert!(delete.status.success(), "{delete:?}");
     assert!(

@@ -10,6 +10,7 @@
 //! - Devices: `SerialPort` (16550A on vm-superio, feature `uart`, on by default),
 //!   [`I8042`] (reset),
 //!   [`CmosRtc`] (host wall clock, BCD or binary), [`AcpiSleepControl`] (power-off),
+//!   [`GenericEventDevice`] (ACPI events: the power button, a new VM generation),
 //!   [`DebugExit`] (exit codes for test guests).
 //! - [`Interrupt`]: how a device raises its line; [`EventFdInterrupt`] is an event
 //!   fd a VMM registers with its hypervisor (as a KVM irqfd, say).
@@ -38,6 +39,7 @@ mod console;
 mod console_io;
 mod debug_exit;
 mod event_loop;
+mod ged;
 mod i8042;
 mod interrupt;
 mod pvpanic;
@@ -61,6 +63,7 @@ pub use console::{ConsoleInput, ConsoleOutput, FlushState, SerialOutput, OUTPUT_
 pub use console_io::ESCAPE;
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 pub use event_loop::{event_fd, EventLoop, EventSources, Flow, Handler, LoopEnd, LoopHandle};
+pub use ged::{GedEvent, GenericEventDevice, GED_IRQ, GED_PORT, GED_PORT_LEN};
 pub use i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use pvpanic::{
