@@ -19,6 +19,9 @@ use std::thread::ThreadId;
 
 use kvmkit_vcpu::EventFd;
 
+use kvmkit_devices::ShutdownReason;
+
+use crate::reboot::RebootPlan;
 use crate::{Platform, RunningMachine, Snapshot, SnapshotError, SnapshotReport};
 
 /// Where a VM is, as its control plane sees it.
@@ -54,6 +57,15 @@ pub enum ControlError {
     /// The snapshot could not be taken.
     #[error("the snapshot was not taken")]
     Snapshot(#[source] Arc<SnapshotError>),
+    /// The VM cannot reboot in place: it was not booted with
+    /// [`Machine::boot_rebootable_on`](crate::Machine::boot_rebootable_on) (a VM
+    /// restored from a snapshot, say).
+    #[error("the VM cannot reboot in place: it keeps no image to boot again")]
+    CannotReboot,
+    /// The reboot failed part way (its image could not be loaded again, say): the
+    /// VM was ended.
+    #[error("the reboot failed; the VM was ended")]
+    Reboot(#[source] Arc<crate::Error>),
 }
 
 /// A request to the I/O thread.
@@ -63,6 +75,8 @@ enum Command {
     Resume,
     /// Save the paused VM into this directory, with the VMM's configuration.
     Snapshot(PathBuf, serde_json::Value),
+    /// Boot again in place.
+    Reboot,
 }
 
 /// What a request gives back besides success.
@@ -126,6 +140,13 @@ impl VmControl {
     ) -> Result<SnapshotReport, ControlError> {
         self.request(Command::Snapshot(dir.to_path_buf(), config))?
             .ok_or(ControlError::NotRunning)
+    }
+
+    /// Reboots the VM in place: its devices reset (as by their drivers), its
+    /// image loaded again, every vCPU back at its first state; it runs from there,
+    /// paused or not before.
+    pub fn reboot(&self) -> Result<(), ControlError> {
+        self.request(Command::Reboot).map(drop)
     }
 
     /// Where the VM is.
@@ -226,14 +247,25 @@ impl ControlEnd {
     }
 
     /// Carries out the requests waiting, on the I/O thread.
-    pub(crate) fn serve(&self, running: &RunningMachine, platform: &Platform) {
+    pub(crate) fn serve(
+        &self,
+        running: &RunningMachine,
+        platform: &Platform,
+        reboot: Option<&RebootPlan>,
+    ) {
         let _ = self.wake.read();
         while let Ok(Request { command, reply }) = self.requests.try_recv() {
-            let _ = reply.send(self.carry_out(command, running, platform));
+            let _ = reply.send(self.carry_out(command, running, platform, reboot));
         }
     }
 
-    fn carry_out(&self, command: Command, running: &RunningMachine, platform: &Platform) -> Answer {
+    fn carry_out(
+        &self,
+        command: Command,
+        running: &RunningMachine,
+        platform: &Platform,
+        reboot: Option<&RebootPlan>,
+    ) -> Answer {
         let paused = self.shared.state.load(Ordering::SeqCst) == VmState::Paused as u8;
         match (command, paused) {
             (Command::Pause, true) => Err(ControlError::AlreadyPaused),
@@ -245,6 +277,22 @@ impl ControlEnd {
                 Ok(None)
             }
             (Command::Resume, true) => {
+                platform.resume_devices();
+                running.resume();
+                self.shared.set(VmState::Running);
+                Ok(None)
+            }
+            (Command::Reboot, paused) => {
+                let plan = reboot.ok_or(ControlError::CannotReboot)?;
+                if !paused {
+                    running.pause();
+                    platform.pause_devices();
+                }
+                if let Err(error) = plan.reboot(running, platform) {
+                    // Half rebooted, the guest cannot go on.
+                    platform.exit().request(ShutdownReason::VmmRequest);
+                    return Err(ControlError::Reboot(Arc::new(error)));
+                }
                 platform.resume_devices();
                 running.resume();
                 self.shared.set(VmState::Running);

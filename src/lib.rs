@@ -45,6 +45,7 @@ mod error;
 mod machine;
 mod placement;
 pub mod platform;
+mod reboot;
 mod run;
 pub mod seccomp;
 pub mod snapshot;

@@ -14,6 +14,7 @@ use kvmkit_vcpu::{
     VcpuHandle, VcpuOutcome, VcpuThread, VcpuThreadConfig, Vm, MAX_MEMSLOT_SIZE,
 };
 
+use crate::reboot::{RebootPlan, Rebootable, Reload};
 use crate::{Error, PlatformDevices};
 
 /// Builds a [`Machine`].
@@ -250,6 +251,7 @@ impl Machine {
         Ok(BootedMachine {
             machine: self,
             start_paused: false,
+            rebootable: None,
         })
     }
 
@@ -271,6 +273,26 @@ impl Machine {
         let mut layout = self.layout()?;
         devices.describe_in(&mut layout)?;
         self.boot_in(image, &layout)
+    }
+
+    /// As [`boot_on`](Self::boot_on), keeping `image` so that the VM can reboot in
+    /// place ([`VmControl::reboot`](crate::VmControl::reboot)): it is loaded again then,
+    /// from its files as they are at that time, on the same layout.
+    pub fn boot_rebootable_on<I>(
+        self,
+        image: I,
+        devices: &PlatformDevices,
+    ) -> Result<BootedMachine, Error>
+    where
+        I: BootImage + Send + 'static,
+    {
+        let mut layout = self.layout()?;
+        devices.describe_in(&mut layout)?;
+        let vcpus = u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX);
+        let mut booted = self.boot_in(&image, &layout)?;
+        let reload: Reload = Box::new(move |memory| Ok(image.load(memory, &layout, vcpus)?));
+        booted.rebootable = Some(Rebootable { reload });
+        Ok(booted)
     }
 
     fn boot_in(
@@ -303,6 +325,7 @@ impl Machine {
         Ok(BootedMachine {
             machine: self,
             start_paused: false,
+            rebootable: None,
         })
     }
 
@@ -371,6 +394,8 @@ pub struct BootedMachine {
     machine: Machine,
     /// Its vCPUs start paused (a restored VM waiting for its resume).
     start_paused: bool,
+    /// Its image, kept to reboot in place.
+    rebootable: Option<Rebootable>,
 }
 
 impl BootedMachine {
@@ -390,6 +415,14 @@ impl BootedMachine {
     /// Whether its vCPUs start paused.
     pub fn starts_paused(&self) -> bool {
         self.start_paused
+    }
+
+    /// How it can reboot in place, once it runs (its first state read now).
+    pub(crate) fn reboot_plan(&mut self) -> Result<Option<RebootPlan>, Error> {
+        self.rebootable
+            .take()
+            .map(|rebootable| RebootPlan::new(rebootable, &self.machine))
+            .transpose()
     }
 
     /// Starts one thread per vCPU, each handing its I/O to `handler`.

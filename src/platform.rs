@@ -509,6 +509,15 @@ impl Platform {
         }
     }
 
+    /// Resets every virtio device ([`MmioTransport::reset_device`]) and drops the
+    /// ACPI events the guest has not read: what a reboot in place does to them.
+    pub fn reset_devices(&self) {
+        for device in &self.virtio {
+            device.transport.reset_device();
+        }
+        self.generic_events.clear();
+    }
+
     /// The transport of virtio-mmio device `index`, for its counters.
     pub fn virtio_transport(&self, index: usize) -> Option<&Arc<MmioTransport>> {
         self.virtio.get(index).map(|device| &device.transport)

@@ -117,7 +117,7 @@ impl BootedMachine {
     /// vCPUs have stopped, before it is unmapped (to report what the kernel did with
     /// it, say).
     pub fn run_on_then<R>(
-        self,
+        mut self,
         mut platform: Platform,
         at_end: impl FnOnce(&kvmkit_memory::GuestRam) -> R,
     ) -> Result<(VmOutcome, R), Error> {
@@ -178,6 +178,8 @@ impl BootedMachine {
         let vcpu_filter = filter_of(ThreadKind::Vcpu)?.map(Arc::new);
         let io_filter = filter_of(ThreadKind::Io)?;
         let confine = vcpu_filter.map(|program| StartHook::new(move || seccomp::apply(&program)));
+        // Read before the first guest instruction: the state a reboot puts back.
+        let reboot = self.reboot_plan()?;
         let starts_paused = self.starts_paused();
         if starts_paused {
             // Its devices wait with it.
@@ -206,7 +208,7 @@ impl BootedMachine {
             // back to the loop.
             if let (Ok(LoopEnd::Stopped), Some(control)) = (&end, platform.control_end()) {
                 if !a_vcpu_ended.load(Ordering::SeqCst) {
-                    control.serve(&running, &platform);
+                    control.serve(&running, &platform, reboot.as_ref());
                     continue;
                 }
             }

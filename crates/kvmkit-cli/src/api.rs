@@ -311,6 +311,9 @@ impl Api {
                 end_vm(running);
                 ApiResponse::Done
             }
+            (ApiRequest::VmReboot, Some(running)) => {
+                control_answer(request, running.control.reboot())
+            }
             (ApiRequest::VmPowerButton, Some(running)) if live => {
                 match running.events.notify(GedEvent::PowerButton) {
                     Ok(()) => ApiResponse::Done,
@@ -332,7 +335,9 @@ impl Api {
                 | ApiRequest::VmPause
                 | ApiRequest::VmResume
                 | ApiRequest::VmShutdown
-                | ApiRequest::VmPowerButton,
+                | ApiRequest::VmPowerButton
+                | ApiRequest::VmReboot
+                | ApiRequest::VmSnapshot { .. },
                 _,
             ) => failed(Failure::Failed, "VM is not running"),
             _ => failed(Failure::Failed, "kvmkit does not support this request yet"),
@@ -350,14 +355,8 @@ fn snapshot(request: &ApiRequest, running: &Running, url: &str, config: Value) -
         );
     };
     // The I/O thread checks that the directory exists: this thread may not look.
-    match running.control.snapshot(std::path::Path::new(dir), config) {
-        Ok(_) => ApiResponse::Done,
-        Err(error) => {
-            let messages = causes(&error);
-            let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
-            ApiResponse::failed(request, Failure::Failed, &messages)
-        }
-    }
+    let taken = running.control.snapshot(std::path::Path::new(dir), config);
+    control_answer(request, taken.map(drop))
 }
 
 /// `error` and its sources, each on its own.
@@ -409,11 +408,15 @@ fn counters(devices: &[(String, Arc<MmioTransport>)]) -> Value {
     Value::Object(all)
 }
 
-/// The answer to a pause or resume.
+/// The answer to a control request: the error and its causes.
 fn control_answer(request: &ApiRequest, result: Result<(), ControlError>) -> ApiResponse {
     match result {
         Ok(()) => ApiResponse::Done,
-        Err(error) => ApiResponse::failed(request, Failure::Failed, &[&error.to_string()]),
+        Err(error) => {
+            let messages = causes(&error);
+            let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
+            ApiResponse::failed(request, Failure::Failed, &messages)
+        }
     }
 }
 

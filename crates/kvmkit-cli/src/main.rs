@@ -242,8 +242,9 @@ fn run(
             if let Some(initramfs) = &options.initramfs {
                 linux = linux.initrd(initramfs);
             }
+            // Kept, so that `vm.reboot` boots it again in place.
             machine
-                .boot_on(&linux, &platform.devices())
+                .boot_rebootable_on(linux, &platform.devices())
                 .map_err(|e| CliError::from_error(error_option(&e), &e))?
         }
         Start::Restore {

@@ -148,6 +148,8 @@ fn ch_remote_pings_pauses_resumes_counts_and_shuts_the_vm_and_the_vmm_down() {
     let resumed = vmm.state();
     let counters = vmm.ch_remote(&["counters"]);
     let power_button = vmm.ch_remote(&["power-button"]);
+    let reboot = vmm.ch_remote(&["reboot"]);
+    let rebooted = vmm.state();
     let shutdown = vmm.ch_remote(&["shutdown"]);
     let after_shutdown = vmm.state();
     let power_button_after = vmm.ch_remote(&["power-button"]);
@@ -173,6 +175,10 @@ fn ch_remote_pings_pauses_resumes_counts_and_shuts_the_vm_and_the_vmm_down() {
     assert!(counters["_rng"]["queue0_requests"].is_u64(), "{counters}");
     // Answered (this guest has no ACPI; the sandbox's Linux powers off on it).
     assert!(power_button.status.success(), "{power_button:?}");
+    // Booted again in place (the facade's tests and the sandbox's Linux show what a
+    // reboot does).
+    assert!(reboot.status.success(), "{reboot:?}");
+    assert_eq!(rebooted, "Running");
     assert!(shutdown.status.success(), "{shutdown:?}");
     assert!(
         String::from_utf8_lossy(&power_button_after.stderr).contains("not running"),

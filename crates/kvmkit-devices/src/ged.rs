@@ -76,6 +76,11 @@ impl GenericEventDevice {
     pub fn pending(&self) -> u8 {
         self.pending.load(Ordering::SeqCst)
     }
+
+    /// Drops the events the guest has not read (the VM was reset).
+    pub fn clear(&self) {
+        self.pending.store(0, Ordering::SeqCst);
+    }
 }
 
 impl BusDevice for GenericEventDevice {

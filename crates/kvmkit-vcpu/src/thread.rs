@@ -464,19 +464,37 @@ impl VcpuHandle {
     /// parked); [`Error::NotPaused`] if it is not paused (or has ended).
     pub fn save_state(&self) -> Result<crate::x86::VcpuState, Error> {
         let (sender, receiver) = mpsc::channel();
-        {
-            let mut state = self.control.lock();
-            if state.request != Request::Pause || !state.parked || state.finished {
-                return Err(Error::NotPaused { vcpu: self.id });
-            }
-            state.job = Some(Box::new(move |vcpu: &mut Vcpu| {
-                let _ = sender.send(vcpu.save_state());
-            }));
-            self.control.changed.notify_all();
-        }
+        self.run_parked(Box::new(move |vcpu: &mut Vcpu| {
+            let _ = sender.send(vcpu.save_state());
+        }))?;
         receiver
             .recv()
             .map_err(|_| Error::NotPaused { vcpu: self.id })?
+    }
+
+    /// Puts `state` into the paused vCPU (on its own thread, which does this while
+    /// parked); [`Error::NotPaused`] if it is not paused (or has ended). It runs from
+    /// there once resumed.
+    pub fn restore_state(&self, state: &crate::x86::VcpuState) -> Result<(), Error> {
+        let state = state.clone();
+        let (sender, receiver) = mpsc::channel();
+        self.run_parked(Box::new(move |vcpu: &mut Vcpu| {
+            let _ = sender.send(vcpu.restore_state(&state));
+        }))?;
+        receiver
+            .recv()
+            .map_err(|_| Error::NotPaused { vcpu: self.id })?
+    }
+
+    /// Has the parked vCPU's thread run `job`.
+    fn run_parked(&self, job: Job) -> Result<(), Error> {
+        let mut state = self.control.lock();
+        if state.request != Request::Pause || !state.parked || state.finished {
+            return Err(Error::NotPaused { vcpu: self.id });
+        }
+        state.job = Some(job);
+        self.control.changed.notify_all();
+        Ok(())
     }
 
     /// Lets a paused vCPU run again.

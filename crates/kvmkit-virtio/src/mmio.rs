@@ -253,6 +253,14 @@ impl MmioTransport {
         }
     }
 
+    /// Resets the device as a driver's write of status 0 does (the VM reboots, say):
+    /// once this returns, nothing of what the driver had set up touches guest memory
+    /// or raises the interrupt, and the transport waits for a driver from scratch.
+    pub fn reset_device(&self) {
+        let mut state = self.lock();
+        self.reset(&mut state);
+    }
+
     /// The transport's state, for a snapshot: what the driver set up (status,
     /// features, each queue's size and rings) and how far each queue went. The device
     /// must be paused ([`pause`](Self::pause)), so that every chain it took is in the

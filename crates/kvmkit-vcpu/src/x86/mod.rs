@@ -13,5 +13,6 @@ mod state;
 
 pub use cpuid::{shape as shape_cpuid, CpuTopology};
 pub use mode::enter as set_mode;
+pub use mode::write_tables as write_mode_tables;
 pub use mode::{CpuMode, IDENTITY_MAPPED_BYTES};
 pub use state::{VcpuState, VmState, STATE_VERSION};

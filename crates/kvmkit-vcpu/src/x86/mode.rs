@@ -65,7 +65,7 @@ pub fn enter<M: GuestMemory + ?Sized>(
         CpuMode::Protected => {
             check_reach(mode, entry, 1 << 32)?;
             check_reach(mode, stack_top, 1 << 32)?;
-            write_gdt(memory, &[0, GDT_CODE32, GDT_DATA])?;
+            write_tables(memory, mode)?;
             flat_segments(&mut sregs, false);
             sregs.cr0 = CR0_PE | CR0_ET;
             regs.rip = entry;
@@ -74,8 +74,7 @@ pub fn enter<M: GuestMemory + ?Sized>(
         CpuMode::Long => {
             check_reach(mode, entry, IDENTITY_MAPPED_BYTES)?;
             check_reach(mode, stack_top, IDENTITY_MAPPED_BYTES + 1)?;
-            write_gdt(memory, &[0, GDT_CODE64, GDT_DATA])?;
-            write_page_tables(memory)?;
+            write_tables(memory, mode)?;
             flat_segments(&mut sregs, true);
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 = CR4_PAE;
@@ -87,6 +86,20 @@ pub fn enter<M: GuestMemory + ?Sized>(
     }
     fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
     fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))
+}
+
+/// Writes into `memory` the tables a vCPU entered in `mode` uses (the GDT and IDT, and
+/// for long mode the identity-mapping page tables), as [`enter`] does: what a reboot
+/// in place writes again, since the guest may have used that memory since.
+pub fn write_tables<M: GuestMemory + ?Sized>(memory: &M, mode: CpuMode) -> Result<(), Error> {
+    match mode {
+        CpuMode::Real => Ok(()),
+        CpuMode::Protected => write_gdt(memory, &[0, GDT_CODE32, GDT_DATA]),
+        CpuMode::Long => {
+            write_gdt(memory, &[0, GDT_CODE64, GDT_DATA])?;
+            write_page_tables(memory)
+        }
+    }
 }
 
 fn check_reach(mode: CpuMode, addr: u64, limit: u64) -> Result<(), Error> {

@@ -38,6 +38,26 @@ pub struct VcpuState {
     debugregs: kvm_debugregs,
 }
 
+impl Clone for VcpuState {
+    fn clone(&self) -> Self {
+        VcpuState {
+            regs: self.regs,
+            sregs: self.sregs,
+            // Its flexible tail is empty: KVM_GET_XSAVE fills the fixed region only.
+            xsave: kvm_xsave {
+                region: self.xsave.region,
+                ..Default::default()
+            },
+            xcrs: self.xcrs,
+            lapic: self.lapic,
+            msrs: self.msrs.clone(),
+            mp_state: self.mp_state,
+            events: self.events,
+            debugregs: self.debugregs,
+        }
+    }
+}
+
 /// How many MSRs one `KVM_GET_MSRS` asks for.
 const MSR_CHUNK: usize = 64;
 
