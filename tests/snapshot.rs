@@ -319,3 +319,42 @@ fn a_vm_restored_onto_its_mapped_memory_file_goes_on_and_saves_over_that_file() 
     assert_eq!(after_saving, second_pause, "saving changed the mapped RAM");
     assert_eq!(count(restored_again.machine().ram().memory()), second_pause);
 }
+
+#[test]
+fn a_snapshot_restores_into_hugepages_by_copying_and_goes_on() {
+    let pool = kvmkit::memory::host::HugePagePool::read(2 << 20).unwrap();
+    assert!(
+        pool.available() >= 8,
+        "needs 8 free 2 MiB hugepages (scripts/prepare-host.sh reserves them)"
+    );
+    let dir = scratch_dir("hugepages");
+    let at_pause = saved(&dir);
+    let snapshot = Snapshot::read_from(&dir).unwrap();
+    let config: kvmkit::memory::MemoryConfig = "hugepages=on,hugepage_size=2M".parse().unwrap();
+    let image = snapshot.memory_image(&dir).unwrap();
+    let (machine, platform) = machine_built(
+        MachineBuilder::new()
+            .memory_config(config)
+            .memory_image(image),
+    );
+
+    let booted = machine.restore(&snapshot, &dir).unwrap();
+    let mapped_from_file = booted.machine().ram().image().is_some();
+    let restored_count = count(booted.machine().ram().memory());
+    let report = booted.machine().ram().report().unwrap();
+    platform.restore_devices(&snapshot).unwrap();
+    let (went_on, reached) = run_until_counted_past(booted, platform, at_pause);
+
+    assert!(
+        !mapped_from_file,
+        "hugepages cannot map the file: copied instead"
+    );
+    assert_eq!(restored_count, at_pause);
+    let region = &report.regions[0];
+    assert_eq!(region.kernel_page_size, 2 << 20, "{report}");
+    assert!(region.hugetlb > 0, "{report}");
+    assert!(
+        went_on,
+        "the restored guest did not go on (reached {reached})"
+    );
+}
