@@ -271,10 +271,13 @@ struct VirtioRig {
 
 /// Held by every target for the whole input: libFuzzer runs one input at a time, and
 /// `cargo test` replays the corpora on parallel threads, where the virtio targets'
-/// count of this process's descriptors would see another target's.
+/// count of this process's descriptors would see another target's. It begins once
+/// the last input's descriptors are gone ([`wait_for_quiet_fds`]).
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|e| e.into_inner())
+    let one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    wait_for_quiet_fds();
+    one
 }
 
 /// Event fds, epoll instances and sockets this process holds: what a device makes and
@@ -298,6 +301,25 @@ const VIRTIO_RAM: usize = 0x4_0000;
 const VIRTIO_RINGS: u64 = VIRTIO_RINGS_32 as u64;
 const VIRTIO_RINGS_32: u32 = 0x1000;
 const VIRTIO_BUFFERS: u64 = 0x2_0000;
+
+/// The count of descriptors before the last input began. A disk's worker ends on its
+/// own thread once its rig is gone, closing its descriptors as it goes; until then the
+/// count is above this, and a rig made meanwhile would count the worker's descriptors
+/// as its own (and its reset check find one missing when the worker ends).
+static QUIET_FDS: std::sync::Mutex<Option<usize>> = std::sync::Mutex::new(None);
+
+/// Waits (two seconds at most) until the last input's rig and what it started are
+/// gone, and records the count for this one.
+fn wait_for_quiet_fds() {
+    let mut quiet = QUIET_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(level) = *quiet {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while open_fds() > level && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    *quiet = Some(open_fds());
+}
 
 impl VirtioRig {
     fn new(device: Box<dyn VirtioDevice>) -> Self {
@@ -333,11 +355,16 @@ impl VirtioRig {
             0,
             "an event source outlived the reset"
         );
+        // The count the loop saw is the one checked: counting again after the loop
+        // saw it settle read one descriptor short now and then (a count taken while
+        // another thread's descriptor changes hands).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while open_fds() != self.fds && std::time::Instant::now() < deadline {
+        let mut open = open_fds();
+        while open != self.fds && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
+            open = open_fds();
         }
-        assert_eq!(open_fds(), self.fds, "a descriptor outlived the reset");
+        assert_eq!(open, self.fds, "a descriptor outlived the reset");
     }
 
     fn write(&self, offset: u64, value: u32) {
