@@ -402,6 +402,8 @@ fn ram_regions(ram: &GuestRam) -> Vec<(u64, u64)> {
 }
 
 /// Writes guest RAM into a new sparse file at `path`: (its length, bytes written).
+/// Pages never touched ([`GuestRam::touched_pages`]) are not read; of the others, the
+/// runs of pages that are not all zeroes are written, one write each.
 fn write_memory(path: &Path, ram: &GuestRam) -> Result<(u64, u64), SnapshotError> {
     let io = |what| {
         let path = path.to_path_buf();
@@ -411,11 +413,27 @@ fn write_memory(path: &Path, ram: &GuestRam) -> Result<(u64, u64), SnapshotError
     file.set_len(ram.size()).map_err(io("size"))?;
     let mut buffer = vec![0u8; CHUNK];
     let (mut file_offset, mut written) = (0u64, 0u64);
-    for region in ram.regions() {
+    for (index, region) in ram.regions().iter().enumerate() {
+        let touched = ram.touched_pages(index).map_err(|e| SnapshotError::Io {
+            what: "read which pages of guest RAM were touched for",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let (guest, size) = (region.spec.guest_addr, region.spec.size);
         let mut at = 0u64;
         while at < size {
             let len = usize::try_from(size - at).unwrap_or(CHUNK).min(CHUNK);
+            // At most CHUNK / PAGE pages from a page-aligned offset.
+            let first_page = usize::try_from(at / PAGE as u64).unwrap_or(usize::MAX);
+            let pages = touched.as_ref().map(|touched| {
+                touched
+                    .get(first_page..first_page + len / PAGE)
+                    .unwrap_or(&[])
+            });
+            if pages.is_some_and(|pages| !pages.contains(&true)) {
+                at += len as u64;
+                continue;
+            }
             ram.memory()
                 .read_slice(&mut buffer[..len], GuestAddress(guest + at))
                 .map_err(|e| SnapshotError::Io {
@@ -423,12 +441,25 @@ fn write_memory(path: &Path, ram: &GuestRam) -> Result<(u64, u64), SnapshotError
                     path: path.to_path_buf(),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-            for (n, page) in buffer[..len].chunks(PAGE).enumerate() {
-                if page.iter().any(|&b| b != 0) {
-                    let offset = file_offset + at + (n * PAGE) as u64;
-                    file.write_all_at(page, offset).map_err(io("write"))?;
-                    written += page.len() as u64;
+            let chunk = &buffer[..len];
+            let data = |n: usize| {
+                pages.is_none_or(|pages| pages.get(n).copied().unwrap_or(true))
+                    && chunk[n * PAGE..(n + 1) * PAGE].iter().any(|&b| b != 0)
+            };
+            let mut page = 0;
+            while page < len / PAGE {
+                if !data(page) {
+                    page += 1;
+                    continue;
                 }
+                let start = page;
+                while page < len / PAGE && data(page) {
+                    page += 1;
+                }
+                let run = &chunk[start * PAGE..page * PAGE];
+                let offset = file_offset + at + (start * PAGE) as u64;
+                file.write_all_at(run, offset).map_err(io("write"))?;
+                written += run.len() as u64;
             }
             at += len as u64;
         }

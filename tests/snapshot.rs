@@ -102,6 +102,10 @@ fn saved(dir: &Path) -> u64 {
     let report = control
         .snapshot(dir, serde_json::json!({"vmm": "test", "vcpus": 1}))
         .unwrap();
+    let mut ram_at_pause = vec![0u8; 16 << 20];
+    memory
+        .read_slice(&mut ram_at_pause, GuestAddress(0))
+        .unwrap();
     exit.request(ShutdownReason::PowerOff);
     vm.join().unwrap();
 
@@ -110,6 +114,10 @@ fn saved(dir: &Path) -> u64 {
         "{while_running:?}"
     );
     assert_eq!(report.memory_size, 16 << 20);
+    assert!(
+        std::fs::read(dir.join("memory")).unwrap() == ram_at_pause,
+        "the memory file is not guest RAM as it was"
+    );
     assert!(
         report.memory_written < report.memory_size / 4,
         "the memory file is not sparse: {report:?}"

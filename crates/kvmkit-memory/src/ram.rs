@@ -161,6 +161,49 @@ impl GuestRam {
         Some(region.bitmap().get_and_reset())
     }
 
+    /// Which host pages of region `index` hold what the guest or the VMM wrote: those
+    /// present in host memory or swapped out (`/proc/self/pagemap`). Every other page
+    /// of private memory was never touched and reads as zero, so a snapshot need not
+    /// read it. `None` where this process's page tables cannot tell: shared memory
+    /// (another process may have written it), RAM mapped from an image (an untouched
+    /// page holds the image's data), and a region that does not exist.
+    pub fn touched_pages(&self, index: usize) -> Result<Option<Vec<bool>>, Error> {
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        /// Entries read at once (512 KiB).
+        const CHUNK: usize = 1 << 16;
+        let Some(region) = self.regions.get(index) else {
+            return Ok(None);
+        };
+        if self.backing.is_shared() || self.image.is_some() {
+            return Ok(None);
+        }
+        let report = |source| Error::Report {
+            what: format!(
+                "/proc/self/pagemap for guest memory at {:#x}",
+                region.spec.guest_addr
+            ),
+            source,
+        };
+        let page = host_page_size();
+        let pages = usize::try_from(region.spec.size / page)
+            .map_err(|_| report(io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
+        let mut pagemap = File::open("/proc/self/pagemap").map_err(report)?;
+        let first = region.host_addr as u64 / page * 8;
+        io::Seek::seek(&mut pagemap, io::SeekFrom::Start(first)).map_err(report)?;
+        let mut touched = Vec::with_capacity(pages);
+        let mut entries = vec![0u8; CHUNK.min(pages) * 8];
+        while touched.len() < pages {
+            let count = CHUNK.min(pages - touched.len());
+            io::Read::read_exact(&mut pagemap, &mut entries[..count * 8]).map_err(report)?;
+            touched.extend(entries[..count * 8].chunks_exact(8).map(|entry| {
+                let entry = u64::from_le_bytes(entry.try_into().unwrap_or_default());
+                entry & (PRESENT | SWAPPED) != 0
+            }));
+        }
+        Ok(Some(touched))
+    }
+
     /// The mapped regions, sorted by guest-physical address.
     pub fn regions(&self) -> &[RamRegion] {
         &self.regions
@@ -446,6 +489,22 @@ mod tests {
             GuestRam::from_image(&two_region_layout(), &config, image.as_file()).unwrap_err();
 
         assert!(matches!(error, Error::ImageBacking { .. }), "{error}");
+    }
+
+    #[test]
+    fn touched_pages_are_the_pages_written_and_unknown_for_shared_memory() {
+        let layout = MemoryLayout::x86_64(MIB).unwrap();
+        let ram = GuestRam::new(&layout, &MemoryConfig::default()).unwrap();
+        let shared = GuestRam::new(&layout, &"shared=on".parse().unwrap()).unwrap();
+        ram.memory().write_obj(1u8, GuestAddress(5 * 4096)).unwrap();
+
+        let touched = ram.touched_pages(0).unwrap().unwrap();
+
+        assert_eq!(touched.len(), 256);
+        assert!(touched[5]);
+        assert_eq!(touched.iter().filter(|&&page| page).count(), 1);
+        assert!(shared.touched_pages(0).unwrap().is_none());
+        assert!(ram.touched_pages(1).unwrap().is_none());
     }
 
     #[test]
