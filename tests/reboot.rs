@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use kvmkit::devices::{SerialOutput, ShutdownReason};
 use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
-use kvmkit::{ControlError, MachineBuilder, Platform, PlatformConfig, VmOutcome, VmState};
+use kvmkit::{
+    BootedMachine, ControlError, Machine, MachineBuilder, Platform, PlatformConfig,
+    PlatformDevices, VmControl, VmOutcome, VmState,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -44,11 +47,22 @@ fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
     false
 }
 
-#[test]
-fn a_vm_rebooted_in_place_boots_its_image_again_and_runs_on() {
+/// A VM running on a thread of its own, and what the test holds of it.
+struct Vm {
+    control: VmControl,
+    exit: Arc<kvmkit::devices::VmShutdown>,
+    memory: Arc<kvmkit::virtio::GuestMemory>,
+    thread: thread::JoinHandle<VmOutcome>,
+}
+
+/// A machine of `vcpus` vCPUs on a platform, booted by `boot` and run.
+fn start(
+    vcpus: u32,
+    boot: impl FnOnce(Machine, &PlatformDevices) -> Result<BootedMachine, kvmkit::Error>,
+) -> Vm {
     let machine = MachineBuilder::new()
         .memory_mib(16)
-        .vcpus(2)
+        .vcpus(vcpus)
         .irqchip(true)
         .build()
         .unwrap();
@@ -57,11 +71,27 @@ fn a_vm_rebooted_in_place_boots_its_image_again_and_runs_on() {
     let control = platform.control().unwrap();
     let exit = Arc::clone(platform.exit());
     let memory = Arc::clone(machine.ram().shared_memory());
+    let booted = boot(machine, &platform.devices()).unwrap();
+    let thread = thread::spawn(move || booted.run_on(platform).unwrap());
+    Vm {
+        control,
+        exit,
+        memory,
+        thread,
+    }
+}
+
+#[test]
+fn a_vm_rebooted_in_place_boots_its_image_again_and_runs_on() {
+    let Vm {
+        control,
+        exit,
+        memory,
+        thread: vm,
+    } = start(2, |machine, devices| {
+        machine.boot_rebootable_on(counting_guest(), devices)
+    });
     let read = |addr| memory.read_obj::<u64>(GuestAddress(addr)).unwrap();
-    let booted = machine
-        .boot_rebootable_on(counting_guest(), &platform.devices())
-        .unwrap();
-    let vm = thread::spawn(move || booted.run_on(platform).unwrap());
     // Both vCPUs in the loop (each counted its boot) before the code is overwritten.
     let counted = wait_until(|| read(BOOTS) == 2 && read(COUNTER) > 1000);
     // The guest's code overwritten (ud2): only the image loaded again boots.
@@ -106,21 +136,15 @@ fn a_vm_rebooted_in_place_boots_its_image_again_and_runs_on() {
 
 #[test]
 fn a_vm_booted_without_its_image_kept_cannot_reboot_and_runs_on() {
-    let machine = MachineBuilder::new()
-        .memory_mib(16)
-        .irqchip(true)
-        .build()
-        .unwrap();
-    let config = PlatformConfig::default().with_serial_output(SerialOutput::Sink);
-    let mut platform = Platform::new(machine.vm(), config).unwrap();
-    let control = platform.control().unwrap();
-    let exit = Arc::clone(platform.exit());
-    let memory = Arc::clone(machine.ram().shared_memory());
+    let Vm {
+        control,
+        exit,
+        memory,
+        thread: vm,
+    } = start(1, |machine, devices| {
+        machine.boot_on(&counting_guest(), devices)
+    });
     let read = |addr| memory.read_obj::<u64>(GuestAddress(addr)).unwrap();
-    let booted = machine
-        .boot_on(&counting_guest(), &platform.devices())
-        .unwrap();
-    let vm = thread::spawn(move || booted.run_on(platform).unwrap());
     assert!(
         wait_until(|| read(COUNTER) > 1000),
         "the guest never counted"
