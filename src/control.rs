@@ -17,9 +17,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::ThreadId;
 
-use kvmkit_vcpu::EventFd;
-
 use kvmkit_devices::ShutdownReason;
+use kvmkit_vcpu::EventFd;
 
 use crate::reboot::RebootPlan;
 use crate::{Platform, RunningMachine, Snapshot, SnapshotError, SnapshotReport};

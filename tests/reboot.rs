@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kvmkit::devices::{SerialOutput, ShutdownReason};
 use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::{
-    BootedMachine, ControlError, Machine, MachineBuilder, Platform, PlatformConfig,
+    BootImage, BootedMachine, ControlError, Machine, MachineBuilder, Platform, PlatformConfig,
     PlatformDevices, VmControl, VmOutcome, VmState,
 };
 use vm_memory::{Bytes, GuestAddress};
@@ -162,4 +162,58 @@ fn a_vm_booted_without_its_image_kept_cannot_reboot_and_runs_on() {
     );
     assert!(went_on, "a refused reboot stopped the guest");
     assert_eq!(read(BOOTS), 1);
+}
+
+/// The counting guest the first time it is loaded; an image that no longer loads
+/// (a kernel file gone, say) the next.
+struct LoadsOnce {
+    program: GuestProgram,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+impl BootImage for LoadsOnce {
+    fn load<M: vm_memory::GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        layout: &kvmkit::boot::PhysicalLayout,
+        vcpus: u32,
+    ) -> Result<kvmkit::boot::BootEntry, kvmkit::boot::BootError> {
+        let loads = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if loads == 0 {
+            self.program.load(memory, layout, vcpus)
+        } else {
+            Err(kvmkit::boot::BootError::NotAKernel("gone".into()))
+        }
+    }
+}
+
+#[test]
+fn a_reboot_whose_image_no_longer_loads_fails_naming_why_and_ends_the_vm() {
+    let image = LoadsOnce {
+        program: counting_guest(),
+        loads: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let Vm {
+        control,
+        memory,
+        thread: vm,
+        ..
+    } = start(1, |machine, devices| {
+        machine.boot_rebootable_on(image, devices)
+    });
+    let read = |addr| memory.read_obj::<u64>(GuestAddress(addr)).unwrap();
+    assert!(
+        wait_until(|| read(COUNTER) > 1000),
+        "the guest never counted"
+    );
+
+    let failed = control.reboot();
+    let outcome = vm.join().unwrap();
+
+    let Err(ControlError::Reboot(error)) = &failed else {
+        panic!("{failed:?}");
+    };
+    assert!(error.to_string().contains("gone"), "{error}");
+    assert_eq!(outcome, VmOutcome::VmmRequest);
+    assert_eq!(control.state(), VmState::Shutdown);
 }
