@@ -49,6 +49,7 @@ mod reboot;
 mod run;
 pub mod seccomp;
 pub mod snapshot;
+pub mod timeline;
 mod virtio_mmio;
 
 pub use control::{ControlError, VmControl, VmState};
@@ -66,4 +67,5 @@ pub use placement::PlatformDevices;
 pub use platform::{Platform, PlatformConfig, PlatformIo, StdinConsole};
 pub use run::VmOutcome;
 pub use snapshot::{Snapshot, SnapshotError, SnapshotReport};
+pub use timeline::{Milestone, Timeline, TimelineReport};
 pub use virtio_mmio::{NotifyPath, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};

@@ -15,6 +15,7 @@ use kvmkit_vcpu::{
 };
 
 use crate::reboot::{RebootPlan, Rebootable, Reload};
+use crate::timeline::{Milestone, Timeline};
 use crate::{Error, PlatformDevices};
 
 /// Builds a [`Machine`].
@@ -29,6 +30,7 @@ pub struct MachineBuilder {
     pin_vcpus: bool,
     log_dirty: bool,
     memory_image: Option<Arc<std::fs::File>>,
+    timeline: Option<Arc<Timeline>>,
 }
 
 impl Default for MachineBuilder {
@@ -42,6 +44,7 @@ impl Default for MachineBuilder {
             pin_vcpus: false,
             log_dirty: false,
             memory_image: None,
+            timeline: None,
         }
     }
 }
@@ -110,8 +113,17 @@ impl MachineBuilder {
         self
     }
 
+    /// The machine marks its start on `timeline` (see [`Machine::timeline`]), whose
+    /// origin the caller chose (its process's start, say). Without one, the machine
+    /// makes a timeline whose origin is the call to [`build`](Self::build).
+    pub fn timeline(mut self, timeline: Arc<Timeline>) -> Self {
+        self.timeline = Some(timeline);
+        self
+    }
+
     /// Opens KVM, maps guest RAM, creates the VM and its vCPUs.
     pub fn build(self) -> Result<Machine, Error> {
+        let timeline = self.timeline.clone().unwrap_or_else(Timeline::new);
         if self.vcpus == 0 {
             return Err(Error::NoVcpus);
         }
@@ -146,12 +158,15 @@ impl MachineBuilder {
             vm.create_pit()?;
         }
         let vcpus = vm.create_vcpus(self.vcpus)?;
+        timeline.mark(Milestone::MemoryMapped);
+        timeline.watch_vcpus(vcpus.iter().map(|vcpu| Arc::clone(vcpu.stats())));
         Ok(Machine {
             hypervisor,
             vm,
             ram,
             vcpus,
             pin_vcpus: self.pin_vcpus,
+            timeline,
         })
     }
 
@@ -178,6 +193,7 @@ pub struct Machine {
     ram: GuestRam,
     vcpus: Vec<Vcpu>,
     pin_vcpus: bool,
+    timeline: Arc<Timeline>,
 }
 
 impl Machine {
@@ -199,6 +215,14 @@ impl Machine {
     /// The vCPUs, for register access before they start.
     pub fn vcpus(&self) -> &[Vcpu] {
         &self.vcpus
+    }
+
+    /// When this machine got where as it started: memory mapped, kernel loaded or
+    /// state restored, and, once it runs on a platform, the first `KVM_RUN`, the first
+    /// console byte and the guest's own "boot complete". Keep the `Arc` to read it
+    /// while and after the VM runs.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.timeline
     }
 
     /// The guest-physical address map of this machine's RAM, without devices.
@@ -248,6 +272,7 @@ impl Machine {
         for (vcpu, state) in self.vcpus.iter().zip(snapshot.vcpus()) {
             vcpu.restore_state(state).map_err(SnapshotError::Kvm)?;
         }
+        self.timeline.mark(Milestone::StateRestored);
         Ok(BootedMachine {
             machine: self,
             start_paused: false,
@@ -322,6 +347,7 @@ impl Machine {
             }
             _ => return Err(Error::UnknownEntryProtocol),
         }
+        self.timeline.mark(Milestone::KernelLoaded);
         Ok(BootedMachine {
             machine: self,
             start_paused: false,
@@ -464,6 +490,7 @@ impl BootedMachine {
             ram,
             vcpus,
             pin_vcpus,
+            timeline,
         } = self.machine;
         let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut handles = Vec::with_capacity(vcpus.len());
@@ -488,6 +515,7 @@ impl BootedMachine {
             handles,
             vm,
             ram,
+            timeline,
             _hypervisor: hypervisor,
         })
     }
@@ -503,6 +531,7 @@ pub struct RunningMachine {
     handles: Vec<VcpuHandle>,
     vm: Arc<Vm>,
     ram: GuestRam,
+    timeline: Arc<Timeline>,
     _hypervisor: Hypervisor,
 }
 
@@ -523,6 +552,11 @@ impl RunningMachine {
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// When the machine got where as it started ([`Machine::timeline`]).
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.timeline
     }
 
     /// The pages of memslot `slot` (guest RAM region `slot`) written since the last

@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use kvmkit_devices::{event_fd, ConsoleInput, ConsoleOutput, EventSources, Flow};
 use kvmkit_devices::{
-    AcpiSleepControl, AddressSpace, Bus, CmosRtc, DebugExit, EventFdInterrupt, EventLoop, GedEvent,
-    GenericEventDevice, PvPanic, ResetControl, SerialOutput, SerialPort, UartState, VmShutdown,
-    ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT,
-    CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN, GED_IRQ, GED_PORT,
-    GED_PORT_LEN, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PULSE_RESET, PVPANIC_PORT,
-    PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN, SERIAL_PORT_LEN,
+    AcpiSleepControl, AddressSpace, BootTimer, Bus, CmosRtc, DebugExit, EventFdInterrupt,
+    EventLoop, GedEvent, GenericEventDevice, PvPanic, ResetControl, SerialOutput, SerialPort,
+    UartState, VmShutdown, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT,
+    ACPI_SLEEP_STATUS_OFFSET, CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT,
+    DEBUG_EXIT_PORT_LEN, GED_IRQ, GED_PORT, GED_PORT_LEN, I8042, I8042_COMMAND_PORT,
+    I8042_DATA_PORT, I8042_PULSE_RESET, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT,
+    RESET_CONTROL_PORT_LEN, SERIAL_PORT_LEN,
 };
+use kvmkit_memory::x86::BOOT_TIMER;
 use kvmkit_vcpu::{IoAction, IoHandler, Vm};
 use kvmkit_virtio::{
     Console, EventFdVirtioInterrupt, GuestMemory, MmioTransport, NoShortcut, QueueNotifiers,
@@ -28,6 +30,7 @@ use kvmkit_virtio::{
 
 use crate::control::{ControlEnd, VmControl};
 use crate::seccomp::SeccompPolicy;
+use crate::timeline::Timeline;
 use crate::virtio_mmio::{VirtioMmioDevice, VmNotifiers};
 use crate::{Error, NotifyPath, PlatformDevices, VirtioMmioSlot, VIRTIO_IRQS, VIRTIO_MMIO_BASE};
 
@@ -187,9 +190,9 @@ impl PlatformConfig {
 
 /// The legacy devices of a minimal PC: COM1 (IRQ 4 through an irqfd), the i8042 reset
 /// line, the reset control register (0xcf9), the CMOS RTC, the ACPI sleep control
-/// register (power-off), the pvpanic port (a guest's panic report) and, optionally, a
-/// debug exit port; on a port bus and an (empty) MMIO bus that the VMM can add devices
-/// to.
+/// register (power-off), the pvpanic port (a guest's panic report), the ACPI Generic
+/// Event Device and, optionally, a debug exit port, on a port bus; Firecracker's boot
+/// timer on an MMIO bus. The VMM can add devices to both.
 pub struct Platform {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -200,6 +203,8 @@ pub struct Platform {
     _serial_interrupt: Arc<EventFdInterrupt>,
     /// ACPI events (the power button, a new VM generation), on GED_IRQ.
     generic_events: Arc<GenericEventDevice>,
+    /// Firecracker's boot timer, at `x86::BOOT_TIMER`.
+    boot_timer: Arc<BootTimer>,
     vm: Arc<Vm>,
     /// Taken by the run loop, which makes the calling thread the I/O thread.
     event_loop: Option<EventLoop>,
@@ -254,14 +259,23 @@ impl Platform {
         }
         let event_loop =
             EventLoop::new(exit.clone()).map_err(Error::host("cannot create the event loop"))?;
+        let mmio = Arc::new(Bus::new(AddressSpace::Mmio));
+        let boot_timer = Arc::new(BootTimer::new());
+        mmio.insert(
+            BOOT_TIMER.start,
+            BOOT_TIMER.size,
+            "boot-timer",
+            boot_timer.clone(),
+        )?;
         Ok(Platform {
             pio,
-            mmio: Arc::new(Bus::new(AddressSpace::Mmio)),
+            mmio,
             exit,
             serial,
             config,
             _serial_interrupt: interrupt,
             generic_events,
+            boot_timer,
             vm: Arc::clone(vm),
             event_loop: Some(event_loop),
             virtio: Vec::new(),
@@ -298,6 +312,23 @@ impl Platform {
     }
 
     /// The legacy devices every platform has, as a guest's ACPI tables describe them:
+    /// Firecracker's boot timer (at [`BOOT_TIMER`]): when the guest said its boot was
+    /// complete.
+    pub fn boot_timer(&self) -> &Arc<BootTimer> {
+        &self.boot_timer
+    }
+
+    /// Points `timeline` at this platform's consoles (their first byte) and its boot
+    /// timer (the guest's "boot complete").
+    pub(crate) fn watch_on(&self, timeline: &Timeline) {
+        timeline.watch_consoles(
+            std::iter::once(self.serial.output())
+                .chain(self.console_outputs())
+                .cloned(),
+        );
+        timeline.watch_boot_timer(Arc::clone(&self.boot_timer));
+    }
+
     /// COM1, the sleep control and status registers, the i8042's reset and pvpanic.
     pub fn legacy_devices() -> kvmkit_boot::LegacyDevices {
         kvmkit_boot::LegacyDevices {

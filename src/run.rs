@@ -121,6 +121,7 @@ impl BootedMachine {
         mut platform: Platform,
         at_end: impl FnOnce(&kvmkit_memory::GuestRam) -> R,
     ) -> Result<(VmOutcome, R), Error> {
+        platform.watch_on(self.machine().timeline());
         let signals = if platform.config().handle_signals {
             let blocked =
                 TerminationSignals::block().map_err(Error::host("cannot block signals"))?;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use kvmkit::devices::{SerialOutput, ShutdownReason};
 use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::{
-    BootedMachine, ControlError, Machine, MachineBuilder, Platform, PlatformConfig, Snapshot,
-    SnapshotError, VmOutcome,
+    BootedMachine, ControlError, Machine, MachineBuilder, Milestone, Platform, PlatformConfig,
+    Snapshot, SnapshotError, VmOutcome,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -139,11 +139,13 @@ fn a_paused_vm_saved_and_restored_into_a_new_machine_goes_on_counting() {
     let (machine, platform) = machine(1);
     let booted = machine.restore(&snapshot, &dir).unwrap();
     let restored_count = count(booted.machine().ram().memory());
+    let timeline = Arc::clone(booted.machine().timeline());
     platform.restore_devices(&snapshot).unwrap();
     let generation_notified = platform.generic_events().pending();
     let mut scratch = [0u8];
     kvmkit::devices::BusDevice::read(&**platform.serial(), 7, &mut scratch);
     let (went_on, reached) = run_until_counted_past(booted, platform, at_pause);
+    let timeline = timeline.report();
 
     assert_eq!(snapshot.config()["vmm"], "test");
     assert_eq!(
@@ -166,6 +168,16 @@ fn a_paused_vm_saved_and_restored_into_a_new_machine_goes_on_counting() {
     assert!(
         went_on,
         "the restored guest did not go on (reached {reached})"
+    );
+    let milestones: Vec<Milestone> = timeline.reached.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        milestones,
+        [
+            Milestone::MemoryMapped,
+            Milestone::StateRestored,
+            Milestone::FirstRun
+        ],
+        "the restore's timeline: {timeline}"
     );
 }
 

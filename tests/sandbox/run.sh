@@ -126,7 +126,8 @@ status=$?
 set -e
 echo "sandbox: L1 ran $(( $(date +%s) - start ))s, QEMU status $status"
 
-markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK-WRITE-OK
+markers=(L1-KVM-READY L2-INIT-STARTED
+         "timeline options-parsed=.* first-kvm-run=.* guest-boot-complete=" L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK-WRITE-OK
          L2-NET-OK L2-RNG-OK L2-HVC-WRITE-OK L2-POWEROFF "L1-RUNNER-EXIT status=0"
          L1-DISK-OK L1-HVC-OK L2-PVH-INIT "L1-PVH-EXIT status=0"
          L2-PANICKING "L1-PANIC-EXIT status=3 kvmkit: the guest panicked"
@@ -138,12 +139,13 @@ markers=(L1-KVM-READY L2-INIT-STARTED L2-CPUS-OK L2-MEM-OK L2-BLK-READ-OK L2-BLK
          L1-SNAPSHOT-TAKEN L1-SNAPSHOT-COUNT-GOES-ON L1-SNAPSHOT-CLOCK-GOES-ON
          L1-SNAPSHOT-NET-UP-AFTER-RESTORE
          L1-SNAPSHOT-DISK-WRITTEN-AFTER-RESTORE L1-SNAPSHOT-CLONES-RUN
+         "L1-SNAPSHOT-RESTORE-TIMELINE .*state-restored=.*first-console-byte="
          L1-DONE)
 missing=()
 for marker in "${markers[@]}"; do
     grep -q -- "$marker" "$log" || missing+=("$marker")
 done
-grep -E '^(L1|L2)-|kvmkit' "$log" | tr -d '\r' | sed 's/^/  | /' || true
+grep -E '^(L1|L2)-|kvmkit|timeline ' "$log" | tr -d '\r' | sed 's/^/  | /' || true
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "sandbox: L1 TIMED OUT after ${timeout_s}s (a sandbox hang unless the markers above stop at kvmkit's step); console tail:" >&2
     tail -n 40 "$log" | tr -d '\r' >&2

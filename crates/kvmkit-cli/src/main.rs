@@ -18,11 +18,13 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use kvmkit::devices::SerialOutput;
 use kvmkit::virtio::{Block, Net, Rng, Tap};
 use kvmkit::{
-    Causes, LinuxBoot, MachineBuilder, Platform, PlatformConfig, Snapshot, StdinConsole, VmOutcome,
+    Causes, LinuxBoot, MachineBuilder, Milestone, Platform, PlatformConfig, Snapshot, StdinConsole,
+    VmOutcome,
 };
 
 use kvmkit_cli::options::{random_mac, ConsoleMode, NetOption, Options, RestoreOption};
@@ -51,9 +53,11 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let options = Options::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let mut stats = RunStats::starting_at(started);
+    stats.timeline().mark(Milestone::OptionsParsed);
     warn_without_hardware_virtualization();
-    let mut stats = RunStats::default();
     let result = match (&options.api_socket, &options.restore) {
         (Some(path), _) => serve_api(path, &options, &mut stats),
         (None, Some(restore)) => restore_vm(restore, &options, &mut stats, None),
@@ -160,6 +164,7 @@ fn restore_vm(
 ) -> Result<i32, CliError> {
     let snapshot =
         Snapshot::read_from(&restore.dir).map_err(|e| CliError::from_error("--restore", &e))?;
+    stats.timeline().mark(Milestone::SnapshotRead);
     let mut options = kvmkit_cli::vm_config::options(snapshot.config()).map_err(|why| {
         CliError::new("--restore", format!("the snapshot's configuration: {why}"))
     })?;
@@ -202,6 +207,7 @@ fn run(
     let stdin = stdin_console(options)?;
     hint_unseen_console(options);
     let mut builder = MachineBuilder::new()
+        .timeline(Arc::clone(stats.timeline()))
         .memory_config(options.memory.clone())
         .vcpus(options.cpus)
         .irqchip(true);
@@ -331,6 +337,7 @@ fn serve_api(
     loop {
         match calls.recv() {
             Ok(api::Call::Boot) => {
+                stats.next_vm();
                 let ran = match api.take_for_boot() {
                     Some(created) => run(&created, stats, Some(&api), Start::Boot),
                     None => Err(CliError::new("vm.boot", "VM is not created")),
@@ -341,6 +348,7 @@ fn serve_api(
                 }
             }
             Ok(api::Call::Restore(restore)) => {
+                stats.next_vm();
                 match restore_vm(&restore, options, stats, Some(&api)) {
                     Ok(ran) => status = ran,
                     Err(error) => api.restore_failed(error.to_string()),

@@ -5,22 +5,45 @@
 //! (an error included: that is when it is most wanted).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use kvmkit::memory::MemoryReport;
 use kvmkit::vcpu::{ExitReason, ExitStats};
 use kvmkit::virtio::MmioTransport;
-use kvmkit::Platform;
+use kvmkit::{Platform, Timeline};
 
-/// What the run got as far as: the vCPUs' exit counters, the virtio devices by name
-/// (for their counters), and the guest memory report taken as the VM ended.
-#[derive(Default)]
+/// What the run got as far as: when the VM got where (its timeline), the vCPUs' exit
+/// counters, the virtio devices by name (for their counters), and the guest memory
+/// report taken as the VM ended.
 pub struct RunStats {
+    timeline: Arc<Timeline>,
     vcpus: Vec<Arc<ExitStats>>,
     devices: Vec<(&'static str, Arc<MmioTransport>)>,
     memory: Option<Result<MemoryReport, kvmkit::memory::Error>>,
 }
 
 impl RunStats {
+    /// Stats of a VM whose timeline starts at `origin` (the process's start).
+    pub fn starting_at(origin: Instant) -> Self {
+        RunStats {
+            timeline: Timeline::starting_at(origin),
+            vcpus: Vec::new(),
+            devices: Vec::new(),
+            memory: None,
+        }
+    }
+
+    /// The timeline of the VM being started, for the machine to mark.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.timeline
+    }
+
+    /// Starts over for another VM of the same process (booted or restored through the
+    /// API): its timeline starts now, at the request.
+    pub fn next_vm(&mut self) {
+        *self = RunStats::starting_at(Instant::now());
+    }
+
     /// Records the vCPUs' exit counters.
     pub fn set_vcpus(&mut self, vcpus: Vec<Arc<ExitStats>>) {
         self.vcpus = vcpus;
@@ -60,16 +83,23 @@ impl RunStats {
     /// Prints exits by reason per vCPU, requests, bytes and errors per device queue,
     /// and the guest memory report, to stderr: what there is of them.
     pub fn print(&self) {
-        print(&self.vcpus, &self.devices, self.memory.as_ref());
+        print(
+            &self.timeline,
+            &self.vcpus,
+            &self.devices,
+            self.memory.as_ref(),
+        );
     }
 }
 
 fn print(
+    timeline: &Timeline,
     vcpus: &[Arc<ExitStats>],
     devices: &[(&'static str, Arc<MmioTransport>)],
     memory: Option<&Result<MemoryReport, kvmkit::memory::Error>>,
 ) {
     eprintln!("kvmkit stats");
+    eprintln!("  timeline {}", timeline.report());
     if vcpus.is_empty() {
         eprintln!("  no vCPU was created");
     }
@@ -102,7 +132,12 @@ fn print(
             for region in &report.regions {
                 eprintln!("  memory {region}");
             }
-            eprintln!("  memory resident_kib={}", report.resident() >> 10);
+            eprintln!(
+                "  memory resident_kib={} process_rss_kib={} vmm_overhead_kib={}",
+                report.resident() >> 10,
+                report.process_rss >> 10,
+                report.vmm_overhead() >> 10
+            );
             if let Some(ksm) = &report.ksm {
                 let merged = ksm
                     .process_merging_pages

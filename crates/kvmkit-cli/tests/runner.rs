@@ -52,6 +52,53 @@ fn a_guest_that_powers_off_ends_the_runner_with_status_0_and_its_output_in_the_f
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("vcpu0 exits total="), "{stderr}");
     assert!(stderr.contains("memory resident_kib="), "{stderr}");
+    assert!(stderr.contains(" vmm_overhead_kib="), "{stderr}");
+}
+
+/// The `--stats` timeline's milestones, in the order printed, each with its seconds.
+fn timeline(stderr: &str) -> Vec<(String, f64)> {
+    let line = stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("timeline "))
+        .unwrap_or_else(|| panic!("no timeline in {stderr}"));
+    line.split_whitespace()
+        .map(|entry| {
+            let (name, at) = entry.split_once("=+").unwrap();
+            let seconds = at.strip_suffix('s').unwrap().parse().unwrap();
+            (name.to_string(), seconds)
+        })
+        .collect()
+}
+
+#[test]
+fn the_stats_timeline_runs_from_the_options_to_the_guests_boot_complete_in_order() {
+    // Arrange: a guest that prints, says its boot is complete on the boot timer (as
+    // Firecracker's guest tooling does) and powers off.
+    let dir = scratch("timeline");
+    let kernel = bzimage(&dir, &[PRINT_K, BOOT_COMPLETE, POWER_OFF].concat());
+    let serial = dir.join("serial.log");
+
+    // Act
+    let output = run(&["--stats"], &kernel, &serial);
+
+    // Assert
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let names: Vec<String> = timeline(&stderr).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "options-parsed",
+            "memory-mapped",
+            "kernel-loaded",
+            "first-kvm-run",
+            "first-console-byte",
+            "guest-boot-complete"
+        ],
+        "{stderr}"
+    );
+    let times: Vec<f64> = timeline(&stderr).into_iter().map(|(_, t)| t).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{stderr}");
 }
 
 #[test]

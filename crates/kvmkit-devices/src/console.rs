@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -56,6 +56,8 @@ pub enum SerialOutput {
 pub struct ConsoleOutput {
     bytes: Mutex<VecDeque<u8>>,
     dropped: AtomicU64,
+    /// When the guest's first byte arrived.
+    first_byte: OnceLock<Instant>,
     /// Readable once bytes arrive in an empty queue: the I/O thread's cue to flush.
     ready: EventFd,
     destination: Mutex<Destination>,
@@ -75,6 +77,7 @@ impl ConsoleOutput {
         Ok(ConsoleOutput {
             bytes: Mutex::new(VecDeque::new()),
             dropped: AtomicU64::new(0),
+            first_byte: OnceLock::new(),
             ready: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             destination: Mutex::new(Destination::new(target)?),
         })
@@ -86,6 +89,9 @@ impl ConsoleOutput {
 
     /// Queues `data`, as much as fits; never blocks.
     pub fn push(&self, data: &[u8]) {
+        if !data.is_empty() {
+            self.first_byte.get_or_init(Instant::now);
+        }
         let mut bytes = self.lock();
         let was_empty = bytes.is_empty();
         let room = OUTPUT_QUEUE_BYTES.saturating_sub(bytes.len());
@@ -100,6 +106,12 @@ impl ConsoleOutput {
             // Only a counter overflow can fail, and the reader wakes up anyway.
             let _ = self.ready.write(1);
         }
+    }
+
+    /// When the guest wrote its first byte to this console, if it has (whether or
+    /// not the byte fitted in the queue).
+    pub fn first_byte_at(&self) -> Option<Instant> {
+        self.first_byte.get().copied()
     }
 
     /// Readable when bytes wait in an empty queue: the cue to [`flush`](Self::flush).
@@ -288,5 +300,30 @@ impl Write for SharedBuffer {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_byte_is_timed_once_even_when_the_queue_drops_it() {
+        // Arrange
+        let output = ConsoleOutput::new(SerialOutput::Sink).unwrap();
+        output.push(&[]);
+        assert_eq!(output.first_byte_at(), None, "an empty write is no byte");
+        let before = Instant::now();
+
+        // Act
+        output.push(&vec![b'x'; OUTPUT_QUEUE_BYTES + 1]);
+        let first = output.first_byte_at();
+        output.push(b"later");
+
+        // Assert
+        let first = first.expect("the first byte was timed");
+        assert!(first >= before);
+        assert_eq!(output.first_byte_at(), Some(first));
+        assert_eq!(output.dropped(), 6);
     }
 }

@@ -11,7 +11,8 @@
 //!   [`I8042`] (reset),
 //!   [`CmosRtc`] (host wall clock, BCD or binary), [`AcpiSleepControl`] (power-off),
 //!   [`GenericEventDevice`] (ACPI events: the power button, a new VM generation),
-//!   [`DebugExit`] (exit codes for test guests).
+//!   [`DebugExit`] (exit codes for test guests), [`BootTimer`] (Firecracker's: the
+//!   guest says when its boot is complete).
 //! - [`Interrupt`]: how a device raises its line; [`EventFdInterrupt`] is an event
 //!   fd a VMM registers with its hypervisor (as a KVM irqfd, say).
 //! - [`VmShutdown`]: the one-shot "shut the VM down" request devices and signals
@@ -34,6 +35,7 @@
 //! ```
 
 mod acpi;
+mod boot_timer;
 mod bus;
 mod console;
 mod console_io;
@@ -56,6 +58,7 @@ pub use acpi::{
     AcpiSleepControl, ACPI_SLEEP_CONTROL_LEN, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_OFFSET,
     S5_SLEEP_TYPE,
 };
+pub use boot_timer::{BootTimer, BOOT_COMPLETE, BOOT_TIMER_LEN};
 pub use bus::{reply_byte, AddressSpace, Bus, BusDevice, BusError};
 #[cfg(feature = "test-utils")]
 pub use console::SharedBuffer;

@@ -87,6 +87,11 @@ pub struct RegionReport {
     pub anon_huge_pages: u64,
     /// `Private_Hugetlb` + `Shared_Hugetlb`: bytes resident in hugetlb pages.
     pub hugetlb: u64,
+    /// `Rss`: bytes of the region mapped into the process and so counted in its RSS
+    /// (hugetlb pages are not; a page of a file mapping is only once the guest touched
+    /// it, whether or not the page cache holds it). Counts whole kernel mappings, as
+    /// `anon_huge_pages` does.
+    pub rss: u64,
     /// The mapping's flags (of its first VMA).
     pub flags: VmFlags,
     /// How many kernel VMAs the region spans.
@@ -97,11 +102,12 @@ impl fmt::Display for RegionReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "gpa={:#x} size={} page_kib={} resident_kib={} anon_huge_kib={} hugetlb_kib={} flags={} vmas={}",
+            "gpa={:#x} size={} page_kib={} resident_kib={} rss_kib={} anon_huge_kib={} hugetlb_kib={} flags={} vmas={}",
             self.guest_addr,
             format_size(self.size),
             self.kernel_page_size >> 10,
             self.resident >> 10,
+            self.rss >> 10,
             self.anon_huge_pages >> 10,
             self.hugetlb >> 10,
             self.flags,
@@ -118,6 +124,9 @@ pub struct MemoryReport {
     pub regions: Vec<RegionReport>,
     /// KSM's state, if the kernel has KSM.
     pub ksm: Option<KsmCounters>,
+    /// The whole process's RSS (the sum of every mapping's `Rss` in the same read of
+    /// smaps), guest RAM included.
+    pub process_rss: u64,
 }
 
 impl GuestRam {
@@ -138,12 +147,19 @@ impl MemoryReport {
         Ok(MemoryReport {
             regions: parse_smaps(&smaps, regions, resident_bytes)?,
             ksm: KsmCounters::read(),
+            process_rss: parse_vmas(&smaps).iter().map(|vma| vma.rss).sum(),
         })
     }
 
     /// Bytes of guest RAM resident, over all regions.
     pub fn resident(&self) -> u64 {
         self.regions.iter().map(|r| r.resident).sum()
+    }
+
+    /// The VMM's own memory: the process's RSS less the guest RAM counted in it.
+    pub fn vmm_overhead(&self) -> u64 {
+        let guest: u64 = self.regions.iter().map(|r| r.rss).sum();
+        self.process_rss.saturating_sub(guest)
     }
 }
 
@@ -152,6 +168,12 @@ impl fmt::Display for MemoryReport {
         for region in &self.regions {
             writeln!(f, "region {region}")?;
         }
+        writeln!(
+            f,
+            "process rss_kib={} vmm_overhead_kib={}",
+            self.process_rss >> 10,
+            self.vmm_overhead() >> 10
+        )?;
         if let Some(ksm) = &self.ksm {
             write!(
                 f,
@@ -174,6 +196,7 @@ struct Vma {
     kernel_page_size: u64,
     anon_huge_pages: u64,
     hugetlb: u64,
+    rss: u64,
     flags: VmFlags,
 }
 
@@ -206,6 +229,7 @@ fn parse_vmas(smaps: &str) -> Vec<Vma> {
         match key {
             "KernelPageSize" => vma.kernel_page_size = bytes,
             "AnonHugePages" => vma.anon_huge_pages = bytes,
+            "Rss" => vma.rss = bytes,
             "Private_Hugetlb" | "Shared_Hugetlb" => vma.hugetlb += bytes,
             _ => {}
         }
@@ -254,6 +278,7 @@ fn parse_smaps(
                 resident: resident(region)?,
                 anon_huge_pages: inside.iter().map(|v| v.anon_huge_pages).sum(),
                 hugetlb: inside.iter().map(|v| v.hugetlb).sum(),
+                rss: inside.iter().map(|v| v.rss).sum(),
                 flags: first.flags,
                 vmas: inside.len(),
             })
@@ -359,6 +384,20 @@ VmFlags: rd wr sh mr mw me ms de ht
         assert_eq!(report[0].vmas, 2);
         assert_eq!(report[0].anon_huge_pages, 4 << 20);
         assert_eq!(report[0].hugetlb, 2 << 20);
+        assert_eq!(report[0].rss, 4 << 20, "hugetlb pages are not in Rss");
+    }
+
+    #[test]
+    fn the_vmm_overhead_is_the_process_rss_less_the_guest_ram_in_it() {
+        let regions = [region(0, 0x7f00_0000_0000, 4 << 20)];
+        let report = MemoryReport {
+            regions: parse_smaps(SMAPS, &regions, |_| Ok(4 << 20)).unwrap(),
+            ksm: None,
+            process_rss: parse_vmas(SMAPS).iter().map(|vma| vma.rss).sum(),
+        };
+
+        assert_eq!(report.process_rss, (4 << 20) + 4096);
+        assert_eq!(report.vmm_overhead(), 4096, "the binary's page");
     }
 
     #[test]

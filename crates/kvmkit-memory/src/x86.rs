@@ -24,7 +24,8 @@
 //! 0x000e_0000  ACPI tables                │ reserved for the firmware
 //! 0x000f_0000  MP table                   ┘
 //! 0x0010_0000  high memory: kernels and programs load here
-//! 0xc000_0000  MMIO hole: virtio-mmio windows at 0xd000_0000, I/O APIC, local APIC
+//! 0xc000_0000  MMIO hole: the boot timer, virtio-mmio windows at 0xd000_0000, I/O APIC,
+//!              local APIC
 //! 0x1_0000_0000  RAM that did not fit below the hole
 //! ```
 
@@ -110,6 +111,9 @@ pub const FIRMWARE: FixedRange = range("firmware", EBDA.start, HIGH_MEMORY_START
 /// The 32-bit MMIO hole: guest RAM above its start moves above 4 GiB, so that device
 /// windows, the I/O APIC and the local APIC sit below 4 GiB.
 pub const MMIO_HOLE: FixedRange = range("MMIO hole", 0xc000_0000, 0x4000_0000);
+/// Firecracker's boot timer, where Firecracker (v1.16) places it: the first page of
+/// the MMIO hole, so that guest tooling written for Firecracker works unchanged.
+pub const BOOT_TIMER: FixedRange = range("boot timer", 0xc000_0000, 0x1000);
 /// Where virtio-mmio windows are placed, one after the other.
 pub const VIRTIO_MMIO: FixedRange = range("virtio-mmio windows", 0xd000_0000, 0x100_0000);
 /// The I/O APIC's registers.
@@ -134,7 +138,7 @@ pub const LOW_RAM_STRUCTURES: [FixedRange; 7] = [
 pub const FIRMWARE_STRUCTURES: [FixedRange; 4] = [EBDA, VM_GENERATION_ID, ACPI_TABLES, MP_TABLE];
 
 /// The windows in [`MMIO_HOLE`].
-pub const MMIO_WINDOWS: [FixedRange; 3] = [VIRTIO_MMIO, IOAPIC, LAPIC];
+pub const MMIO_WINDOWS: [FixedRange; 4] = [BOOT_TIMER, VIRTIO_MMIO, IOAPIC, LAPIC];
 
 // The boot stack pointer lies in the boot stack; the hole lies above where kernels load.
 const _: () = assert!(BOOT_STACK.start < BOOT_STACK_TOP && BOOT_STACK_TOP < BOOT_STACK.end());

@@ -5,6 +5,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// The reasons exits are counted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,16 +70,29 @@ impl ExitReason {
     }
 }
 
-/// Live exit counters of one vCPU.
+/// Live exit counters of one vCPU, and when it first entered the guest.
 ///
 /// Only the vCPU's own thread writes them, so an increment is a plain load and store
 /// (no locked instruction on the exit path); any thread may read them at any time.
 #[derive(Debug, Default)]
 pub struct ExitStats {
     counts: [AtomicU64; ExitReason::ALL.len()],
+    first_run: OnceLock<Instant>,
 }
 
 impl ExitStats {
+    /// Notes that the vCPU is about to enter the guest (kept the first time only).
+    #[inline]
+    pub(crate) fn note_first_run(&self) {
+        self.first_run.get_or_init(Instant::now);
+    }
+
+    /// When the vCPU first entered the guest ([`Vcpu::run`](crate::Vcpu::run)), if it
+    /// has.
+    pub fn first_run_at(&self) -> Option<Instant> {
+        self.first_run.get().copied()
+    }
+
     /// Counts one exit. Must only be called from the thread that runs the vCPU.
     #[inline]
     pub(crate) fn record(&self, reason: ExitReason) {

@@ -132,6 +132,7 @@ impl Vcpu {
     /// I/O access to `handler` on the way. Returns [`VcpuExit::IoStop`] if the handler
     /// asked to stop, and [`VcpuExit::Interrupted`] if the vCPU was kicked.
     pub fn run<H: IoHandler + ?Sized>(&mut self, handler: &H) -> Result<VcpuExit, Error> {
+        self.stats.note_first_run();
         loop {
             match self.run_once(handler)? {
                 VcpuExit::Io(_) => continue,

@@ -30,6 +30,9 @@ pub const PVPANIC: &[u8] = &[0x66, 0xba, 0x05, 0x05, 0xb0, 0x01, 0xee, 0xf4];
 /// `mov dx, 0xcf9; mov al, 6; out dx, al; hlt`: a reset through the reset control
 /// register, as Linux's `reboot=p`.
 pub const RESET_CF9: &[u8] = &[0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xf4];
+/// `mov eax, 0xc0000000; mov byte [rax], 123`: "boot complete" on Firecracker's boot
+/// timer, as its guest tooling writes it.
+pub const BOOT_COMPLETE: &[u8] = &[0xb8, 0x00, 0x00, 0x00, 0xc0, 0xc6, 0x00, 0x7b];
 
 pub fn runner() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kvmkit"));
