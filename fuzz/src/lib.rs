@@ -23,7 +23,10 @@ use kvmkit_devices::{
     I8042_DATA_PORT, PVPANIC_PORT, PVPANIC_PORT_LEN, RESET_CONTROL_PORT, RESET_CONTROL_PORT_LEN,
     SERIAL_PORT_LEN,
 };
-use kvmkit_devices::{PvPanic, ResetControl};
+use kvmkit_devices::{
+    BootTimer, GedEvent, GenericEventDevice, PvPanic, ResetControl, BOOT_TIMER_LEN, GED_PORT,
+    GED_PORT_LEN,
+};
 use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
 use kvmkit_virtio::{
     Block, Console, DatagramBackend, EventFdVirtioInterrupt, GuestMemory, MmioTransport, Net,
@@ -177,7 +180,10 @@ pub fn legacy_devices(data: &[u8]) {
     );
     let ports = Bus::new(AddressSpace::Pio);
     let clock = Box::new(|| UNIX_EPOCH + Duration::from_secs(1_795_615_509));
-    let devices: [(u64, u64, Arc<dyn BusDevice>); 7] = [
+    let events = Arc::new(GenericEventDevice::new(Arc::new(
+        EventFdInterrupt::new().expect("an eventfd"),
+    )));
+    let devices: [(u64, u64, Arc<dyn BusDevice>); 9] = [
         (COM1_PORT, SERIAL_PORT_LEN, serial.clone()),
         (I8042_DATA_PORT, 5, Arc::new(I8042::new(shutdown.clone()))),
         (
@@ -205,6 +211,9 @@ pub fn legacy_devices(data: &[u8]) {
             RESET_CONTROL_PORT_LEN,
             Arc::new(ResetControl::new(shutdown.clone())),
         ),
+        (GED_PORT, GED_PORT_LEN, events.clone()),
+        // An MMIO device on a machine; the port bus has room for its window.
+        (0x2000, BOOT_TIMER_LEN, Arc::new(BootTimer::new())),
     ];
     for (base, len, device) in &devices {
         ports
@@ -226,6 +235,10 @@ pub fn legacy_devices(data: &[u8]) {
             2..=4 => {
                 let bytes = u32::from(value).wrapping_mul(0x0101_0101).to_le_bytes();
                 ports.write(port, &bytes[..width]);
+            }
+            5 if value & 0x80 != 0 => {
+                let event = [GedEvent::PowerButton, GedEvent::VmGeneration][usize::from(value & 1)];
+                events.notify(event).expect("an eventfd write");
             }
             5 => {
                 let room = serial.input_room();
