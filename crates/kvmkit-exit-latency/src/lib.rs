@@ -592,53 +592,112 @@ pub struct LatencyRow {
     pub kvmkit_ns: f64,
     /// Median nanoseconds per exit through the bare kvm-ioctls loop.
     pub baseline_ns: f64,
+    /// The median of the rounds' ratios (kvmkit's time over the baseline's in the
+    /// same round, the two run back to back): 1.00 means no overhead.
+    pub ratio: f64,
+    /// The 95 % confidence interval of that median, distribution-free (the rounds'
+    /// ratios ranked, the interval's ends at the ranks the binomial law gives).
+    pub ratio_ci: (f64, f64),
+    /// Rounds measured.
+    pub rounds: usize,
 }
 
 impl LatencyRow {
-    /// kvmkit's time over the baseline's: 1.00 means no overhead.
-    pub fn ratio(&self) -> f64 {
-        self.kvmkit_ns / self.baseline_ns
+    /// Half the confidence interval's width: the ratio is known to about ± this.
+    pub fn resolution(&self) -> f64 {
+        (self.ratio_ci.1 - self.ratio_ci.0) / 2.0
     }
 }
 
 impl fmt::Display for LatencyRow {
-    /// `class kvmkit_ns baseline_ns ratio`, aligned for a table.
+    /// `class kvmkit_ns baseline_ns ratio ci95 rounds`, aligned for a table.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<18} {:>10.0} {:>11.0} {:>6.3}",
+            "{:<18} {:>10.0} {:>11.0} {:>6.3} {:>5.3}-{:<5.3} {:>6}",
             self.class.name(),
             self.kvmkit_ns,
             self.baseline_ns,
-            self.ratio()
+            self.ratio,
+            self.ratio_ci.0,
+            self.ratio_ci.1,
+            self.rounds
         )
     }
 }
 
 /// The header line matching [`LatencyRow`]'s display.
-pub const TABLE_HEADER: &str = "class                kvmkit_ns baseline_ns  ratio";
+pub const TABLE_HEADER: &str =
+    "class                kvmkit_ns baseline_ns  ratio ratio_ci95  rounds";
+
+/// How many rounds a measurement takes: at least `min_rounds`, then more until the
+/// ratio's confidence interval is at most ± `resolution` wide or `max_rounds` ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rounds {
+    /// Rounds always run.
+    pub min_rounds: usize,
+    /// Rounds never exceeded.
+    pub max_rounds: usize,
+    /// The half-width of the ratio's 95 % confidence interval to reach.
+    pub resolution: f64,
+}
+
+impl Rounds {
+    /// Exactly `rounds` rounds.
+    pub fn fixed(rounds: usize) -> Self {
+        Rounds {
+            min_rounds: rounds,
+            max_rounds: rounds,
+            resolution: f64::INFINITY,
+        }
+    }
+}
 
 /// Measures `class`: `rounds` rounds of `exits` exits, alternating kvmkit and the
 /// baseline (which goes first alternates too), and returns the median of each.
 pub fn measure(class: ExitClass, exits: u64, rounds: usize) -> Result<LatencyRow, Error> {
+    measure_rounds(class, exits, Rounds::fixed(rounds))
+}
+
+/// Measures `class` in rounds of `exits` exits (kvmkit and the baseline back to back
+/// in each, which goes first alternating) until `rounds` is satisfied.
+pub fn measure_rounds(class: ExitClass, exits: u64, rounds: Rounds) -> Result<LatencyRow, Error> {
     let mut vm = LatencyVm::new(class)?;
     let exits = exits.max(1);
-    let mut kvmkit = Vec::with_capacity(rounds);
-    let mut baseline = Vec::with_capacity(rounds);
-    for round in 0..rounds.max(1) {
-        let per_exit = |d: Duration| d.as_nanos() as f64 / exits as f64;
-        if round % 2 == 0 {
-            kvmkit.push(per_exit(vm.run_kvmkit(exits)?));
-            baseline.push(per_exit(vm.run_baseline(exits)?));
+    let min_rounds = rounds.min_rounds.max(1);
+    let max_rounds = rounds.max_rounds.max(min_rounds);
+    let mut kvmkit = Vec::with_capacity(min_rounds);
+    let mut baseline = Vec::with_capacity(min_rounds);
+    let mut ratios = Vec::with_capacity(min_rounds);
+    let per_exit = |d: Duration| d.as_nanos() as f64 / exits as f64;
+    loop {
+        let round = ratios.len();
+        let (k, b) = if round % 2 == 0 {
+            let k = per_exit(vm.run_kvmkit(exits)?);
+            (k, per_exit(vm.run_baseline(exits)?))
         } else {
-            baseline.push(per_exit(vm.run_baseline(exits)?));
-            kvmkit.push(per_exit(vm.run_kvmkit(exits)?));
+            let b = per_exit(vm.run_baseline(exits)?);
+            (per_exit(vm.run_kvmkit(exits)?), b)
+        };
+        kvmkit.push(k);
+        baseline.push(b);
+        ratios.push(k / b);
+        let done = ratios.len() >= max_rounds
+            || (ratios.len() >= min_rounds && {
+                let (low, high) = median_ci(&mut ratios.clone());
+                (high - low) / 2.0 <= rounds.resolution
+            });
+        if done {
+            break;
         }
     }
     Ok(LatencyRow {
         class,
         kvmkit_ns: median(&mut kvmkit),
         baseline_ns: median(&mut baseline),
+        ratio: median(&mut ratios.clone()),
+        ratio_ci: median_ci(&mut ratios),
+        rounds: ratios.len(),
     })
 }
 
@@ -652,6 +711,28 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The 95 % confidence interval of the median of `values`, without assuming their
+/// distribution: ranked, the interval runs from rank n/2 − 1.96·√n/2 to
+/// n/2 + 1.96·√n/2 (the normal approximation of the binomial law), clamped to the
+/// sample. With few values it is the whole sample's range.
+fn median_ci(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let half = 1.96 * (n as f64).sqrt() / 2.0;
+    let centre = n as f64 / 2.0;
+    // 1-based ranks, rounded outwards; float-to-integer casts saturate (a negative
+    // rank becomes 0), and the clamps keep both inside the sample.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let (low, high) = (
+        ((centre - half).floor() as usize).clamp(1, n),
+        ((centre + half).ceil() as usize + 1).clamp(1, n),
+    );
+    (values[low - 1], values[high - 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,6 +741,27 @@ mod tests {
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn the_medians_interval_narrows_as_rounds_grow_and_holds_the_median() {
+        // Ratios spread evenly over 0.95..1.05: the median is 1.00.
+        let spread = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| 0.95 + 0.1 * i as f64 / (n - 1) as f64)
+                .collect()
+        };
+
+        let few = median_ci(&mut spread(5));
+        let many = median_ci(&mut spread(101));
+        let lots = median_ci(&mut spread(1001));
+
+        assert_eq!(few, (0.95, 1.05), "five rounds say nothing narrower");
+        assert!(many.0 < 1.0 && many.1 > 1.0, "{many:?}");
+        assert!(lots.0 > many.0 && lots.1 < many.1, "{lots:?} vs {many:?}");
+        // ±1.96·√n/2 ranks of n over a spread of 0.1: about ±0.1/√n.
+        assert!((lots.1 - lots.0) / 2.0 < 0.005, "{lots:?}");
+        assert!((many.1 - many.0) / 2.0 > 0.008, "{many:?}");
     }
 
     #[test]
