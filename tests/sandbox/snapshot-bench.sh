@@ -19,13 +19,18 @@ mkdir -p "$work"
 export SANDBOX_EXTRA="$work/l1-snapshot-bench.sh"
 export SANDBOX_EXTRA_FILES="$anchors/firecracker:/bin/firecracker \
 $anchors/cloud-hypervisor:/bin/cloud-hypervisor $(command -v curl):/bin/curl"
+# BENCH_KVMKIT_B=PATH: another kvmkit runner (an earlier build) restores each kvmkit
+# snapshot too, interleaved, its figures on BENCH-SNAPSHOT kvmkit-b lines.
+if [ -n "${BENCH_KVMKIT_B:-}" ]; then
+    SANDBOX_EXTRA_FILES="$SANDBOX_EXTRA_FILES $BENCH_KVMKIT_B:/bin/kvmkit-b"
+fi
 export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
 "$here/run.sh"
 log="$work/console.log"
 tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/snapshot-bench.txt"
-for vmm in kvmkit firecracker cloud-hypervisor; do
-    for field in boot_to_count_s snapshot_s snapshot_kib_on_disk restore_to_count_s; do
-        values=$(grep "^BENCH-SNAPSHOT $vmm " "$work/snapshot-bench.txt" | grep -o "$field=[0-9.]*" | cut -d= -f2 | sort -g)
+for vmm in kvmkit kvmkit-b firecracker cloud-hypervisor; do
+    for field in boot_to_count_s snapshot_s snapshot_kib_on_disk restore_to_count_s first-kvm-run first-console-byte; do
+        values=$(grep "^BENCH-SNAPSHOT $vmm " "$work/snapshot-bench.txt" | grep -o "$field=[0-9.]*" | cut -d= -f2 | sort -g || true)
         count=$(wc -w <<<"$values")
         [ "$count" -gt 0 ] || continue
         median=$(sed -n "$(( (count + 1) / 2 ))p" <<<"$values")
