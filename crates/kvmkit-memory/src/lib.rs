@@ -49,5 +49,5 @@ pub use error::{Conflict, Error};
 pub use host::KsmScanning;
 pub use host::{HugePagePool, KsmCounters};
 pub use layout::{MemoryLayout, RegionSpec, MAX_GUEST_MEMORY};
-pub use ram::{GuestMemory, GuestRam, RamRegion, DIRTY_PAGE_SIZE};
+pub use ram::{GuestMemory, GuestRam, RamRegion, DIRTY_PAGE_SIZE, HOST_ALIGNMENT};
 pub use report::{MemoryReport, RegionReport, VmFlags};

@@ -262,13 +262,91 @@ fn map_region(
     if let Some(file) = file {
         builder = builder.with_file_offset(file);
     }
+    // Hugetlb mappings are aligned to their page size by the kernel already.
+    let hole = match backing.hugepage_size() {
+        None => AlignedHole::new(size),
+        Some(_) => None,
+    };
     let mapping = builder
         .build()
         .map_err(|e| map_error(mmap_error_to_io(e)))?;
+    drop(hole);
     GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or(Error::AddressOverflow {
         guest_addr: spec.guest_addr,
         size: spec.size,
     })
+}
+
+/// The host alignment that lets KVM map guest RAM with 2 MiB pages: a transparent
+/// hugepage backs a guest 2 MiB page only where host and guest addresses agree modulo
+/// 2 MiB (every region starts 2 MiB-aligned in the guest). Unaligned, every 2 MiB of
+/// guest RAM takes 512 nested page faults to map instead of one.
+pub const HOST_ALIGNMENT: usize = 2 << 20;
+
+/// A hole of exactly `size` bytes at a [`HOST_ALIGNMENT`]-aligned address, fenced on
+/// both sides by inaccessible mappings, for the next `mmap(NULL, size)` (vm-memory's,
+/// which takes no address) to fill: the kernel places a mapping in the highest hole
+/// that fits it, and this one was cut from the highest hole that fitted `size` and
+/// the alignment. Best effort: if the kernel chooses another hole (a higher one that
+/// fits `size` alone, or a thread mapped into this one first), the mapping is merely
+/// unaligned, as it would have been. Dropping it unmaps the fences.
+struct AlignedHole {
+    fences: [(usize, usize); 2],
+}
+
+impl AlignedHole {
+    /// A hole for a mapping of `size` bytes; `None` for one smaller than the alignment
+    /// (it cannot hold a hugepage) or if the address space has no room.
+    fn new(size: usize) -> Option<Self> {
+        if size < HOST_ALIGNMENT {
+            return None;
+        }
+        let reserved = size.checked_add(HOST_ALIGNMENT)?;
+        // SAFETY: a new inaccessible private mapping at an address the kernel
+        // chooses: it overlaps nothing and nobody else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reserved,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let base = base as usize;
+        let hole = base.next_multiple_of(HOST_ALIGNMENT);
+        let hole_end = hole + size;
+        // SAFETY: `hole..hole_end` lies inside the reservation just made, which
+        // nothing else refers to.
+        if unsafe { libc::munmap(hole as *mut libc::c_void, size) } != 0 {
+            unmap(base, reserved);
+            return None;
+        }
+        Some(AlignedHole {
+            fences: [(base, hole - base), (hole_end, base + reserved - hole_end)],
+        })
+    }
+}
+
+impl Drop for AlignedHole {
+    fn drop(&mut self) {
+        for (start, len) in self.fences {
+            unmap(start, len);
+        }
+    }
+}
+
+/// Unmaps `len` bytes at `start`, a range of a reservation only its owner refers to.
+fn unmap(start: usize, len: usize) {
+    if len > 0 {
+        // SAFETY: the callers pass parts of an `AlignedHole` reservation: inaccessible
+        // mappings that nothing refers to.
+        unsafe { libc::munmap(start as *mut libc::c_void, len) };
+    }
 }
 
 fn mmap_error_to_io(error: MmapRegionError) -> io::Error {
