@@ -7,16 +7,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
 
-use common::{Recorder, TestVm, CODE_ADDR, STACK_TOP};
+use common::{wait_until, Recorder, TestVm, CODE_ADDR, STACK_TOP};
 use kvmkit_guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit_vcpu::x86::{VcpuState, VmState};
 use kvmkit_vcpu::{Error, VcpuThread, VcpuThreadConfig};
 use vm_memory::{Bytes, GuestAddress};
 
-const PATIENCE: Duration = Duration::from_secs(20);
 const COUNTER: u64 = 0x20_0000;
 const MIB: u64 = 4;
 
@@ -34,17 +31,6 @@ fn counter_program() -> GuestProgram {
 
 fn counter(vm: &TestVm) -> u64 {
     vm.ram.memory().read_obj(GuestAddress(COUNTER)).unwrap()
-}
-
-fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    false
 }
 
 #[test]

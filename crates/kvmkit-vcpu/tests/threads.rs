@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Recorder, TestVm, CODE_ADDR, STACK_TOP};
+use common::{wait_until, Recorder, TestVm, CODE_ADDR, STACK_TOP};
 use kvmkit_guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit_vcpu::{
     Error, ExitReason, IoAction, IoHandler, VcpuExit, VcpuHandle, VcpuOutcome, VcpuThread,
@@ -17,20 +17,7 @@ use kvmkit_vcpu::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
-/// Generous bound for liveness waits; never a performance assertion.
-const PATIENCE: Duration = Duration::from_secs(20);
 const COUNTERS: u64 = 0x20_0000;
-
-fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
 
 /// Increments the qword at [rdi] forever, never exiting.
 fn spinner() -> GuestProgram {

@@ -6,11 +6,29 @@
 #![allow(dead_code)]
 
 use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use kvmkit_guest_asm::GuestProgram;
 use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
 use kvmkit_vcpu::{Hypervisor, IoAction, IoHandler, IoKind, Vcpu, Vm};
 use vm_memory::{Bytes, GuestAddress};
+
+/// Generous bound for liveness waits; never a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `condition` every millisecond until it holds (true) or [`PATIENCE`] runs out
+/// (false).
+pub fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
 
 /// Where test programs are loaded and where their stack starts.
 pub const CODE_ADDR: u64 = 0x1000;
