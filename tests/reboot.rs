@@ -4,22 +4,23 @@
 //! A reboot in place through the VM's control: the image loaded again, the vCPUs back
 //! at their first state, the VM running on in the same process.
 
+mod common;
+
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
 
-use kvmkit::devices::{SerialOutput, ShutdownReason};
+use kvmkit::devices::ShutdownReason;
 use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::{
-    BootImage, BootedMachine, ControlError, Machine, MachineBuilder, Platform, PlatformConfig,
-    PlatformDevices, VmControl, VmOutcome, VmState,
+    BootImage, BootedMachine, ControlError, Machine, PlatformDevices, VmControl, VmOutcome, VmState,
 };
 use vm_memory::{Bytes, GuestAddress};
+
+use common::{machine, wait_until};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 const COUNTER: u64 = 0x30_0000;
 const BOOTS: u64 = 0x30_0008;
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Counts its boots, then counts on in RAM forever.
 fn counting_guest() -> GuestProgram {
@@ -36,17 +37,6 @@ fn counting_guest() -> GuestProgram {
     .unwrap()
 }
 
-fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
-
 /// A VM running on a thread of its own, and what the test holds of it.
 struct Vm {
     control: VmControl,
@@ -60,14 +50,7 @@ fn start(
     vcpus: u32,
     boot: impl FnOnce(Machine, &PlatformDevices) -> Result<BootedMachine, kvmkit::Error>,
 ) -> Vm {
-    let machine = MachineBuilder::new()
-        .memory_mib(16)
-        .vcpus(vcpus)
-        .irqchip(true)
-        .build()
-        .unwrap();
-    let config = PlatformConfig::default().with_serial_output(SerialOutput::Sink);
-    let mut platform = Platform::new(machine.vm(), config).unwrap();
+    let (machine, mut platform) = machine(vcpus);
     let control = platform.control().unwrap();
     let exit = Arc::clone(platform.exit());
     let memory = Arc::clone(machine.ram().shared_memory());

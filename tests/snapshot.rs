@@ -5,32 +5,24 @@
 //! was; a snapshot that is corrupted, truncated, of another version, or of another
 //! machine is refused before anything is restored.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kvmkit::devices::{SerialOutput, ShutdownReason};
+use kvmkit::devices::ShutdownReason;
 use kvmkit::guest_asm::{asm::*, CpuMode, GuestProgram};
 use kvmkit::{
-    BootedMachine, ControlError, Machine, MachineBuilder, Milestone, Platform, PlatformConfig,
-    Snapshot, SnapshotError, VmOutcome,
+    BootedMachine, ControlError, MachineBuilder, Milestone, Platform, Snapshot, SnapshotError,
+    VmOutcome,
 };
 use vm_memory::{Bytes, GuestAddress};
 
-const PATIENCE: Duration = Duration::from_secs(20);
+use common::{machine, machine_built, wait_until};
+
 const COUNTER: u64 = 0x30_0000;
-
-fn machine(vcpus: u32) -> (Machine, Platform) {
-    machine_built(MachineBuilder::new().vcpus(vcpus))
-}
-
-fn machine_built(builder: MachineBuilder) -> (Machine, Platform) {
-    let machine = builder.memory_mib(16).irqchip(true).build().unwrap();
-    let config = PlatformConfig::default().with_serial_output(SerialOutput::Sink);
-    let platform = Platform::new(machine.vm(), config).unwrap();
-    (machine, platform)
-}
 
 /// Counts in RAM, and keeps the count in COM1's scratch register too.
 fn counting_guest() -> GuestProgram {
@@ -49,17 +41,6 @@ fn counting_guest() -> GuestProgram {
 
 fn count(memory: &kvmkit::virtio::GuestMemory) -> u64 {
     memory.read_obj(GuestAddress(COUNTER)).unwrap()
-}
-
-fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    false
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
