@@ -49,11 +49,17 @@ impl Drop for Vmm {
 
 impl Vmm {
     fn start(name: &str) -> Self {
+        Self::start_with(name, runner(), &[])
+    }
+
+    /// The spinning guest's VMM as `command` starts it (the runner, or a program that
+    /// runs it, such as `unshare`), with the options `extra` too; once its VM runs.
+    fn start_with(name: &str, mut command: Command, extra: &[&str]) -> Self {
         let dir = scratch(name);
         let kernel = bzimage(&dir, SPIN);
         let socket = dir.join("api.sock");
         let _ = std::fs::remove_file(&socket);
-        let child = runner()
+        let child = command
             .arg("--kernel")
             .arg(&kernel)
             .args([
@@ -64,8 +70,10 @@ impl Vmm {
                 "--console",
                 "off",
             ])
+            .args(extra)
             .arg("--api-socket")
             .arg(format!("path={}", socket.display()))
+            .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -517,38 +525,11 @@ fn a_corrupted_snapshot_is_refused_by_the_api_and_the_command_line_and_runs_noth
 #[test]
 fn a_mac_drawn_for_a_net_device_is_the_one_its_snapshot_keeps() {
     // In a network namespace of its own, the runner makes its tap (root).
-    let dir = scratch("drawn-mac");
-    let kernel = bzimage(&dir, SPIN);
-    let snapshot = dir.join("snapshot");
+    let mut unshare = Command::new("unshare");
+    unshare.arg("-n").arg(env!("CARGO_BIN_EXE_kvmkit"));
+    let vmm = Vmm::start_with("drawn-mac", unshare, &["--net", "tap="]);
+    let snapshot = scratch("drawn-mac").join("snapshot");
     std::fs::create_dir_all(&snapshot).unwrap();
-    let socket = dir.join("api.sock");
-    let _ = std::fs::remove_file(&socket);
-    let child = Command::new("unshare")
-        .arg("-n")
-        .arg(env!("CARGO_BIN_EXE_kvmkit"))
-        .arg("--kernel")
-        .arg(&kernel)
-        .args([
-            "--memory",
-            "size=64M",
-            "--serial",
-            "null",
-            "--console",
-            "off",
-        ])
-        .args(["--net", "tap="])
-        .arg("--api-socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("unshare(1) runs");
-    let vmm = Vmm { child, socket };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !vmm.socket.exists() || vmm.curl("GET", "vm.info", None).0 != 200 {
-        assert!(Instant::now() < deadline, "the VMM never answered");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 
     let (_, info) = vmm.curl("GET", "vm.info", None);
     vmm.ch_remote(&["pause"]);
