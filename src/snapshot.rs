@@ -460,6 +460,8 @@ fn write_memory(path: &Path, ram: &GuestRam) -> Result<(u64, u64), SnapshotError
                 let offset = file_offset + at + (start * PAGE) as u64;
                 file.write_all_at(run, offset).map_err(io("write"))?;
                 written += run.len() as u64;
+                // The page that ended the run (if any) holds no data: not looked at again.
+                page += 1;
             }
             at += len as u64;
         }
