@@ -30,7 +30,7 @@ use kvmkit_devices::{
 use kvmkit_memory::{Backing, MemoryConfig, MemoryLayout};
 use kvmkit_virtio::{
     Block, Console, DatagramBackend, EventFdVirtioInterrupt, GuestMemory, MmioTransport, Net,
-    NoShortcut, Rng, VirtioDevice,
+    NoShortcut, Offloads, Rng, VirtioDevice,
 };
 use std::fs::File;
 use std::os::unix::net::UnixDatagram;
@@ -384,6 +384,12 @@ impl VirtioRig {
         self.transport.write(offset, &value.to_le_bytes());
     }
 
+    fn read(&self, offset: u64) -> u32 {
+        let mut value = [0u8; 4];
+        self.transport.read(offset, &mut value);
+        u32::from_le_bytes(value)
+    }
+
     /// Runs what the device has to do now (twice: once to take new sources, once to
     /// serve them).
     fn settle(&mut self) {
@@ -400,9 +406,19 @@ impl VirtioRig {
     /// A spec-following setup of `count` queues of 16 entries, queue N's table and
     /// rings at VIRTIO_RINGS + N * 0x400, up to DRIVER_OK.
     fn set_up_queues(&self, count: u32) {
+        let _ = self.set_up_queues_with(count, 0);
+    }
+
+    /// As [`set_up_queues`](Self::set_up_queues), the driver also accepting those of
+    /// the features `low` (bits 0..32) that the device offers; returns them.
+    fn set_up_queues_with(&self, count: u32, low: u32) -> u32 {
         for status in [1, 3] {
             self.write(0x70, status);
         }
+        self.write(0x14, 0);
+        let accepted = low & self.read(0x10);
+        self.write(0x24, 0);
+        self.write(0x20, accepted);
         self.write(0x24, 1);
         self.write(0x20, 1);
         self.write(0x70, 0xb);
@@ -417,6 +433,7 @@ impl VirtioRig {
             self.write(0x44, 1);
         }
         self.write(0x70, 0xf);
+        accepted
     }
 }
 
@@ -532,20 +549,28 @@ pub fn virtio_blk(data: &[u8]) {
 }
 
 /// virtio-net's frame handling: the input holds both queues' descriptor tables and
-/// buffers, the chains offered on each, and frames arriving from the backend (a
+/// buffers, the chains offered on each, the driver's choice of offloads (on a backend
+/// that takes them, or one that does not) and frames arriving from the backend (a
 /// datagram socket); the device moves what it can both ways. Nothing may panic, no
-/// frame sent to the backend may be larger than a frame can be, and no chain may be
-/// used with more bytes than it holds.
+/// frame sent to the backend may be larger than a frame can be or ask for an offload
+/// the driver did not negotiate, and no chain may be used with more bytes than it
+/// holds.
 pub fn virtio_net(data: &[u8]) {
     let _one_at_a_time = one_at_a_time();
-    if data.len() < 2 * 16 * 16 + 4 {
+    if data.len() < 2 * 16 * 16 + 8 {
         return;
     }
     let (tables, rest) = data.split_at(2 * 16 * 16);
     let (offers, rest) = rest.split_at(4);
+    let (features, rest) = rest.split_at(4);
+    let features = u32::from_le_bytes(features.try_into().expect("4 bytes"));
     let (device_end, peer) = UnixDatagram::pair().expect("a socket pair");
     peer.set_nonblocking(true).expect("non-blocking");
-    let backend = DatagramBackend::new(device_end).expect("non-blocking");
+    let mut backend = DatagramBackend::new(device_end).expect("non-blocking");
+    // Bit 31 (a feature of no network device): a backend that takes offloads.
+    if features & (1 << 31) != 0 {
+        backend = backend.with_offloads();
+    }
     let mut rig = VirtioRig::new(Box::new(Net::new(backend, [0x52, 0x54, 0, 0, 0, 1])));
     let memory = Arc::clone(&rig.memory);
     // Queue 0 (receive) at VIRTIO_RINGS, queue 1 (transmit) at VIRTIO_RINGS + 0x400.
@@ -562,7 +587,7 @@ pub fn virtio_net(data: &[u8]) {
     for chunk in buffers.chunks(buffers.len() / 4 + 1).take(4) {
         let _ = peer.send(chunk);
     }
-    rig.set_up_queues(2);
+    let negotiated = Offloads::negotiated(u64::from(rig.set_up_queues_with(2, features)));
     for (queue, offer) in (0u32..).zip(offers.chunks_exact(2)) {
         let count = u16::from(offer[0] % 17);
         let first = offer[1];
@@ -582,6 +607,12 @@ pub fn virtio_net(data: &[u8]) {
     let mut frame = vec![0u8; 1 << 17];
     while let Ok(len) = peer.recv(&mut frame) {
         assert!(len <= 65535 + 12 + 18, "a {len}-byte frame went out");
+        let header = frame.first_chunk().expect("a frame has its header");
+        assert!(
+            negotiated.allows_transmit(header),
+            "a frame asking for {:?} went out with {negotiated:?}",
+            &header[..2]
+        );
     }
     rig.reset_and_check_nothing_is_left();
 }

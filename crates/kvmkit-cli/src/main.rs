@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kvmkit::devices::SerialOutput;
-use kvmkit::virtio::{Block, Net, Rng, Tap};
+use kvmkit::virtio::{Block, Net, Offloads, Rng, Tap};
 use kvmkit::{
     Causes, LinuxBoot, MachineBuilder, Milestone, Platform, PlatformConfig, Snapshot, StdinConsole,
     VmOutcome,
@@ -390,8 +390,16 @@ fn add_devices(
         let tap = open_tap(net)?;
         // `with_macs_drawn` gave every device one.
         let mac = net.mac.unwrap_or_default();
+        let mut offloads = 0;
+        if net.offload_csum {
+            offloads |= Offloads::CHECKSUM;
+            if net.offload_tso {
+                offloads |= Offloads::TSO;
+            }
+        }
+        let device = Net::new(tap, mac).with_offloads(offloads);
         platform
-            .add_virtio_mmio(Box::new(Net::new(tap, mac)), memory)
+            .add_virtio_mmio(Box::new(device), memory)
             .map_err(|e| CliError::from_error("--net", &e))?;
         stats.add_device("net", platform);
     }

@@ -335,17 +335,22 @@ fn net_of(net: &Map<String, Value>) -> Result<String, String> {
         ("rate_limiter_config", Taken::Empty),
         ("host_mac", Taken::Empty),
         ("mtu", Taken::Empty),
-        // Cloud Hypervisor's defaults (on) ask for what the guest may take; kvmkit
-        // offers the guest no offload, on or off.
-        ("offload_tso", Taken::Any),
+        // UDP fragmentation offload: kvmkit never offers it (Linux guests no longer
+        // use it), on or off.
         ("offload_ufo", Taken::Any),
-        ("offload_csum", Taken::Any),
     ]);
-    check(net, "net[].", &["tap", "ip", "mask", "mac"], &defaults)?;
+    let supported = ["tap", "ip", "mask", "mac", "offload_tso", "offload_csum"];
+    check(net, "net[].", &supported, &defaults)?;
     let mut items = Vec::new();
     for key in ["tap", "ip", "mask", "mac"] {
         let value = string(net, key, "net[].")?.unwrap_or_default();
         items.push(format!("{key}={}", quoted(value)?));
+    }
+    for key in ["offload_tso", "offload_csum"] {
+        // Absent: Cloud Hypervisor's default, on.
+        if net.contains_key(key) && !boolean(net, key, "net[].")? {
+            items.push(format!("{key}=off"));
+        }
     }
     Ok(items.join(","))
 }
@@ -431,6 +436,25 @@ mod tests {
             (options.serial, options.console),
             (ConsoleMode::Tty, ConsoleMode::Off)
         );
+    }
+
+    #[test]
+    fn a_net_config_with_offloads_off_keeps_them_off() {
+        let config = json!({
+            "payload": {"kernel": "/k"},
+            "net": [{"tap": "t0", "offload_tso": false, "offload_ufo": false},
+                    {"tap": "t1", "offload_csum": false},
+                    {"tap": "t2", "offload_tso": true, "offload_csum": true}],
+        });
+
+        let options = options(&config).unwrap();
+
+        let offloads: Vec<_> = options
+            .net
+            .iter()
+            .map(|net| (net.offload_tso, net.offload_csum))
+            .collect();
+        assert_eq!(offloads, [(false, true), (true, false), (true, true)]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! and split into what the device reads and what it writes, or why it was refused.
 //! The ring walk builds chains ([`Chain::push`]); devices serve them.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _, Permissions};
+use vm_memory::{
+    Address as _, GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _, Permissions,
+};
 
 use crate::GuestMemory;
 
@@ -48,6 +50,34 @@ pub enum ChainError {
     /// A device-readable buffer follows a device-writable one.
     #[error("a device-readable buffer follows a device-writable one")]
     ReadableAfterWritable,
+}
+
+/// Writes `data` into `buffers` (a chain's writable ones, in order) from byte `offset`
+/// of them on, as far as they reach; the bytes written.
+pub(crate) fn write_into(
+    memory: &GuestMemory,
+    buffers: &[Buffer],
+    mut offset: usize,
+    data: &[u8],
+) -> Result<usize, vm_memory::GuestMemoryError> {
+    let mut written = 0;
+    for buffer in buffers {
+        let len = buffer.len as usize;
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let take = (len - offset).min(data.len() - written);
+        if take == 0 {
+            break;
+        }
+        // The buffer was checked to lie in RAM, so its address plus its length fits.
+        let addr = buffer.addr.unchecked_add(offset as u64);
+        vm_memory::Bytes::write_slice(memory, &data[written..written + take], addr)?;
+        written += take;
+        offset = 0;
+    }
+    Ok(written)
 }
 
 impl Chain {

@@ -48,7 +48,7 @@ pub use mmio::{
     MmioTransport, TransportCounters, TransportState, TransportStateError, MMIO_WINDOW,
     QUEUE_NOTIFY,
 };
-pub use net::{DatagramBackend, Net, NetBackend, Tap, TapError, NET_HEADER_LEN};
+pub use net::{DatagramBackend, Net, NetBackend, Offloads, Tap, TapError, NET_HEADER_LEN};
 pub use notify::{NoShortcut, QueueNotifiers};
 pub use ring::RingError;
 pub use rng::{Rng, RNG_MAX_REQUEST};

@@ -17,7 +17,7 @@ use virtio_queue::{Queue, QueueT};
 
 pub use crate::chain::{Buffer, Chain, ChainError};
 use crate::epoch::{Epoch, Turn};
-use crate::ring::{Ring, RingError};
+use crate::ring::{Ring, RingError, RingMark};
 use crate::{Activation, DeviceFault, GuestMemory, InterruptKind, QueueCounters, VirtioInterrupt};
 
 /// What serving one chain came to.
@@ -29,6 +29,8 @@ pub struct Served {
     pub bytes: u64,
     /// Whether the request failed (it is counted as an error).
     pub failed: bool,
+    /// Whether the request goes on in the next chain (see [`Served::part`]).
+    pub continues: bool,
 }
 
 impl Served {
@@ -37,6 +39,7 @@ impl Served {
         written: 0,
         bytes: 0,
         failed: true,
+        continues: false,
     };
 
     /// A request done: `written` bytes into its writable buffers, `bytes` moved.
@@ -45,6 +48,20 @@ impl Served {
             written,
             bytes,
             failed: false,
+            continues: false,
+        }
+    }
+
+    /// Part of a request that goes on in the next chain (a received frame spread over
+    /// mergeable buffers, `VIRTIO_NET_F_MRG_RXBUF`): `written` bytes into this chain,
+    /// `bytes` moved. The chain is used, but the driver sees it only with the chain
+    /// that completes the request; if the turn runs out of chains first, every chain
+    /// of the request is given back unused, to be taken again (the caller starts the
+    /// request over on its next turn).
+    pub fn part(written: u32, bytes: u64) -> Self {
+        Served {
+            continues: true,
+            ..Served::done(written, bytes)
         }
     }
 }
@@ -136,7 +153,10 @@ impl QueueServer {
     /// again.
     ///
     /// The batch stops as soon as `turn` is no longer current (the device is being
-    /// reset): the chain being served is not published, nor anything after it.
+    /// reset): the chain being served is not published, nor anything after it. A
+    /// request served in parts ([`Served::part`]) is published whole, with its last
+    /// chain, or not at all: one the queue has too few chains for is given back, and
+    /// the call returns (to be started over on the next).
     pub fn serve(
         &mut self,
         turn: &Turn<'_>,
@@ -170,12 +190,14 @@ impl QueueServer {
             }
             self.queue.disable_notification(memory)?;
             let mut pending = ring.pending()?;
+            // Where the request being served in parts began, and its bytes so far.
+            let mut open: Option<(RingMark, u64)> = None;
             while taken < budget
-                && !self.spent(moved, walked)
                 && pending > 0
                 && !turn.is_paused()
-                && has_work()
+                && (open.is_some() || (!self.spent(moved, walked) && has_work()))
             {
+                let mark = ring.mark();
                 let (head, parsed) = ring.take(&mut self.chain);
                 walked += match parsed {
                     Ok(()) => (self.chain.readable.len() + self.chain.writable.len()) as u64,
@@ -187,13 +209,31 @@ impl QueueServer {
                 if !turn.is_current() {
                     return Ok(STOPPED);
                 }
+                moved += served.bytes;
+                ring.add_used(head, served.written)?;
+                if served.continues && !served.failed {
+                    let (_, bytes) = open.get_or_insert((mark, 0));
+                    *bytes += served.bytes;
+                    continue;
+                }
+                ring.publish()?;
+                let request_bytes = open.take().map_or(0, |(_, bytes)| bytes) + served.bytes;
                 if served.failed {
                     self.counters.add_error();
                 } else {
-                    self.counters.add_request(served.bytes);
+                    self.counters.add_request(request_bytes);
                 }
-                moved += served.bytes;
-                ring.put_used(head, served.written)?;
+            }
+            if let Some((start, _)) = open {
+                // Too few chains for the request: give back those it took, and stop
+                // until the driver adds more (it is notified of the queue again).
+                ring.rewind(start);
+                ring.finish(&mut self.queue);
+                let more = self.queue.enable_notification(memory)?;
+                return Ok(Progress {
+                    interrupt: ring.needs_interrupt()?,
+                    more,
+                });
             }
             ring.finish(&mut self.queue);
             let more = self.queue.enable_notification(memory)?;

@@ -42,6 +42,13 @@ pub enum RingError {
     AvailIndexJump(u16),
 }
 
+/// A position in the rings, to go back to (see [`Ring::rewind`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RingMark {
+    next_avail: u16,
+    next_used: u16,
+}
+
 /// The descriptor table, available ring and used ring of a queue, with the indices
 /// the device keeps, for one batch of requests. [`Ring::finish`] hands the indices
 /// back to the [`Queue`].
@@ -150,9 +157,10 @@ impl<'m> Ring<'m> {
         Err(ChainError::Truncated)
     }
 
-    /// Puts chain `head` in the used ring with `written` bytes written into it, and
-    /// publishes it.
-    pub(crate) fn put_used(&mut self, head: u16, written: u32) -> Result<(), RingError> {
+    /// Writes chain `head`'s used element, `written` bytes written into it, without
+    /// publishing it: the driver sees it once [`publish`](Self::publish) moves the used
+    /// index past it, with the chains of the same request.
+    pub(crate) fn add_used(&mut self, head: u16, written: u32) -> Result<(), RingError> {
         let slot = RING_HEADER + USED_ELEMENT_SIZE * usize::from(self.next_used % self.size);
         let mut element = [0u8; USED_ELEMENT_SIZE];
         element[..4].copy_from_slice(&u32::from(head).to_le_bytes());
@@ -161,10 +169,30 @@ impl<'m> Ring<'m> {
             .write_slice(&element, slot)
             .map_err(|_| RingError::NotInRam)?;
         self.next_used = self.next_used.wrapping_add(1);
-        // Release: the element (and the buffers' contents) before the index.
+        Ok(())
+    }
+
+    /// Moves the used index past every element added.
+    pub(crate) fn publish(&mut self) -> Result<(), RingError> {
+        // Release: the elements (and the buffers' contents) before the index.
         self.used
             .store(self.next_used, 2, Ordering::Release)
             .map_err(|_| RingError::NotInRam)
+    }
+
+    /// Where the ring stands: what [`rewind`](Self::rewind) goes back to.
+    pub(crate) fn mark(&self) -> RingMark {
+        RingMark {
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+        }
+    }
+
+    /// Gives back the chains taken since `mark`, whose used elements were added but
+    /// not published: they are the driver's available chains again, to be taken anew.
+    pub(crate) fn rewind(&mut self, mark: RingMark) {
+        self.next_avail = mark.next_avail;
+        self.next_used = mark.next_used;
     }
 
     /// Whether the driver wants an interrupt for the chains used in this batch: with

@@ -148,6 +148,7 @@ fn short(written: usize, failed: bool) -> Served {
         written: u32::try_from(written).unwrap_or(u32::MAX),
         bytes: written as u64,
         failed,
+        continues: false,
     }
 }
 

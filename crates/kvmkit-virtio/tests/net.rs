@@ -80,10 +80,18 @@ fn is_arp_reply(frame: &[u8]) -> bool {
 /// A device with address MAC on `backend`, started with both queues set up:
 /// (rig, rx rings, tx rings).
 fn started(backend: impl kvmkit_virtio::NetBackend + 'static) -> (Rig, Rings, Rings) {
+    started_with(backend, version_1() | (1 << 5))
+}
+
+/// As [`started`], the driver accepting `features`.
+fn started_with(
+    backend: impl kvmkit_virtio::NetBackend + 'static,
+    features: u64,
+) -> (Rig, Rings, Rings) {
     let rig = Rig::new(Box::new(Net::new(backend, MAC)));
     let rx = rig.mock_at(RX_RINGS);
     let tx = rig.mock();
-    rig.negotiate(version_1() | (1 << 5));
+    rig.negotiate(features);
     rig.setup_queue(0, &rx, u32::from(MOCK_SIZE));
     rig.setup_queue(1, &tx, u32::from(MOCK_SIZE));
     rig.driver_ok();
@@ -192,6 +200,32 @@ fn datagram_rig() -> (Rig, Rings, Rings, std::os::unix::net::UnixDatagram) {
     peer.set_nonblocking(true).unwrap();
     let (rig, rx, tx) = started(DatagramBackend::new(device_end).unwrap());
     (rig, rx, tx, peer)
+}
+
+/// A device on a datagram backend whose peer takes offloads, the driver accepting
+/// every offload the device offers: (rig, rx rings, tx rings, peer).
+fn offloading_datagram_rig() -> (Rig, Rings, Rings, std::os::unix::net::UnixDatagram) {
+    use kvmkit_virtio::{DatagramBackend, Offloads};
+    use std::os::unix::net::UnixDatagram;
+    let (device_end, peer) = UnixDatagram::pair().unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let backend = DatagramBackend::new(device_end).unwrap().with_offloads();
+    let (rig, rx, tx) = started_with(backend, version_1() | (1 << 5) | Offloads::FEATURES);
+    (rig, rx, tx, peer)
+}
+
+/// A TCP super-frame of `len` bytes after its header, as a driver with segmentation
+/// offload sends it: NEEDS_CSUM, GSO_TCPV4, segments of 1448 bytes.
+fn super_frame(len: usize) -> Vec<u8> {
+    let mut frame = vec![0u8; NET_HEADER_LEN];
+    frame[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    frame[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+    frame[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+    frame[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
+    frame[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+    frame[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    frame.extend((0..len).map(|i| (i % 251) as u8));
+    frame
 }
 
 /// Sends `frame` through transmit descriptor `index`; returns what `peer` got.
@@ -347,4 +381,180 @@ fn a_backend_that_keeps_returning_empty_reads_does_not_keep_the_io_thread() {
     assert_eq!(backend.sent.load(Ordering::SeqCst), 1);
     assert!(backend.reads.load(Ordering::SeqCst) > 0);
     rig.write(STATUS, 0);
+}
+
+#[test]
+fn with_offloads_negotiated_a_super_frame_crosses_whole_both_ways() {
+    let (rig, rx, tx, peer) = offloading_datagram_rig();
+    // 60 KiB after the header, in 15 descriptors of 4 KiB as a driver's pages are.
+    let outgoing = super_frame(60 << 10);
+    rig.memory
+        .write_slice(&outgoing, GuestAddress(FRAME))
+        .unwrap();
+    let pieces = outgoing.len().div_ceil(0x1000) as u16;
+    for piece in 0..pieces {
+        let at = 0x1000 * u64::from(piece);
+        let len = (outgoing.len() as u64 - at).min(0x1000) as u32;
+        let next = if piece + 1 < pieces { 1 } else { 0 }; // VRING_DESC_F_NEXT
+        tx.desc_table()
+            .store(piece, desc(FRAME + at, len, next, piece + 1))
+            .unwrap();
+    }
+    // One receive chain big enough for a super-frame: 64 KiB and a header.
+    rx.desc_table()
+        .store(0, desc(RX_BUFFERS, 0x1_1000, VRING_DESC_F_WRITE, 0))
+        .unwrap();
+    let incoming = super_frame(50 << 10);
+
+    rig.offer(&tx, &[0]);
+    rig.write(QUEUE_NOTIFY, 1);
+    let mut sent = vec![0u8; 1 << 17];
+    peer.set_nonblocking(false).unwrap();
+    peer.set_read_timeout(Some(PATIENCE)).unwrap();
+    let sent_len = peer.recv(&mut sent).unwrap();
+    peer.send(&incoming).unwrap();
+    rig.offer(&rx, &[0]);
+    rig.write(QUEUE_NOTIFY, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while rig.used(&rx).is_empty() && Instant::now() < deadline {
+        rig.wait_interrupt();
+    }
+
+    assert_eq!(sent_len, outgoing.len(), "the super-frame went out whole");
+    assert_eq!(&sent[..sent_len], &outgoing[..]);
+    assert_eq!(rig.used(&rx), vec![(0, incoming.len() as u32)]);
+    let received = rig.read_bytes(RX_BUFFERS, incoming.len());
+    assert_eq!(received[..10], incoming[..10], "its offload fields kept");
+    assert_eq!(u16::from_le_bytes([received[10], received[11]]), 1);
+    assert_eq!(received[NET_HEADER_LEN..], incoming[NET_HEADER_LEN..]);
+}
+
+#[test]
+fn a_backend_without_offloads_is_offered_none_and_its_driver_cannot_take_them() {
+    let (device_end, _peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let rig = Rig::new(Box::new(Net::new(
+        kvmkit_virtio::DatagramBackend::new(device_end).unwrap(),
+        MAC,
+    )));
+
+    let status = rig.negotiate(version_1() | (1 << 5) | kvmkit_virtio::Offloads::FEATURES);
+
+    assert!(
+        !is_set(status, 8),
+        "FEATURES_OK with offloads the device never offered: {status:#x}"
+    );
+}
+
+/// Whether the interface `name` has TCP segmentation offload on (`ETHTOOL_GTSO`).
+fn tso_enabled(name: &str) -> bool {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const SIOCETHTOOL: libc::Ioctl = 0x8946;
+    const ETHTOOL_GTSO: u32 = 0x1e;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GTSO,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL reads the ifreq and writes the ethtool_value it points to,
+    // both of which live for the call.
+    let ret = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            SIOCETHTOOL,
+            &mut request,
+        )
+    };
+    assert_eq!(ret, 0, "ETHTOOL_GTSO: {}", std::io::Error::last_os_error());
+    value.data != 0
+}
+
+#[test]
+fn the_tap_hands_over_super_frames_only_once_the_driver_negotiated_them() {
+    let tap = tap_in_own_namespace();
+    let name = tap.name().to_owned();
+    let before = tso_enabled(&name);
+    let (rig, _rx, _tx) = started_with(
+        tap,
+        version_1() | (1 << 5) | kvmkit_virtio::Offloads::FEATURES,
+    );
+    let negotiated = tso_enabled(&name);
+    rig.write(STATUS, 0);
+
+    assert!(!before, "the tap offloaded before any driver asked");
+    assert!(negotiated, "the tap does not hand over TCP super-frames");
+}
+
+/// Offers receive chains `heads` of 2 KiB each at RX_BUFFERS + 0x1000 * head.
+fn offer_small_receive_buffers(rig: &Rig, rx: &Rings, heads: &[u16]) {
+    for &head in heads {
+        let buffer = desc(
+            RX_BUFFERS + 0x1000 * u64::from(head),
+            0x800,
+            VRING_DESC_F_WRITE,
+            0,
+        );
+        rx.desc_table().store(head, buffer).unwrap();
+    }
+    rig.offer(rx, heads);
+    rig.write(QUEUE_NOTIFY, 0);
+}
+
+#[test]
+fn with_mergeable_buffers_a_frame_spreads_over_chains_published_only_once_complete() {
+    use kvmkit_virtio::DatagramBackend;
+    use std::os::unix::net::UnixDatagram;
+    let (device_end, peer) = UnixDatagram::pair().unwrap();
+    let mrg_rxbuf = 1 << 15;
+    let (rig, rx, _tx) = started_with(
+        DatagramBackend::new(device_end).unwrap(),
+        version_1() | (1 << 5) | mrg_rxbuf,
+    );
+    // 5000 bytes with the header: three chains of 2 KiB.
+    let mut incoming = arp_request();
+    incoming.resize(5000, 0xa5);
+    incoming[4000] = 0x5a;
+
+    peer.send(&incoming).unwrap();
+    offer_small_receive_buffers(&rig, &rx, &[0, 1]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let with_two_chains = rig.used(&rx);
+    offer_small_receive_buffers(&rig, &rx, &[2]);
+    let deadline = Instant::now() + PATIENCE;
+    while rig.used(&rx).is_empty() && Instant::now() < deadline {
+        rig.wait_interrupt();
+    }
+
+    assert!(
+        with_two_chains.is_empty(),
+        "part of a frame was published: {with_two_chains:?}"
+    );
+    assert_eq!(
+        rig.used(&rx),
+        vec![(0, 0x800), (1, 0x800), (2, 5000 - 0x1000)]
+    );
+    let mut received = Vec::new();
+    for (head, len) in rig.used(&rx) {
+        received.extend(rig.read_bytes(RX_BUFFERS + 0x1000 * u64::from(head), len as usize));
+    }
+    assert_eq!(
+        u16::from_le_bytes([received[10], received[11]]),
+        3,
+        "num_buffers"
+    );
+    assert_eq!(received[..10], [0u8; 10]);
+    assert_eq!(received[NET_HEADER_LEN..], incoming[NET_HEADER_LEN..]);
 }

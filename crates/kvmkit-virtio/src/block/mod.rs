@@ -273,6 +273,7 @@ impl Disk {
             written: u32::try_from(written + 1).unwrap_or(u32::MAX),
             bytes,
             failed,
+            continues: false,
         }
     }
 

@@ -1,0 +1,381 @@
+// Copyright 2026 The kvmkit Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-net: the device, its header and offloads, and its backends (a tap, a
+//! datagram socket, or a VMM's own).
+
+mod backend;
+mod header;
+mod tap;
+
+pub use backend::{DatagramBackend, NetBackend};
+pub use header::{Offloads, NET_HEADER_LEN};
+
+use header::NUM_BUFFERS;
+pub use tap::{Tap, TapError};
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use kvmkit_devices::Flow;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::chain::write_into;
+use crate::queue::{Buffer, Chain, ChainError, QueueRunner, Served};
+use crate::{
+    read_config_from, ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters,
+    VirtioDevice,
+};
+
+/// The largest frame with its header: a 64 KiB packet (a TCP super-frame, with
+/// segmentation offload) plus Ethernet and VLAN headers.
+const MAX_PACKET: usize = NET_HEADER_LEN + 65535 + 18;
+const QUEUE_SIZE: u16 = 256;
+/// The most reads from the backend one turn of the receive queue makes: a backend
+/// that keeps handing short or empty frames cannot keep the I/O thread.
+const RECEIVE_BUDGET: usize = QUEUE_SIZE as usize;
+const RECEIVE: u16 = 0;
+const TRANSMIT: u16 = 1;
+
+/// A virtio network device on a [`NetBackend`] (a [`Tap`], usually): receive (queue 0)
+/// and transmit (queue 1), both driven by the I/O thread, with the MAC address in the
+/// configuration space, and on a backend that takes them ([`NetBackend::offloads`])
+/// checksum and TCP segmentation offload both ways ([`Offloads`]), so that a guest's
+/// TCP stream crosses in 64 KiB super-frames rather than MTU-sized ones. Mergeable
+/// receive buffers (`VIRTIO_NET_F_MRG_RXBUF`) let a driver post page-sized buffers
+/// that a super-frame spreads over, rather than 64 KiB ones per frame.
+/// A frame that does not fit the tap's queue is dropped and counted; a frame from the
+/// tap waits (and the tap is not read) until the driver offers receive buffers enough.
+pub struct Net {
+    tap: Arc<dyn NetBackend>,
+    mac: [u8; 6],
+    /// The offload features offered when the backend takes them.
+    offloads: u64,
+    lifecycle: DeviceLifecycle,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("mac", &self.mac)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// A network device with address `mac` on `backend`.
+    pub fn new(backend: impl NetBackend + 'static, mac: [u8; 6]) -> Self {
+        let tap: Arc<dyn NetBackend> = Arc::new(backend);
+        Net {
+            tap,
+            mac,
+            offloads: Offloads::FEATURES,
+            lifecycle: DeviceLifecycle::new(2),
+        }
+    }
+
+    /// This device offering only the offloads among `features` (of
+    /// [`Offloads::FEATURES`]), as Cloud Hypervisor's `offload_csum` and
+    /// `offload_tso` choose: segmentation is offered only with checksum offload.
+    ///
+    /// ```
+    /// # use std::os::unix::net::UnixDatagram;
+    /// use kvmkit_virtio::{DatagramBackend, Net, Offloads, VirtioDevice};
+    ///
+    /// let (socket, _peer) = UnixDatagram::pair()?;
+    /// let backend = DatagramBackend::new(socket)?.with_offloads();
+    /// let net = Net::new(backend, [0x52, 0x54, 0, 0, 0, 1]).with_offloads(Offloads::TSO);
+    /// assert_eq!(net.features() & Offloads::FEATURES, 0, "TSO without checksums");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_offloads(mut self, features: u64) -> Self {
+        self.offloads = features & Offloads::FEATURES;
+        if self.offloads & Offloads::CHECKSUM != Offloads::CHECKSUM {
+            self.offloads &= !Offloads::TSO;
+        }
+        self
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        let offloads = if self.tap.offloads() {
+            self.offloads
+        } else {
+            0
+        };
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | offloads
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_from(&self.mac, offset, data);
+    }
+
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let receive = activation.take_queue(RECEIVE)?;
+        let transmit = activation.take_queue(TRANSMIT)?;
+        let offloads = Offloads::negotiated(activation.features);
+        // The tap hands over only what the driver negotiated to receive.
+        self.tap
+            .set_offloads(offloads.tun_flags())
+            .map_err(ActivateError::Events)?;
+        let tap = Arc::clone(&self.tap);
+        let mut frame = vec![0u8; MAX_PACKET];
+        self.lifecycle
+            .serve_on_notify(&activation, transmit, move |memory, chain| {
+                send(memory, chain, &*tap, offloads, &mut frame)
+            })?;
+        let receiver = Arc::new(Mutex::new(Receiver {
+            runner: self
+                .lifecycle
+                .runner(&activation, receive.index, receive.queue),
+            tap: Arc::clone(&self.tap),
+            offloads,
+            mergeable: activation.features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+            wake: receive
+                .notifier
+                .try_clone()
+                .map_err(ActivateError::Events)?,
+            delivery: RefCell::default(),
+            frame: vec![0u8; MAX_PACKET],
+        }));
+        // The tap is read while the driver has receive buffers; without them it is
+        // left unread (paused) until the driver notifies the receive queue.
+        self.lifecycle.watch_pausable(
+            &activation,
+            self.tap.as_fd(),
+            &receive.notifier,
+            move || {
+                let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+                receiver.receive()
+            },
+        )
+    }
+
+    fn reset(&mut self) {
+        self.lifecycle.reset();
+    }
+
+    fn pause(&mut self) {
+        self.lifecycle.pause();
+    }
+
+    fn resume(&mut self) {
+        self.lifecycle.resume();
+    }
+
+    fn counters(&self) -> Vec<Arc<QueueCounters>> {
+        self.lifecycle.counters()
+    }
+}
+
+/// Writes a transmit chain's frame (header included) to the tap.
+fn send(
+    memory: &GuestMemory,
+    chain: Result<&Chain, ChainError>,
+    tap: &dyn NetBackend,
+    offloads: Offloads,
+    frame: &mut [u8],
+) -> Served {
+    let Ok(chain) = chain else {
+        return Served::FAILED;
+    };
+    if !chain.writable.is_empty() {
+        return Served::FAILED;
+    }
+    let mut len = 0usize;
+    for buffer in &chain.readable {
+        let take = buffer.len as usize;
+        if len + take > frame.len()
+            || memory
+                .read_slice(&mut frame[len..len + take], buffer.addr)
+                .is_err()
+        {
+            return Served::FAILED;
+        }
+        len += take;
+    }
+    let Some(header) = frame[..len].first_chunk::<NET_HEADER_LEN>() else {
+        return Served::FAILED;
+    };
+    // Offloads the driver never negotiated: the tap would hand the frame to the host
+    // kernel to checksum or segment on the guest's behalf.
+    if len == NET_HEADER_LEN || !offloads.allows_transmit(header) {
+        return Served::FAILED;
+    }
+    // A tap takes a frame whole or not at all; a full tap queue drops it, as a
+    // congested link would.
+    match tap.send(&frame[..len]) {
+        Ok(written) if written == len => Served::done(0, (len - NET_HEADER_LEN) as u64),
+        Ok(_) | Err(_) => Served::FAILED,
+    }
+}
+
+/// The receive side, on the I/O thread.
+struct Receiver {
+    runner: QueueRunner,
+    tap: Arc<dyn NetBackend>,
+    offloads: Offloads,
+    /// The driver took `VIRTIO_NET_F_MRG_RXBUF`: a frame may spread over chains.
+    mergeable: bool,
+    /// The receive queue's notifier, which runs this again on the loop's next turn.
+    wake: EventFd,
+    delivery: RefCell<Delivery>,
+    frame: Vec<u8>,
+}
+
+impl Receiver {
+    /// Moves frames from the tap into receive buffers until either runs out; pauses
+    /// the tap while a frame waits for a buffer.
+    fn receive(&mut self) -> Flow {
+        let mut reads = 0;
+        loop {
+            if self.delivery.get_mut().frame.is_none() {
+                if reads == RECEIVE_BUDGET {
+                    // The rest on the loop's next turn, after its other sources.
+                    return Flow::Continue;
+                }
+                reads += 1;
+                match self.tap.receive(&mut self.frame) {
+                    Ok(len) if len > NET_HEADER_LEN => {
+                        let frame = &mut self.frame[..len];
+                        let header = frame.first_chunk_mut().expect("longer than a header");
+                        // Frames that need what the driver did not negotiate are dropped.
+                        if self.offloads.for_the_driver(header) {
+                            self.delivery.get_mut().frame = Some(frame.to_vec());
+                        }
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // WouldBlock: the tap is empty. Anything else: the tap went away.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Continue,
+                    Err(_) => return Flow::Remove,
+                }
+            }
+            let Receiver {
+                runner,
+                delivery,
+                mergeable,
+                ..
+            } = self;
+            let flow = runner.run(
+                || delivery.borrow().frame.is_some(),
+                |memory, chain| deliver(memory, chain, &mut delivery.borrow_mut(), *mergeable),
+            );
+            // A frame left half delivered had its chains given back: it starts over.
+            delivery.get_mut().start_over();
+            let waiting = delivery.get_mut().frame.is_some();
+            match flow {
+                Flow::Remove => return Flow::Remove,
+                // The turn's budget is spent with buffers left (or more came as the
+                // frame ran out of them): go on after the loop's other sources.
+                Flow::Pause if waiting => {
+                    let _ = self.wake.write(1);
+                    return Flow::Continue;
+                }
+                // Out of receive buffers with a frame waiting: wait for the driver.
+                _ if waiting => return Flow::Pause,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The frame on its way into receive buffers.
+#[derive(Default)]
+struct Delivery {
+    /// A frame read from the backend (its header made fit for the driver) that no
+    /// receive buffer has taken yet, whole.
+    frame: Option<Vec<u8>>,
+    /// With mergeable buffers: bytes of it put into the chains taken this turn, how
+    /// many chains, and the first one's buffers (where `num_buffers` goes).
+    at: usize,
+    chains: u16,
+    first: Vec<Buffer>,
+}
+
+impl Delivery {
+    /// Forgets the chains a frame was being put into (given back unused).
+    fn start_over(&mut self) {
+        self.at = 0;
+        self.chains = 0;
+        self.first.clear();
+    }
+
+    /// Drops the frame, with a chain that cannot take it.
+    fn drop_frame(&mut self) -> Served {
+        self.frame = None;
+        self.start_over();
+        Served::FAILED
+    }
+}
+
+/// Puts the pending frame into a receive chain: whole, or with mergeable buffers as
+/// much of it as the chain holds, the chain that completes it saying in the first
+/// one's `num_buffers` how many it took. A chain the driver malformed takes the frame
+/// down with it.
+fn deliver(
+    memory: &GuestMemory,
+    chain: Result<&Chain, ChainError>,
+    delivery: &mut Delivery,
+    mergeable: bool,
+) -> Served {
+    let Some(frame) = delivery.frame.as_deref() else {
+        return Served::FAILED;
+    };
+    let chain = match chain {
+        Ok(chain) if chain.readable.is_empty() => chain,
+        _ => return delivery.drop_frame(),
+    };
+    let room: u64 = chain.writable.iter().map(|b| u64::from(b.len)).sum();
+    let whole = delivery.at == 0 && room >= frame.len() as u64;
+    let first = delivery.at == 0;
+    if !whole && (!mergeable || (first && room < NET_HEADER_LEN as u64)) {
+        // A buffer too small for the frame (or, merging, for its header).
+        return delivery.drop_frame();
+    }
+    let Ok(written) = write_into(memory, &chain.writable, 0, &frame[delivery.at..]) else {
+        return delivery.drop_frame();
+    };
+    if written == 0 {
+        return delivery.drop_frame();
+    }
+    if first {
+        delivery.first.extend_from_slice(&chain.writable);
+    }
+    delivery.at += written;
+    delivery.chains += 1;
+    // A chain holds at most 2^32 - 1 bytes.
+    let used = u32::try_from(written).unwrap_or(u32::MAX);
+    let payload = (written - if first { NET_HEADER_LEN } else { 0 }) as u64;
+    if delivery.at < frame.len() {
+        return Served::part(used, payload);
+    }
+    if delivery.chains > 1 {
+        let count = delivery.chains.to_le_bytes();
+        if write_into(memory, &delivery.first, NUM_BUFFERS, &count).is_err() {
+            return delivery.drop_frame();
+        }
+    }
+    delivery.frame = None;
+    delivery.start_over();
+    Served::done(used, payload)
+}
