@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Disk and network inside a real guest, measured in one L1 sandbox run (see run.sh and
+# l1-netdisk-bench): kvmkit, Firecracker and Cloud Hypervisor (../shared/anchors, or
+# KVMKIT_ANCHORS) and QEMU's microvm machine each boot the L2 Linux with one disk and
+# one tap, and guest-bench (guest-bench.c, static) measures, inside it: O_DIRECT 1 MiB
+# sequential reads and writes, 4 KiB random reads at queue depth 1 and 32, TCP from L2
+# to L1 and back, and 1-byte TCP round trips; rounds interleaved (BENCH_RUNS=3,
+# BENCH_SECONDS=5 per measurement). Prints the BENCH lines and their medians.
+#
+#   tests/sandbox/netdisk-bench.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+work="${SANDBOX_WORK:-$root/target/sandbox}"
+mkdir -p "$work"
+
+cc -O2 -static -pthread -o "$work/guest-bench" "$here/guest-bench.c"
+rm -rf "$work/netdisk" && mkdir -p "$work/netdisk/bin"
+cp "$work/guest-bench" "$work/netdisk/bin/"
+cp "$here/netdisk-init" "$work/netdisk/init"
+(cd "$work/netdisk" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/netdisk.cpio.gz"
+
+anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
+[ -x "$anchors/firecracker" ] || anchors=/work/shared/anchors
+[ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
+{ echo "BENCH_RUNS=${BENCH_RUNS:-3}; BENCH_CPUS=${BENCH_CPUS:-2}; BENCH_SECONDS=${BENCH_SECONDS:-5}"
+  cat "$here/l1-netdisk-bench"; } > "$work/l1-netdisk-bench.sh"
+export SANDBOX_EXTRA="$work/l1-netdisk-bench.sh" SANDBOX_EXTRA_ONLY=1
+# The L2 initramfs is the tier's (/l2/initrd.gz, its virtio modules) with this on top.
+export SANDBOX_EXTRA_FILES="$work/netdisk.cpio.gz:/l2/netdisk.cpio.gz \
+$work/guest-bench:/bin/guest-bench \
+$anchors/firecracker:/bin/firecracker $anchors/cloud-hypervisor:/bin/cloud-hypervisor \
+/usr/bin/qemu-system-x86_64 /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom \
+/usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin"
+export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
+"$here/run.sh"
+log="$work/console.log"
+tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/netdisk.txt"
+for name in kvmkit kvmkit-no-offload firecracker cloud-hypervisor qemu-microvm; do
+    for field in seq_read_mbs seq_write_mbs randread_qd1_iops randread_qd32_iops \
+            tcp_tx_mbits tcp_rx_mbits tcp_rr_per_s; do
+        values=$(grep "^BENCH $name " "$work/netdisk.txt" | grep -o "$field=[0-9.]*" \
+            | cut -d= -f2 | sort -n || true)
+        count=$(wc -w <<<"$values")
+        [ "$count" -gt 0 ] || continue
+        median=$(sed -n "$(( (count + 1) / 2 ))p" <<<"$values")
+        echo "MEDIAN $name $field=$median of $count: $(echo $values)"
+    done
+done
