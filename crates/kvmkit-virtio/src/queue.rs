@@ -226,10 +226,13 @@ impl QueueServer {
             }
             if let Some((start, _)) = open {
                 // Too few chains for the request: give back those it took, and stop
-                // until the driver adds more (it is notified of the queue again).
-                ring.rewind(start);
+                // until the driver adds more. It is asked to notify once it goes past
+                // the chains seen (`avail_event` there, not where the request began,
+                // which it has passed already), and `more` says whether it has.
                 ring.finish(&mut self.queue);
                 let more = self.queue.enable_notification(memory)?;
+                ring.rewind(start);
+                ring.finish(&mut self.queue);
                 return Ok(Progress {
                     interrupt: ring.needs_interrupt()?,
                     more,

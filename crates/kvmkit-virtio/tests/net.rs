@@ -558,3 +558,32 @@ fn with_mergeable_buffers_a_frame_spreads_over_chains_published_only_once_comple
     assert_eq!(received[..10], [0u8; 10]);
     assert_eq!(received[NET_HEADER_LEN..], incoming[NET_HEADER_LEN..]);
 }
+
+#[test]
+fn a_frame_waiting_for_more_mergeable_buffers_asks_to_be_told_of_the_next_one() {
+    use kvmkit_virtio::DatagramBackend;
+    use std::os::unix::net::UnixDatagram;
+    let (device_end, peer) = UnixDatagram::pair().unwrap();
+    let (mrg_rxbuf, event_idx) = (1 << 15, 1 << 29);
+    let (rig, rx, _tx) = started_with(
+        DatagramBackend::new(device_end).unwrap(),
+        version_1() | (1 << 5) | mrg_rxbuf | event_idx,
+    );
+    let mut incoming = arp_request();
+    incoming.resize(5000, 0xa5);
+    let avail_event = GuestAddress(rx.used_addr().0 + 4 + 8 * u64::from(MOCK_SIZE));
+
+    peer.send(&incoming).unwrap();
+    offer_small_receive_buffers(&rig, &rx, &[0, 1]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let asked_at: u16 = rig.memory.read_obj(avail_event).unwrap();
+    offer_small_receive_buffers(&rig, &rx, &[2]);
+    let deadline = Instant::now() + PATIENCE;
+    while rig.used(&rx).is_empty() && Instant::now() < deadline {
+        rig.wait_interrupt();
+    }
+
+    // Behind 2, a driver that adds its third chain (index 2 -> 3) would not notify.
+    assert_eq!(asked_at, 2, "avail_event behind the chains the device saw");
+    assert_eq!(rig.used(&rx).len(), 3);
+}
