@@ -6,6 +6,8 @@
 # sequential reads and writes, 4 KiB random reads at queue depth 1 and 32, TCP from L2
 # to L1 and back, and 1-byte TCP round trips; rounds interleaved (BENCH_RUNS=3,
 # BENCH_SECONDS=5 per measurement). Prints the BENCH lines and their medians.
+# BENCH_NO_OFFLOAD=1 adds kvmkit with offload_csum=off; BENCH_KVMKIT_B=PATH adds
+# another kvmkit build (kvmkit-b), A/B.
 #
 #   tests/sandbox/netdisk-bench.sh
 set -euo pipefail
@@ -24,11 +26,14 @@ anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
 [ -x "$anchors/firecracker" ] || anchors=/work/shared/anchors
 [ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
 { echo "BENCH_RUNS=${BENCH_RUNS:-3}; BENCH_CPUS=${BENCH_CPUS:-2}; BENCH_SECONDS=${BENCH_SECONDS:-5}"
+  echo "BENCH_NO_OFFLOAD=${BENCH_NO_OFFLOAD:-}"
   cat "$here/l1-netdisk-bench"; } > "$work/l1-netdisk-bench.sh"
+b_build=""
+[ -z "${BENCH_KVMKIT_B:-}" ] || b_build="$BENCH_KVMKIT_B:/bin/kvmkit-b"
 export SANDBOX_EXTRA="$work/l1-netdisk-bench.sh" SANDBOX_EXTRA_ONLY=1
 # The L2 initramfs is the tier's (/l2/initrd.gz, its virtio modules) with this on top.
 export SANDBOX_EXTRA_FILES="$work/netdisk.cpio.gz:/l2/netdisk.cpio.gz \
-$work/guest-bench:/bin/guest-bench \
+$work/guest-bench:/bin/guest-bench $b_build \
 $anchors/firecracker:/bin/firecracker $anchors/cloud-hypervisor:/bin/cloud-hypervisor \
 /usr/bin/qemu-system-x86_64 /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom \
 /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin"
@@ -36,7 +41,7 @@ export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
 "$here/run.sh"
 log="$work/console.log"
 tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/netdisk.txt"
-for name in kvmkit kvmkit-no-offload firecracker cloud-hypervisor qemu-microvm; do
+for name in kvmkit kvmkit-b kvmkit-no-offload firecracker cloud-hypervisor qemu-microvm; do
     for field in seq_read_mbs seq_write_mbs randread_qd1_iops randread_qd32_iops \
             tcp_tx_mbits tcp_rx_mbits tcp_rr_per_s; do
         values=$(grep "^BENCH $name " "$work/netdisk.txt" | grep -o "$field=[0-9.]*" \

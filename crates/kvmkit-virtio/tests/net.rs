@@ -587,3 +587,81 @@ fn a_frame_waiting_for_more_mergeable_buffers_asks_to_be_told_of_the_next_one() 
     assert_eq!(asked_at, 2, "avail_event behind the chains the device saw");
     assert_eq!(rig.used(&rx).len(), 3);
 }
+
+/// A backend whose `send` waits until the test opens its gate.
+struct Gated {
+    ready: vmm_sys_util::eventfd::EventFd,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Gated {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// The device's handle on the gated backend the test holds.
+struct GatedHandle(std::sync::Arc<Gated>);
+
+impl std::os::fd::AsFd for GatedHandle {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        kvmkit_devices::event_fd(&self.0.ready)
+    }
+}
+
+impl kvmkit_virtio::NetBackend for GatedHandle {
+    fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
+        let open = self.0.open.lock().unwrap();
+        let _open = self
+            .0
+            .opened
+            .wait_timeout_while(open, PATIENCE, |open| !*open)
+            .unwrap();
+        self.0
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(frame.len())
+    }
+
+    fn receive(&self, _buffer: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
+#[test]
+fn a_transmitted_chain_is_handed_back_before_the_backend_takes_its_frame() {
+    use std::sync::atomic::Ordering;
+    let backend = std::sync::Arc::new(Gated {
+        ready: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+        sent: Default::default(),
+    });
+    let (rig, _rx, tx) = started(GatedHandle(std::sync::Arc::clone(&backend)));
+    let frame = arp_request();
+    rig.memory.write_slice(&frame, GuestAddress(FRAME)).unwrap();
+    tx.desc_table()
+        .store(0, desc(FRAME, frame.len() as u32, 0, 0))
+        .unwrap();
+
+    rig.offer(&tx, &[0]);
+    rig.write(QUEUE_NOTIFY, 1);
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while rig.used(&tx).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let used_while_the_backend_waits = rig.used(&tx);
+    let sent_by_then = backend.sent.load(Ordering::SeqCst);
+    backend.open();
+    let deadline = Instant::now() + PATIENCE;
+    while backend.sent.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    assert_eq!(used_while_the_backend_waits, vec![(0, 0)]);
+    assert_eq!(sent_by_then, 0);
+    assert_eq!(backend.sent.load(Ordering::SeqCst), 1);
+}

@@ -137,11 +137,19 @@ impl VirtioDevice for Net {
         self.tap
             .set_offloads(offloads.tun_flags())
             .map_err(ActivateError::Events)?;
-        let tap = Arc::clone(&self.tap);
-        let mut frame = vec![0u8; MAX_PACKET];
+        let mut transmitter = Transmitter {
+            runner: self
+                .lifecycle
+                .runner(&activation, transmit.index, transmit.queue),
+            tap: Arc::clone(&self.tap),
+            offloads,
+            counters: self.lifecycle.queue_counters(TRANSMIT),
+            frames: Vec::new(),
+            ends: Vec::new(),
+        };
         self.lifecycle
-            .serve_on_notify(&activation, transmit, move |memory, chain| {
-                send(memory, chain, &*tap, offloads, &mut frame)
+            .watch(&activation, &transmit.notifier, move || {
+                transmitter.transmit()
             })?;
         let receiver = Arc::new(Mutex::new(Receiver {
             runner: self
@@ -154,8 +162,7 @@ impl VirtioDevice for Net {
                 .notifier
                 .try_clone()
                 .map_err(ActivateError::Events)?,
-            delivery: RefCell::default(),
-            frame: vec![0u8; MAX_PACKET],
+            delivery: RefCell::new(Delivery::new()),
         }));
         // The tap is read while the driver has receive buffers; without them it is
         // left unread (paused) until the driver notifies the receive queue.
@@ -187,46 +194,96 @@ impl VirtioDevice for Net {
     }
 }
 
-/// Writes a transmit chain's frame (header included) to the tap.
-fn send(
+/// The transmit side, on the I/O thread. A turn copies the driver's frames out of
+/// guest memory and hands their chains back (interrupting if the driver asks) before
+/// it writes the frames to the backend: the guest has its buffers back, and its TCP
+/// its send budget, while the host's stack takes the frames rather than after.
+struct Transmitter {
+    runner: QueueRunner,
+    tap: Arc<dyn NetBackend>,
+    offloads: Offloads,
+    counters: Arc<QueueCounters>,
+    /// The frames of this turn (headers included), back to back, and where each ends:
+    /// at most a turn's budget of bytes and one frame more.
+    frames: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Transmitter {
+    fn transmit(&mut self) -> Flow {
+        let Transmitter {
+            runner,
+            offloads,
+            frames,
+            ends,
+            ..
+        } = self;
+        let flow = runner.run(
+            || true,
+            |memory, chain| take_frame(memory, chain, *offloads, frames, ends),
+        );
+        let mut start = 0;
+        for &end in &self.ends {
+            // A tap takes a frame whole or not at all; a full tap queue drops it, as
+            // a congested link would.
+            let frame = &self.frames[start..end];
+            if !matches!(self.tap.send(frame), Ok(written) if written == frame.len()) {
+                self.counters.add_error();
+            }
+            start = end;
+        }
+        self.frames.clear();
+        self.ends.clear();
+        flow
+    }
+}
+
+/// Copies a transmit chain's frame (header included) to the end of `frames`, and
+/// notes where it ends in `ends`.
+fn take_frame(
     memory: &GuestMemory,
     chain: Result<&Chain, ChainError>,
-    tap: &dyn NetBackend,
     offloads: Offloads,
-    frame: &mut [u8],
+    frames: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
 ) -> Served {
-    let Ok(chain) = chain else {
-        return Served::FAILED;
-    };
-    if !chain.writable.is_empty() {
-        return Served::FAILED;
-    }
-    let mut len = 0usize;
-    for buffer in &chain.readable {
-        let take = buffer.len as usize;
-        if len + take > frame.len()
-            || memory
-                .read_slice(&mut frame[len..len + take], buffer.addr)
-                .is_err()
-        {
-            return Served::FAILED;
+    let start = frames.len();
+    match copy_frame(memory, chain, offloads, frames) {
+        Some(len) => {
+            ends.push(frames.len());
+            Served::done(0, (len - NET_HEADER_LEN) as u64)
         }
-        len += take;
+        None => {
+            frames.truncate(start);
+            Served::FAILED
+        }
     }
-    let Some(header) = frame[..len].first_chunk::<NET_HEADER_LEN>() else {
-        return Served::FAILED;
-    };
-    // Offloads the driver never negotiated: the tap would hand the frame to the host
-    // kernel to checksum or segment on the guest's behalf.
-    if len == NET_HEADER_LEN || !offloads.allows_transmit(header) {
-        return Served::FAILED;
+}
+
+/// [`take_frame`]'s copy: the frame's length, or `None` for a chain that is no frame
+/// or one asking for an offload the driver never negotiated (the tap would have the
+/// host kernel checksum or segment it on the guest's behalf).
+fn copy_frame(
+    memory: &GuestMemory,
+    chain: Result<&Chain, ChainError>,
+    offloads: Offloads,
+    frames: &mut Vec<u8>,
+) -> Option<usize> {
+    let chain = chain.ok().filter(|chain| chain.writable.is_empty())?;
+    let len: usize = chain.readable.iter().map(|b| b.len as usize).sum();
+    if len <= NET_HEADER_LEN || len > MAX_PACKET {
+        return None;
     }
-    // A tap takes a frame whole or not at all; a full tap queue drops it, as a
-    // congested link would.
-    match tap.send(&frame[..len]) {
-        Ok(written) if written == len => Served::done(0, (len - NET_HEADER_LEN) as u64),
-        Ok(_) | Err(_) => Served::FAILED,
+    let start = frames.len();
+    frames.resize(start + len, 0);
+    let mut at = start;
+    for buffer in &chain.readable {
+        let end = at + buffer.len as usize;
+        memory.read_slice(&mut frames[at..end], buffer.addr).ok()?;
+        at = end;
     }
+    let header = frames[start..].first_chunk::<NET_HEADER_LEN>()?;
+    offloads.allows_transmit(header).then_some(len)
 }
 
 /// The receive side, on the I/O thread.
@@ -239,7 +296,6 @@ struct Receiver {
     /// The receive queue's notifier, which runs this again on the loop's next turn.
     wake: EventFd,
     delivery: RefCell<Delivery>,
-    frame: Vec<u8>,
 }
 
 impl Receiver {
@@ -248,19 +304,19 @@ impl Receiver {
     fn receive(&mut self) -> Flow {
         let mut reads = 0;
         loop {
-            if self.delivery.get_mut().frame.is_none() {
+            let delivery = self.delivery.get_mut();
+            if delivery.frame().is_none() {
                 if reads == RECEIVE_BUDGET {
                     // The rest on the loop's next turn, after its other sources.
                     return Flow::Continue;
                 }
                 reads += 1;
-                match self.tap.receive(&mut self.frame) {
+                match self.tap.receive(&mut delivery.buffer) {
                     Ok(len) if len > NET_HEADER_LEN => {
-                        let frame = &mut self.frame[..len];
-                        let header = frame.first_chunk_mut().expect("longer than a header");
+                        let header = delivery.buffer.first_chunk_mut().expect("a frame's room");
                         // Frames that need what the driver did not negotiate are dropped.
                         if self.offloads.for_the_driver(header) {
-                            self.delivery.get_mut().frame = Some(frame.to_vec());
+                            delivery.len = len;
                         }
                     }
                     Ok(_) => continue,
@@ -277,12 +333,12 @@ impl Receiver {
                 ..
             } = self;
             let flow = runner.run(
-                || delivery.borrow().frame.is_some(),
+                || delivery.borrow().frame().is_some(),
                 |memory, chain| deliver(memory, chain, &mut delivery.borrow_mut(), *mergeable),
             );
             // A frame left half delivered had its chains given back: it starts over.
             delivery.get_mut().start_over();
-            let waiting = delivery.get_mut().frame.is_some();
+            let waiting = delivery.get_mut().frame().is_some();
             match flow {
                 Flow::Remove => return Flow::Remove,
                 // The turn's budget is spent with buffers left (or more came as the
@@ -300,11 +356,12 @@ impl Receiver {
 }
 
 /// The frame on its way into receive buffers.
-#[derive(Default)]
 struct Delivery {
-    /// A frame read from the backend (its header made fit for the driver) that no
-    /// receive buffer has taken yet, whole.
-    frame: Option<Vec<u8>>,
+    /// Where the backend's frames are read to.
+    buffer: Vec<u8>,
+    /// The length of the frame in `buffer` (its header made fit for the driver) that
+    /// no receive buffer has taken yet, whole; 0 when there is none.
+    len: usize,
     /// With mergeable buffers: bytes of it put into the chains taken this turn, how
     /// many chains, and the first one's buffers (where `num_buffers` goes).
     at: usize,
@@ -313,6 +370,21 @@ struct Delivery {
 }
 
 impl Delivery {
+    fn new() -> Self {
+        Delivery {
+            buffer: vec![0; MAX_PACKET],
+            len: 0,
+            at: 0,
+            chains: 0,
+            first: Vec::new(),
+        }
+    }
+
+    /// The frame waiting for receive buffers.
+    fn frame(&self) -> Option<&[u8]> {
+        (self.len > 0).then(|| &self.buffer[..self.len])
+    }
+
     /// Forgets the chains a frame was being put into (given back unused).
     fn start_over(&mut self) {
         self.at = 0;
@@ -322,7 +394,7 @@ impl Delivery {
 
     /// Drops the frame, with a chain that cannot take it.
     fn drop_frame(&mut self) -> Served {
-        self.frame = None;
+        self.len = 0;
         self.start_over();
         Served::FAILED
     }
@@ -338,44 +410,56 @@ fn deliver(
     delivery: &mut Delivery,
     mergeable: bool,
 ) -> Served {
-    let Some(frame) = delivery.frame.as_deref() else {
+    if delivery.frame().is_none() {
         return Served::FAILED;
-    };
-    let chain = match chain {
-        Ok(chain) if chain.readable.is_empty() => chain,
-        _ => return delivery.drop_frame(),
-    };
+    }
+    match put_frame(memory, chain, delivery, mergeable) {
+        Some(served) => served,
+        None => delivery.drop_frame(),
+    }
+}
+
+/// [`deliver`]'s work: `None` when the chain cannot take the frame.
+fn put_frame(
+    memory: &GuestMemory,
+    chain: Result<&Chain, ChainError>,
+    delivery: &mut Delivery,
+    mergeable: bool,
+) -> Option<Served> {
+    let chain = chain.ok().filter(|chain| chain.readable.is_empty())?;
+    let Delivery {
+        buffer,
+        len,
+        at,
+        chains,
+        first,
+    } = delivery;
+    let frame = &buffer[..*len];
     let room: u64 = chain.writable.iter().map(|b| u64::from(b.len)).sum();
-    let whole = delivery.at == 0 && room >= frame.len() as u64;
-    let first = delivery.at == 0;
-    if !whole && (!mergeable || (first && room < NET_HEADER_LEN as u64)) {
+    let opening = *at == 0;
+    let whole = opening && room >= frame.len() as u64;
+    if !whole && (!mergeable || (opening && room < NET_HEADER_LEN as u64)) {
         // A buffer too small for the frame (or, merging, for its header).
-        return delivery.drop_frame();
+        return None;
     }
-    let Ok(written) = write_into(memory, &chain.writable, 0, &frame[delivery.at..]) else {
-        return delivery.drop_frame();
-    };
-    if written == 0 {
-        return delivery.drop_frame();
+    let written = write_into(memory, &chain.writable, 0, &frame[*at..])
+        .ok()
+        .filter(|&written| written > 0)?;
+    if opening {
+        first.extend_from_slice(&chain.writable);
     }
-    if first {
-        delivery.first.extend_from_slice(&chain.writable);
-    }
-    delivery.at += written;
-    delivery.chains += 1;
-    // A chain holds at most 2^32 - 1 bytes.
+    *at += written;
+    *chains += 1;
+    // A chain holds at most 2^32 - 1 bytes; the first one the whole header.
     let used = u32::try_from(written).unwrap_or(u32::MAX);
-    let payload = (written - if first { NET_HEADER_LEN } else { 0 }) as u64;
-    if delivery.at < frame.len() {
-        return Served::part(used, payload);
+    let payload = (written - if opening { NET_HEADER_LEN } else { 0 }) as u64;
+    if *at < frame.len() {
+        return Some(Served::part(used, payload));
     }
-    if delivery.chains > 1 {
-        let count = delivery.chains.to_le_bytes();
-        if write_into(memory, &delivery.first, NUM_BUFFERS, &count).is_err() {
-            return delivery.drop_frame();
-        }
+    if *chains > 1 {
+        write_into(memory, first, NUM_BUFFERS, &chains.to_le_bytes()).ok()?;
     }
-    delivery.frame = None;
+    *len = 0;
     delivery.start_over();
-    Served::done(used, payload)
+    Some(Served::done(used, payload))
 }
