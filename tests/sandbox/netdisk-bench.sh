@@ -7,7 +7,9 @@
 # to L1 and back, and 1-byte TCP round trips; rounds interleaved (BENCH_RUNS=3,
 # BENCH_SECONDS=5 per measurement). Prints the BENCH lines and their medians.
 # BENCH_NO_OFFLOAD=1 adds kvmkit with offload_csum=off; BENCH_KVMKIT_B=PATH adds
-# another kvmkit build (kvmkit-b), A/B.
+# another kvmkit build (kvmkit-b), A/B; BENCH_CMDLINE adds to every guest's command
+# line (kvmkit.napi_tx=0: the guest frees transmitted skbs without waiting for the
+# device).
 #
 #   tests/sandbox/netdisk-bench.sh
 set -euo pipefail
@@ -27,6 +29,7 @@ anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
 [ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
 { echo "BENCH_RUNS=${BENCH_RUNS:-3}; BENCH_CPUS=${BENCH_CPUS:-2}; BENCH_SECONDS=${BENCH_SECONDS:-5}"
   echo "BENCH_NO_OFFLOAD=${BENCH_NO_OFFLOAD:-}"
+  printf 'BENCH_CMDLINE=%q\n' "${BENCH_CMDLINE:-}"
   cat "$here/l1-netdisk-bench"; } > "$work/l1-netdisk-bench.sh"
 b_build=""
 [ -z "${BENCH_KVMKIT_B:-}" ] || b_build="$BENCH_KVMKIT_B:/bin/kvmkit-b"

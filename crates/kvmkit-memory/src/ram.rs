@@ -255,22 +255,44 @@ fn map_region(
         flags &= !libc::MAP_ANONYMOUS;
         file = Some(FileOffset::from_arc(Arc::clone(image), offset));
     }
-    let mut builder = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, page))
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(flags)
-        .with_hugetlbfs(backing.hugepage_size().is_some());
-    if let Some(file) = file {
-        builder = builder.with_file_offset(file);
-    }
-    // Hugetlb mappings are aligned to their page size by the kernel already.
-    let hole = match backing.hugepage_size() {
-        None => AlignedHole::new(size),
-        Some(_) => None,
+    let builder = || {
+        let builder = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::new(size, page))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(backing.hugepage_size().is_some());
+        match &file {
+            Some(file) => builder.with_file_offset(file.clone()),
+            None => builder,
+        }
     };
-    let mapping = builder
-        .build()
-        .map_err(|e| map_error(mmap_error_to_io(e)))?;
-    drop(hole);
+    let build = |builder: MmapRegionBuilder<AtomicBitmap>| {
+        builder.build().map_err(|e| map_error(mmap_error_to_io(e)))
+    };
+    // Hugetlb mappings are aligned to their page size by the kernel already; others
+    // go into an aligned hole. A mapping the kernel put elsewhere (in a higher gap
+    // that fits it but not the hole's reservation, or in the hole before another
+    // thread's mapping) is kept while the next is made, so that the gap it took is not
+    // chosen again, and dropped after. The builder, its bitmap allocated, is made
+    // before the hole, so that nothing of this thread's but the mapping is made in
+    // between.
+    let mapping = if backing.hugepage_size().is_some() || size < HOST_ALIGNMENT {
+        build(builder())?
+    } else {
+        let mut misplaced = Vec::new();
+        loop {
+            let next = builder();
+            let hole = AlignedHole::new(size);
+            let attempt = build(next)?;
+            drop(hole);
+            // Unaligned after every attempt: the last is as good as any.
+            if attempt.as_ptr() as usize % HOST_ALIGNMENT == 0
+                || misplaced.len() + 1 == ALIGNMENT_ATTEMPTS
+            {
+                break attempt;
+            }
+            misplaced.push(attempt);
+        }
+    };
     GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or(Error::AddressOverflow {
         guest_addr: spec.guest_addr,
         size: spec.size,
@@ -283,13 +305,18 @@ fn map_region(
 /// guest RAM takes 512 nested page faults to map instead of one.
 pub const HOST_ALIGNMENT: usize = 2 << 20;
 
+/// How many times a mapping is made again when the kernel placed it outside its
+/// aligned hole (in a higher gap, or one another thread's mapping took first).
+const ALIGNMENT_ATTEMPTS: usize = 4;
+
 /// A hole of exactly `size` bytes at a [`HOST_ALIGNMENT`]-aligned address, fenced on
 /// both sides by inaccessible mappings, for the next `mmap(NULL, size)` (vm-memory's,
 /// which takes no address) to fill: the kernel places a mapping in the highest hole
 /// that fits it, and this one was cut from the highest hole that fitted `size` and
 /// the alignment. Best effort: if the kernel chooses another hole (a higher one that
 /// fits `size` alone, or a thread mapped into this one first), the mapping is merely
-/// unaligned, as it would have been. Dropping it unmaps the fences.
+/// unaligned, as it would have been (the caller tries again, keeping what it got,
+/// [`ALIGNMENT_ATTEMPTS`] times in all). Dropping it unmaps the fences.
 struct AlignedHole {
     fences: [(usize, usize); 2],
 }

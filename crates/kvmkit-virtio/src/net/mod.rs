@@ -10,8 +10,6 @@ mod tap;
 
 pub use backend::{DatagramBackend, NetBackend};
 pub use header::{Offloads, NET_HEADER_LEN};
-
-use header::NUM_BUFFERS;
 pub use tap::{Tap, TapError};
 
 use std::cell::RefCell;
@@ -32,6 +30,7 @@ use crate::{
     read_config_from, ActivateError, Activation, DeviceLifecycle, GuestMemory, QueueCounters,
     VirtioDevice,
 };
+use header::NUM_BUFFERS;
 
 /// The largest frame with its header: a 64 KiB packet (a TCP super-frame, with
 /// segmentation offload) plus Ethernet and VLAN headers.
