@@ -5,15 +5,10 @@
 //! other tests of a binary map and unmap memory on their threads meanwhile, which can
 //! take the hole a mapping was placed for (the library then tries again, a few times).
 
-use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout, HOST_ALIGNMENT};
+mod common;
 
-const MIB: u64 = 1 << 20;
-
-fn ram(mib: u64, options: &str) -> GuestRam {
-    let layout = MemoryLayout::x86_64(mib * MIB).unwrap();
-    let config: MemoryConfig = options.parse().unwrap();
-    GuestRam::new(&layout, &config).unwrap_or_else(|e| panic!("{options}: {e}"))
-}
+use common::ram;
+use kvmkit_memory::{GuestRam, HOST_ALIGNMENT};
 
 #[test]
 fn guest_ram_starts_where_kvm_can_map_it_with_2m_pages() {

@@ -6,19 +6,15 @@
 //! These need a 2 MiB hugepage pool of at least 64 pages and a hugetlbfs mount, which
 //! `.ci/run` sets up; on a machine without them the tests fail and say how to add them.
 
+mod common;
+
+use common::{ram, MIB};
 use kvmkit_memory::{
     Backing, Error, GuestRam, HugePagePool, MemoryConfig, MemoryLayout, RegionReport,
 };
 use vm_memory::{Bytes, GuestAddress};
 
-const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-fn ram(mib: u64, options: &str) -> GuestRam {
-    let layout = MemoryLayout::x86_64(mib * MIB).unwrap();
-    let config: MemoryConfig = options.parse().unwrap();
-    GuestRam::new(&layout, &config).unwrap_or_else(|e| panic!("{options}: {e}"))
-}
 
 fn only_region(ram: &GuestRam) -> RegionReport {
     let report = ram.report().unwrap();

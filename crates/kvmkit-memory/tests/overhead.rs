@@ -4,15 +4,9 @@
 //! The VMM's own memory, in a test binary of its own: it reads the whole process's
 //! RSS, which the other tests of a binary would grow on their threads meanwhile.
 
-use kvmkit_memory::{GuestRam, MemoryConfig, MemoryLayout};
+mod common;
 
-const MIB: u64 = 1 << 20;
-
-fn ram(mib: u64, options: &str) -> GuestRam {
-    let layout = MemoryLayout::x86_64(mib * MIB).unwrap();
-    let config: MemoryConfig = options.parse().unwrap();
-    GuestRam::new(&layout, &config).unwrap_or_else(|e| panic!("{options}: {e}"))
-}
+use common::{ram, MIB};
 
 #[test]
 fn the_vmm_overhead_leaves_out_the_guest_ram_counted_in_the_process_rss() {
