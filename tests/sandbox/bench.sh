@@ -44,9 +44,8 @@ chmod +x "$work/l2-bench/init"
 
 (cd "$root" && cargo build --release --locked --example exit_latency --quiet)
 
-anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
-[ -x "$anchors/firecracker" ] || anchors=/work/shared/anchors
-[ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
+. "$here/bench-lib.sh"
+anchors=$(anchors_dir "$root")
 { echo "BENCH_RUNS=${BENCH_RUNS:-5}; BENCH_CPUS=${BENCH_CPUS:-2}"; cat "$here/l1-bench"; } \
     > "$work/l1-bench.sh"
 export SANDBOX_EXTRA="$work/l1-bench.sh"
@@ -54,18 +53,11 @@ export SANDBOX_EXTRA="$work/l1-bench.sh"
 export SANDBOX_EXTRA_FILES="$work/l2-bench.cpio.gz:/l2/bench.cpio.gz \
 $root/target/release/examples/exit_latency:/bin/exit_latency \
 $anchors/firecracker:/bin/firecracker $anchors/cloud-hypervisor:/bin/cloud-hypervisor \
-/usr/bin/qemu-system-x86_64 /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom \
-/usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin"
+$QEMU_FILES"
 export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
 "$here/run.sh"
 log="$work/console.log"
 tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/bench.txt"
-for name in kvmkit-bzimage kvmkit-pvh firecracker-pvh cloud-hypervisor-pvh qemu-microvm; do
-    for field in boot_ms peak_rss_kib guest_uptime_ms; do
-        values=$(grep "^BENCH $name " "$work/bench.txt" | grep -o "$field=[0-9]*" | cut -d= -f2 | sort -n || true)
-        count=$(wc -w <<<"$values")
-        [ "$count" -gt 0 ] || continue
-        median=$(sed -n "$(( (count + 1) / 2 ))p" <<<"$values")
-        echo "MEDIAN $name $field=$median of $count: $(echo $values)"
-    done
-done
+medians "$work/bench.txt" BENCH \
+    "kvmkit-bzimage kvmkit-pvh firecracker-pvh cloud-hypervisor-pvh qemu-microvm" \
+    "boot_ms peak_rss_kib guest_uptime_ms"

@@ -24,9 +24,8 @@ cp "$work/guest-bench" "$work/netdisk/bin/"
 cp "$here/netdisk-init" "$work/netdisk/init"
 (cd "$work/netdisk" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/netdisk.cpio.gz"
 
-anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
-[ -x "$anchors/firecracker" ] || anchors=/work/shared/anchors
-[ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
+. "$here/bench-lib.sh"
+anchors=$(anchors_dir "$root")
 { echo "BENCH_RUNS=${BENCH_RUNS:-3}; BENCH_CPUS=${BENCH_CPUS:-2}; BENCH_SECONDS=${BENCH_SECONDS:-5}"
   echo "BENCH_NO_OFFLOAD=${BENCH_NO_OFFLOAD:-}"
   printf 'BENCH_CMDLINE=%q\n' "${BENCH_CMDLINE:-}"
@@ -38,20 +37,12 @@ export SANDBOX_EXTRA="$work/l1-netdisk-bench.sh" SANDBOX_EXTRA_ONLY=1
 export SANDBOX_EXTRA_FILES="$work/netdisk.cpio.gz:/l2/netdisk.cpio.gz \
 $work/guest-bench:/bin/guest-bench $b_build \
 $anchors/firecracker:/bin/firecracker $anchors/cloud-hypervisor:/bin/cloud-hypervisor \
-/usr/bin/qemu-system-x86_64 /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom \
-/usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin"
+$QEMU_FILES"
 export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
 "$here/run.sh"
 log="$work/console.log"
 tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/netdisk.txt"
-for name in kvmkit kvmkit-b kvmkit-no-offload firecracker cloud-hypervisor qemu-microvm; do
-    for field in seq_read_mbs seq_write_mbs randread_qd1_iops randread_qd32_iops \
-            tcp_tx_mbits tcp_rx_mbits tcp_rr_per_s; do
-        values=$(grep "^BENCH $name " "$work/netdisk.txt" | grep -o "$field=[0-9.]*" \
-            | cut -d= -f2 | sort -n || true)
-        count=$(wc -w <<<"$values")
-        [ "$count" -gt 0 ] || continue
-        median=$(sed -n "$(( (count + 1) / 2 ))p" <<<"$values")
-        echo "MEDIAN $name $field=$median of $count: $(echo $values)"
-    done
-done
+medians "$work/netdisk.txt" BENCH \
+    "kvmkit kvmkit-b kvmkit-no-offload firecracker cloud-hypervisor qemu-microvm" \
+    "seq_read_mbs seq_write_mbs randread_qd1_iops randread_qd32_iops tcp_tx_mbits \
+    tcp_rx_mbits tcp_rr_per_s"
