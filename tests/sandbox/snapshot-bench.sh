@@ -2,16 +2,15 @@
 # Snapshot and restore on hardware-assisted KVM, kvmkit beside Firecracker and Cloud
 # Hypervisor (../shared/anchors, or KVMKIT_ANCHORS), measured in one L1 sandbox run
 # (see run.sh and l1-snapshot-bench), rounds interleaved. Prints the BENCH-SNAPSHOT
-# lines and, per VMM, the median and worst of each figure.
+# lines and, per VMM, the median and largest of each figure.
 #
 #   tests/sandbox/snapshot-bench.sh      # BENCH_ROUNDS=3 by default
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="${SANDBOX_WORK:-$root/target/sandbox}"
-anchors="${KVMKIT_ANCHORS:-$root/../shared/anchors}"
-[ -x "$anchors/firecracker" ] || anchors=/work/shared/anchors
-[ -x "$anchors/firecracker" ] || { echo "no anchors: set KVMKIT_ANCHORS" >&2; exit 1; }
+. "$here/bench-lib.sh"
+anchors=$(anchors_dir "$root")
 command -v curl >/dev/null || { echo "curl missing: apt-get install curl" >&2; exit 1; }
 rounds="${BENCH_ROUNDS:-3}"
 mkdir -p "$work"
@@ -28,12 +27,6 @@ export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
 "$here/run.sh"
 log="$work/console.log"
 tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/snapshot-bench.txt"
-for vmm in kvmkit kvmkit-b firecracker cloud-hypervisor; do
-    for field in boot_to_count_s snapshot_s snapshot_kib_on_disk restore_to_count_s first-kvm-run first-console-byte; do
-        values=$(grep "^BENCH-SNAPSHOT $vmm " "$work/snapshot-bench.txt" | grep -o "$field=[0-9.]*" | cut -d= -f2 | sort -g || true)
-        count=$(wc -w <<<"$values")
-        [ "$count" -gt 0 ] || continue
-        median=$(sed -n "$(( (count + 1) / 2 ))p" <<<"$values")
-        echo "MEDIAN $vmm $field=$median worst=$(tail -1 <<<"$values") of $count: $(echo $values)"
-    done
-done
+medians "$work/snapshot-bench.txt" BENCH-SNAPSHOT \
+    "kvmkit kvmkit-b firecracker cloud-hypervisor" \
+    "boot_to_count_s snapshot_s snapshot_kib_on_disk restore_to_count_s first-kvm-run first-console-byte"
