@@ -40,6 +40,19 @@ const GSO_TCPV4: u8 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
 #[allow(clippy::cast_possible_truncation)]
 const GSO_TCPV6: u8 = VIRTIO_NET_HDR_GSO_TCPV6 as u8;
 
+/// The segmentation features of each direction: IPv4, IPv6, ECN. `HOST_*`: what the
+/// driver may send; `GUEST_*`: what it may be handed.
+const HOST_TSO: [u32; 3] = [
+    VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_ECN,
+];
+const GUEST_TSO: [u32; 3] = [
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_ECN,
+];
+
 const fn bit(feature: u32) -> u64 {
     1 << feature
 }
@@ -89,6 +102,19 @@ impl Offloads {
         self.features & bit(feature) != 0
     }
 
+    /// Whether a header's `gso_type` asks for no segmentation, or for one that the
+    /// direction's negotiated features (`[tcpv4, tcpv6, ecn]`: [`HOST_TSO`] or
+    /// [`GUEST_TSO`]) allow, its ECN bit included.
+    fn allows_gso(self, gso: u8, [tcpv4, tcpv6, ecn]: [u32; 3]) -> bool {
+        let kind = match gso & !GSO_ECN {
+            GSO_NONE => return gso == GSO_NONE,
+            GSO_TCPV4 => tcpv4,
+            GSO_TCPV6 => tcpv6,
+            _ => return false,
+        };
+        self.has(kind) && (gso & GSO_ECN == 0 || self.has(ecn))
+    }
+
     /// The `TUN_F_*` flags (`TUNSETOFFLOAD`) that let a tap hand the driver what it
     /// negotiated to receive: frames with their checksum left to complete, and TCP
     /// super-frames. A tap ignores segmentation without checksum offload, as the
@@ -120,15 +146,11 @@ impl Offloads {
         if flags & !NEEDS_CSUM != 0 || (needs_csum && !self.has(VIRTIO_NET_F_CSUM)) {
             return false;
         }
-        let segmented = match gso & !GSO_ECN {
-            GSO_NONE => return gso == GSO_NONE,
-            GSO_TCPV4 => self.has(VIRTIO_NET_F_HOST_TSO4),
-            GSO_TCPV6 => self.has(VIRTIO_NET_F_HOST_TSO6),
-            _ => false,
-        };
-        let ecn = gso & GSO_ECN == 0 || self.has(VIRTIO_NET_F_HOST_ECN);
+        if !self.allows_gso(gso, HOST_TSO) {
+            return false;
+        }
         let size = u16::from_le_bytes([header[GSO_SIZE], header[GSO_SIZE + 1]]);
-        segmented && ecn && needs_csum && size != 0
+        gso == GSO_NONE || (needs_csum && size != 0)
     }
 
     /// Makes the header of a frame from the backend fit for the driver, with
@@ -144,13 +166,7 @@ impl Offloads {
         if flags & NEEDS_CSUM != 0 && !csum {
             return false;
         }
-        let segmented_ok = match gso & !GSO_ECN {
-            GSO_NONE => gso == GSO_NONE,
-            GSO_TCPV4 => self.has(VIRTIO_NET_F_GUEST_TSO4),
-            GSO_TCPV6 => self.has(VIRTIO_NET_F_GUEST_TSO6),
-            _ => false,
-        };
-        if !segmented_ok || (gso & GSO_ECN != 0 && !self.has(VIRTIO_NET_F_GUEST_ECN)) {
+        if !self.allows_gso(gso, GUEST_TSO) {
             return false;
         }
         if csum {
