@@ -13,7 +13,8 @@
 # Needs: qemu-system-x86, linux-image-cloud-amd64, busybox-static, cpio (.ci/run
 # installs them). Every L1 run has a timeout; when it times out or a marker is
 # missing, the console's tail is printed, so a sandbox failure is not mistaken for a
-# kvmkit failure or the reverse.
+# kvmkit failure or the reverse. An L1 that froze (QEMU idle, the console silent: see
+# boot_l1) is booted once more.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -117,14 +118,57 @@ fi
 pack "$work/l1" "$work/l1.cpio.gz"
 
 log="$work/console.log"
+# QEMU's CPU time, in clock ticks (0 once it is gone).
+qemu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# Boots L1 with its console in $log; returns QEMU's status, or 200 if L1 froze: QEMU
+# TCG (7.2) now and then stops running its vCPU for good (its thread asleep, nothing
+# on the console), which no guest, L1's or L2's, can cause or end. A run whose QEMU
+# took under a tenth of a second of CPU and wrote nothing to the console for
+# SANDBOX_FROZEN_S seconds (120) is ended as frozen. A busy L1, or one only waiting
+# (for a guest, on a timer), takes far more than that: its timers alone run its shell
+# loops and kernel.
+boot_l1() {
+    local frozen_s="${SANDBOX_FROZEN_S:-120}"
+    timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 3G \
+        -nic none -nographic -no-reboot -serial mon:stdio \
+        -kernel "$kernel" -initrd "$work/l1.cpio.gz" \
+        -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 &
+    local watched=$! qemu="" ticks=0 size=0 still=0 hz
+    hz=$(getconf CLK_TCK)
+    while kill -0 "$watched" 2>/dev/null; do
+        sleep 5
+        [ -n "$qemu" ] || qemu=$(pgrep -P "$watched" || true)
+        [ -n "$qemu" ] || continue
+        local now_ticks now_size
+        now_ticks=$(qemu_ticks "$qemu"); now_size=$(stat -c %s "$log")
+        if [ "$now_size" -eq "$size" ] && [ $(( (now_ticks - ticks) * 10 )) -lt "$hz" ]; then
+            still=$((still + 5))
+        else
+            still=0; ticks=$now_ticks; size=$now_size
+        fi
+        if [ "$still" -ge "$frozen_s" ]; then
+            kill "$watched" 2>/dev/null
+            wait "$watched"
+            return 200
+        fi
+    done
+    wait "$watched"
+}
+
 echo "sandbox: booting L1 (QEMU TCG, -cpu max, 1 vCPU, 3 GiB), timeout ${timeout_s}s; console in $log"
 start=$(date +%s)
 set +e
-timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 3G \
-    -nic none -nographic -no-reboot -serial mon:stdio \
-    -kernel "$kernel" -initrd "$work/l1.cpio.gz" \
-    -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1
+boot_l1
 status=$?
+if [ "$status" -eq 200 ]; then
+    # Once: a second freeze in a row fails the run below.
+    cp "$log" "$work/console-frozen.log"
+    echo "sandbox: L1 FROZE after $(( $(date +%s) - start ))s (QEMU idle, the console silent; console in $work/console-frozen.log): booting it again" >&2
+    start=$(date +%s)
+    boot_l1
+    status=$?
+fi
 set -e
 echo "sandbox: L1 ran $(( $(date +%s) - start ))s, QEMU status $status"
 
@@ -150,6 +194,11 @@ for marker in "${markers[@]}"; do
     grep -q -- "$marker" "$log" || missing+=("$marker")
 done
 grep -E '^(L1|L2)-|kvmkit|timeline ' "$log" | tr -d '\r' | sed 's/^/  | /' || true
+if [ "$status" -eq 200 ]; then
+    echo "sandbox: L1 FROZE twice in a row (QEMU idle, the console silent); console tail:" >&2
+    tail -n 40 "$log" | tr -d '\r' >&2
+    exit 1
+fi
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "sandbox: L1 TIMED OUT after ${timeout_s}s (a sandbox hang unless the markers above stop at kvmkit's step); console tail:" >&2
     tail -n 40 "$log" | tr -d '\r' >&2
