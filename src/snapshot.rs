@@ -31,7 +31,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -363,7 +362,8 @@ impl Snapshot {
         let mut file_offset = 0u64;
         for &(guest, size) in &self.ram {
             for (start, end) in
-                data_runs(&file, file_offset, file_offset + size).map_err(io("seek in"))?
+                kvmkit_memory::image::data_runs(&file, file_offset, file_offset + size)
+                    .map_err(io("seek in"))?
             {
                 let mut at = start;
                 while at < end {
@@ -471,39 +471,6 @@ fn write_memory(path: &Path, ram: &GuestRam) -> Result<(u64, u64), SnapshotError
     Ok((ram.size(), written))
 }
 
-/// The runs of data (not holes) of `file` between `start` and `end`.
-fn data_runs(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let seek = |offset: u64, whence| -> std::io::Result<Option<u64>> {
-        let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
-        // SAFETY: lseek on a descriptor this function borrows; no memory is passed.
-        let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-        if found < 0 {
-            let error = std::io::Error::last_os_error();
-            // ENXIO: no data (or hole) past `offset`.
-            return if error.raw_os_error() == Some(libc::ENXIO) {
-                Ok(None)
-            } else {
-                Err(error)
-            };
-        }
-        Ok(Some(found.unsigned_abs()))
-    };
-    let mut runs = Vec::new();
-    let mut at = start;
-    while at < end {
-        let Some(data) = seek(at, libc::SEEK_DATA)? else {
-            break;
-        };
-        if data >= end {
-            break;
-        }
-        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-        runs.push((data, hole));
-        at = hole;
-    }
-    Ok(runs)
-}
-
 /// 64-bit FNV-1a of `bytes`.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
@@ -519,34 +486,5 @@ mod tests {
     fn fnv1a_matches_its_published_values() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
-
-    #[test]
-    fn data_runs_skip_the_holes_of_a_sparse_file() {
-        let path = std::env::temp_dir().join(format!("kvmkit-runs-{}", std::process::id()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(8 << 20).unwrap();
-        file.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
-        file.write_all_at(&[2u8; 4096], 6 << 20).unwrap();
-
-        let runs = data_runs(&file, 0, 8 << 20).unwrap();
-        std::fs::remove_file(&path).unwrap();
-
-        // Filesystems round data to their blocks: each write is inside one run.
-        assert_eq!(runs.len(), 2, "{runs:x?}");
-        assert!(
-            runs[0].0 <= 1 << 20 && runs[0].1 >= (1 << 20) + 4096,
-            "{runs:x?}"
-        );
-        assert!(
-            runs[1].0 <= 6 << 20 && runs[1].1 >= (6 << 20) + 4096,
-            "{runs:x?}"
-        );
     }
 }

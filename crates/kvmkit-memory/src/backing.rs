@@ -368,7 +368,7 @@ fn huge_size_bits(page_size: u64, shift: i32) -> i32 {
     (page_size.trailing_zeros() as i32) << shift
 }
 
-fn memfd(flags: u32) -> io::Result<File> {
+pub(crate) fn memfd(flags: u32) -> io::Result<File> {
     let name = c"kvmkit-guest-ram";
     // SAFETY: `name` is a NUL-terminated string; memfd_create returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };

@@ -37,6 +37,7 @@ mod backing;
 mod config;
 mod error;
 pub mod host;
+pub mod image;
 mod layout;
 mod ram;
 mod report;

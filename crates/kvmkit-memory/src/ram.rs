@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::num::NonZeroUsize;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::host_page_size;
@@ -64,7 +64,9 @@ impl GuestRam {
     /// `image`, which holds the regions one after another (as a snapshot's memory file
     /// does): a page is read from the image when the guest or a device first touches
     /// it and copied when first written, so mapping costs neither the image's size nor
-    /// guest RAM's, and the image never changes. Only private anonymous memory (the
+    /// guest RAM's, and the image never changes. Where the image has a hole over a
+    /// whole aligned 2 MiB page (memory the guest never used), RAM is plain anonymous
+    /// memory, as fresh RAM is. Only private anonymous memory (the
     /// default backing) can start so; hugepages and shared memory are filled by copying
     /// instead.
     ///
@@ -293,10 +295,62 @@ fn map_region(
             misplaced.push(attempt);
         }
     };
+    if let Some((image, offset)) = image {
+        map_holes_anonymous(&mapping, image, offset, flags).map_err(map_error)?;
+    }
     GuestRegionMmap::new(mapping, GuestAddress(spec.guest_addr)).ok_or(Error::AddressOverflow {
         guest_addr: spec.guest_addr,
         size: spec.size,
     })
+}
+
+/// Maps each [`HOST_ALIGNMENT`]-aligned 2 MiB of `mapping` (a private mapping of
+/// `image` from byte `offset`, just made) where the image has a hole as private
+/// anonymous memory instead (`flags`, the backing's, without the file). Both read as
+/// zero; but a hole of a private file mapping is filled a 4 KiB page at a time on
+/// first touch (on tmpfs, a page-cache page allocated and zeroed, then copied when
+/// written), where anonymous memory takes a transparent hugepage: a restored guest
+/// reaching memory it never used then costs one nested page fault per 2 MiB, as in a
+/// fresh VM. Parts of holes smaller than that stay mapped from the image.
+fn map_holes_anonymous(
+    mapping: &MmapRegion<AtomicBitmap>,
+    image: &File,
+    offset: u64,
+    flags: i32,
+) -> io::Result<()> {
+    let start = mapping.as_ptr() as usize;
+    let end = offset + mapping.size() as u64;
+    // Within the mapping, whose size is a usize.
+    let host = |at: u64| usize::try_from(at - offset).map(|at| start + at);
+    for (hole, past) in crate::image::hole_runs(image, offset, end)? {
+        let (Ok(hole), Ok(past)) = (host(hole), host(past)) else {
+            continue;
+        };
+        let first = hole.next_multiple_of(HOST_ALIGNMENT);
+        let last = past / HOST_ALIGNMENT * HOST_ALIGNMENT;
+        if first >= last {
+            continue;
+        }
+        // SAFETY: `first..last` lies inside `mapping`, which its caller has just made
+        // and nothing has touched or shared yet; MAP_FIXED replaces those pages of it
+        // with anonymous ones that read as the image's hole does (zero), and the
+        // mapping still covers the whole range, which it unmaps when dropped. On an
+        // error the range may be left unmapped: the caller then drops the mapping.
+        let mapped = unsafe {
+            libc::mmap(
+                first as *mut libc::c_void,
+                last - first,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The host alignment that lets KVM map guest RAM with 2 MiB pages: a transparent
@@ -566,6 +620,43 @@ mod tests {
             ram.memory().read_obj::<u8>(GuestAddress(0x1000)).unwrap(),
             0x99
         );
+    }
+
+    #[test]
+    fn ram_the_guest_never_used_is_not_filled_into_a_tmpfs_image_when_touched() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        // A sparse 8 MiB image on tmpfs (a memfd), data in its first and last MiB.
+        let image = crate::backing::memfd(libc::MFD_CLOEXEC).unwrap();
+        image.set_len(8 * MIB).unwrap();
+        image.write_all_at(&[0x11], 0x1000).unwrap();
+        image.write_all_at(&[0x22], 7 * MIB + 0x10).unwrap();
+        let blocks = image.metadata().unwrap().blocks();
+        let layout = MemoryLayout::from_regions(vec![RegionSpec {
+            guest_addr: 0,
+            size: 8 * MIB,
+        }])
+        .unwrap();
+        let ram = GuestRam::from_image(&layout, &MemoryConfig::default(), &image).unwrap();
+        // The whole 2 MiB pages of the hole, wherever the RAM landed: at least two.
+        let host = ram.regions()[0].host_addr as u64;
+        let align = HOST_ALIGNMENT as u64;
+        let first = (host + 0x2000).next_multiple_of(align) - host;
+        let last = (host + 7 * MIB) / align * align - host;
+        assert!(last - first >= 4 * MIB);
+
+        for page in (first..last).step_by(4096) {
+            ram.memory().write_obj(0x33u8, GuestAddress(page)).unwrap();
+        }
+
+        // Without the hole mapped anonymously, each page written would first be
+        // allocated and zeroed in the image's page cache (kept there as long as the
+        // image lives: twice the memory), then copied.
+        assert_eq!(image.metadata().unwrap().blocks(), blocks);
+        let read = |addr| ram.memory().read_obj::<u8>(GuestAddress(addr)).unwrap();
+        assert_eq!(read(0x1000), 0x11);
+        assert_eq!(read(7 * MIB + 0x10), 0x22);
+        assert_eq!(read(first), 0x33);
+        assert_eq!(read(0x3000), 0);
     }
 
     #[test]
