@@ -307,11 +307,11 @@ fn map_region(
 /// Maps each [`HOST_ALIGNMENT`]-aligned 2 MiB of `mapping` (a private mapping of
 /// `image` from byte `offset`, just made) where the image has a hole as private
 /// anonymous memory instead (`flags`, the backing's, without the file). Both read as
-/// zero; but a hole of a private file mapping is filled a 4 KiB page at a time on
-/// first touch (on tmpfs, a page-cache page allocated and zeroed, then copied when
-/// written), where anonymous memory takes a transparent hugepage: a restored guest
-/// reaching memory it never used then costs one nested page fault per 2 MiB, as in a
-/// fresh VM. Parts of holes smaller than that stay mapped from the image.
+/// zero; but a touch of a hole of a private file mapping first fills it in the file's
+/// page cache (on tmpfs: a page allocated, zeroed and kept as long as the file), then
+/// copies it when written, so memory the guest never used before cost it twice; and
+/// anonymous memory comes in transparent hugepages, as fresh RAM's does. Parts of
+/// holes smaller than that stay mapped from the image.
 fn map_holes_anonymous(
     mapping: &MmapRegion<AtomicBitmap>,
     image: &File,
