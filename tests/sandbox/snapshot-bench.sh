@@ -5,6 +5,10 @@
 # lines and, per VMM, the median and largest of each figure.
 #
 #   tests/sandbox/snapshot-bench.sh      # BENCH_ROUNDS=3 by default
+#
+# BENCH_SETTLE=S: each restore starts S seconds after the VMM before it ended (0 by
+# default), for every VMM alike: L1 has one vCPU, and right after a VMM ends it is
+# still freeing what that VMM held.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -14,7 +18,7 @@ anchors=$(anchors_dir "$root")
 command -v curl >/dev/null || { echo "curl missing: apt-get install curl" >&2; exit 1; }
 rounds="${BENCH_ROUNDS:-3}"
 mkdir -p "$work"
-{ echo "BENCH_ROUNDS=$rounds"; cat "$here/l1-snapshot-bench"; } > "$work/l1-snapshot-bench.sh"
+{ echo "BENCH_ROUNDS=$rounds BENCH_SETTLE=${BENCH_SETTLE:-0}"; cat "$here/l1-snapshot-bench"; } > "$work/l1-snapshot-bench.sh"
 export SANDBOX_EXTRA="$work/l1-snapshot-bench.sh"
 export SANDBOX_EXTRA_FILES="$anchors/firecracker:/bin/firecracker \
 $anchors/cloud-hypervisor:/bin/cloud-hypervisor $(command -v curl):/bin/curl"

@@ -309,9 +309,8 @@ fn map_region(
 /// anonymous memory instead (`flags`, the backing's, without the file). Both read as
 /// zero; but a touch of a hole of a private file mapping first fills it in the file's
 /// page cache (on tmpfs: a page allocated, zeroed and kept as long as the file), then
-/// copies it when written, so memory the guest never used before cost it twice; and
-/// anonymous memory comes in transparent hugepages, as fresh RAM's does. Parts of
-/// holes smaller than that stay mapped from the image.
+/// copies it when written, so memory the guest never used before cost it twice.
+/// Parts of holes smaller than that stay mapped from the image.
 fn map_holes_anonymous(
     mapping: &MmapRegion<AtomicBitmap>,
     image: &File,
@@ -349,6 +348,19 @@ fn map_holes_anonymous(
         if mapped == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // In 4 KiB pages, as the image's are, unless the RAM asks for transparent
+        // hugepages (`thp=on`, advised after this): a restored guest reaches memory it
+        // never used here and there, and a hugepage is zeroed whole at its first touch
+        // (2 MiB for one page touched, slow where the host CPU is emulated).
+        // SAFETY: advice on the range just mapped; it changes paging policy, never the
+        // memory's contents.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_NOHUGEPAGE,
+            )
+        };
     }
     Ok(())
 }
