@@ -318,15 +318,19 @@ fn map_holes_anonymous(
     flags: i32,
 ) -> io::Result<()> {
     let start = mapping.as_ptr() as usize;
-    let end = offset + mapping.size() as u64;
-    // Within the mapping, whose size is a usize.
-    let host = |at: u64| usize::try_from(at - offset).map(|at| start + at);
-    for (hole, past) in crate::image::hole_runs(image, offset, end)? {
-        let (Ok(hole), Ok(past)) = (host(hole), host(past)) else {
-            continue;
-        };
-        let first = hole.next_multiple_of(HOST_ALIGNMENT);
-        let last = past / HOST_ALIGNMENT * HOST_ALIGNMENT;
+    let end = start + mapping.size();
+    // One look per 2 MiB page at most, however the image's data is scattered: from
+    // each page not yet known to hold data, the next data found says which pages
+    // before it are whole holes, and the page it lies in is skipped.
+    let mut page = start.next_multiple_of(HOST_ALIGNMENT);
+    while page + HOST_ALIGNMENT <= end {
+        let at = offset + (page - start) as u64;
+        // The host address of the next data; `end` if there is none in the mapping.
+        let data = crate::image::next_data(image, at)?
+            .and_then(|data| usize::try_from(data - offset).ok())
+            .map_or(end, |data| start.saturating_add(data).min(end));
+        let (first, last) = (page, data / HOST_ALIGNMENT * HOST_ALIGNMENT);
+        page = data.saturating_add(1).next_multiple_of(HOST_ALIGNMENT);
         if first >= last {
             continue;
         }
