@@ -4,7 +4,9 @@
 # Cloud Hypervisor (PVH; ../shared/anchors, or KVMKIT_ANCHORS) and QEMU's microvm
 # machine booting the same kernel, initramfs and command line, rounds interleaved
 # (BENCH_RUNS=5, BENCH_CPUS=2), each guest's own timeline, and the exit-latency table.
-# Prints the BENCH lines and their medians.
+# Prints the BENCH lines and their medians. BENCH_NETDISK=1 runs netdisk-bench.sh's
+# disk and network part in the same L1 run, after it (BENCH_SECONDS, BENCH_NETDISK_RUNS:
+# its rounds, 3 by default).
 #
 #   tests/sandbox/bench.sh
 set -euo pipefail
@@ -48,9 +50,14 @@ chmod +x "$work/l2-bench/init"
 anchors=$(anchors_dir "$root")
 { echo "BENCH_RUNS=${BENCH_RUNS:-5}; BENCH_CPUS=${BENCH_CPUS:-2}"; cat "$here/l1-bench"; } \
     > "$work/l1-bench.sh"
+part_files=""
+if [ -n "${BENCH_NETDISK:-}" ]; then
+    part_files=$(BENCH_RUNS="${BENCH_NETDISK_RUNS:-3}" \
+        netdisk_part "$here" "$work" "$work/l1-bench.sh")
+fi
 export SANDBOX_EXTRA="$work/l1-bench.sh"
 # run.sh puts the vmlinux ELF (for PVH) at /l2/vmlinux.
-export SANDBOX_EXTRA_FILES="$work/l2-bench.cpio.gz:/l2/bench.cpio.gz \
+export SANDBOX_EXTRA_FILES="$work/l2-bench.cpio.gz:/l2/bench.cpio.gz $part_files \
 $root/target/release/examples/exit_latency:/bin/exit_latency \
 $anchors/firecracker:/bin/firecracker $anchors/cloud-hypervisor:/bin/cloud-hypervisor \
 $QEMU_FILES"
@@ -61,3 +68,4 @@ tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/bench.txt"
 medians "$work/bench.txt" BENCH \
     "kvmkit-bzimage kvmkit-pvh firecracker-pvh cloud-hypervisor-pvh qemu-microvm" \
     "boot_ms peak_rss_kib guest_uptime_ms"
+[ -z "${BENCH_NETDISK:-}" ] || netdisk_medians "$work/bench.txt"

@@ -18,31 +18,19 @@ root="$(cd "$here/../.." && pwd)"
 work="${SANDBOX_WORK:-$root/target/sandbox}"
 mkdir -p "$work"
 
-cc -O2 -static -pthread -o "$work/guest-bench" "$here/guest-bench.c"
-rm -rf "$work/netdisk" && mkdir -p "$work/netdisk/bin"
-cp "$work/guest-bench" "$work/netdisk/bin/"
-cp "$here/netdisk-init" "$work/netdisk/init"
-(cd "$work/netdisk" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/netdisk.cpio.gz"
-
 . "$here/bench-lib.sh"
 anchors=$(anchors_dir "$root")
-{ echo "BENCH_RUNS=${BENCH_RUNS:-3}; BENCH_CPUS=${BENCH_CPUS:-2}; BENCH_SECONDS=${BENCH_SECONDS:-5}"
-  echo "BENCH_NO_OFFLOAD=${BENCH_NO_OFFLOAD:-}"
-  printf 'BENCH_CMDLINE=%q\n' "${BENCH_CMDLINE:-}"
-  cat "$here/l1-netdisk-bench"; } > "$work/l1-netdisk-bench.sh"
+: > "$work/l1-netdisk-bench.sh"
+part_files=$(netdisk_part "$here" "$work" "$work/l1-netdisk-bench.sh")
 b_build=""
 [ -z "${BENCH_KVMKIT_B:-}" ] || b_build="$BENCH_KVMKIT_B:/bin/kvmkit-b"
 export SANDBOX_EXTRA="$work/l1-netdisk-bench.sh" SANDBOX_EXTRA_ONLY=1
 # The L2 initramfs is the tier's (/l2/initrd.gz, its virtio modules) with this on top.
-export SANDBOX_EXTRA_FILES="$work/netdisk.cpio.gz:/l2/netdisk.cpio.gz \
-$work/guest-bench:/bin/guest-bench $b_build \
+export SANDBOX_EXTRA_FILES="$part_files $b_build \
 $anchors/firecracker:/bin/firecracker $anchors/cloud-hypervisor:/bin/cloud-hypervisor \
 $QEMU_FILES"
 export SANDBOX_TIMEOUT="${SANDBOX_TIMEOUT:-2400}"
 "$here/run.sh"
 log="$work/console.log"
 tr -d '\r' < "$log" | grep '^BENCH' | tee "$work/netdisk.txt"
-medians "$work/netdisk.txt" BENCH \
-    "kvmkit kvmkit-b kvmkit-no-offload firecracker cloud-hypervisor qemu-microvm" \
-    "seq_read_mbs seq_write_mbs randread_qd1_iops randread_qd32_iops tcp_tx_mbits \
-    tcp_rx_mbits tcp_rr_per_s"
+netdisk_medians "$work/netdisk.txt"
